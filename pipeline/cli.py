@@ -1,0 +1,88 @@
+"""Command line: ``samlabel label|convert|validate``. The only module that parses arguments or sets up logging."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import Settings
+from pipeline.errors import SamlabelError
+
+LOGGER = logging.getLogger("pipeline")
+
+
+def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    """One flag per ``Settings`` field that applies to ``command``; defaults come from the config."""
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        if command not in meta["commands"]:
+            continue
+        kind = type(f.default) if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) else str
+        default = f.default if not isinstance(f.default, tuple) else ",".join(f.default)
+        choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{meta['help']}{choices} [default: {default}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samlabel", description="Turn images or box datasets into YOLO-seg + COCO segmentation datasets."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("label", help="auto-label images: detector boxes -> SAM masks -> dataset")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, folder (recursive) or glob")
+    _add_run_options(p, "label")
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (resumed if unfinished)")
+    p.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/); flags override it")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset from a different run in DIR")
+    _add_settings(p, command)
+
+
+def _settings_kwargs(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Settings)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``samlabel`` console command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="samlabel: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "label":
+            from pipeline.api import label
+
+            label(
+                args.sources,
+                args.out,
+                config=args.config,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                **_settings_kwargs(args),
+            )
+    except SamlabelError as e:
+        print(f"samlabel: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Run settings: one frozen dataclass, loaded from YAML and overridden by keyword arguments or flags.
+
+Every field carries its help text and the commands it applies to, so the CLI is generated from this
+class and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import SamlabelError
+from pipeline.sources import parse_split
+
+LABEL, CONVERT = "label", "convert"
+BOTH = (LABEL, CONVERT)
+FORMATS = ("yolo", "coco")
+COCO_MASKS = ("polygon", "rle")
+
+
+def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "commands": commands, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run can be told; defaults are the product's defaults."""
+
+    detector: str = _opt("yolov8n.pt", "Ultralytics detector weights: a path or a name that auto-downloads", (LABEL,))
+    segmenter: str = _opt(
+        "mobile_sam.pt", "SAM weights (sam_b/l/h, mobile_sam, sam2[.1]_t/s/b/l): a path or a name that auto-downloads"
+    )
+    classes: tuple[str, ...] | None = _opt(
+        None, "comma-separated class names: a YOLO-World vocabulary, else a filter on the detector's names", (LABEL,)
+    )
+    conf: float = _opt(0.25, "detector confidence threshold", (LABEL,))
+    iou: float = _opt(0.7, "detector NMS IoU threshold", (LABEL,))
+    max_det: int = _opt(300, "maximum detections per image", (LABEL,))
+    imgsz: int = _opt(640, "detector input size", (LABEL,))
+    device: str | None = _opt(None, "cpu, 0, cuda:0 ... (default: first GPU if any, else CPU)")
+    split: str = _opt("train=0.8,valid=0.2", "split fractions, assigned per file by a hash of its path", (LABEL,))
+    formats: tuple[str, ...] = _opt(FORMATS, "comma-separated output formats", choices=FORMATS)
+    coco_masks: str = _opt("polygon", "COCO segmentation encoding", choices=COCO_MASKS)
+    simplify: float = _opt(
+        0.24, "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)"
+    )
+    sam_batch: int = _opt(32, "boxes decoded together per SAM decoder call (bounds memory on crowded images)")
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("classes", "formats"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            set_(self, name, tuple(value) if value is not None else None)
+        if self.classes == ():
+            set_(self, "classes", None)
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise SamlabelError(f"formats: expected a non-empty subset of {list(FORMATS)}, got {list(self.formats)}")
+        if self.coco_masks not in COCO_MASKS:
+            raise SamlabelError(f"coco_masks: expected one of {list(COCO_MASKS)}, got {self.coco_masks!r}")
+        if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
+            raise SamlabelError(f"conf and iou must lie in [0, 1], got conf={self.conf} iou={self.iou}")
+        if self.max_det < 1 or self.imgsz < 32 or self.sam_batch < 1:
+            raise SamlabelError("max_det and sam_batch must be >= 1 and imgsz >= 32")
+        if self.simplify < 0:
+            raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
+        if self.device is not None:
+            set_(self, "device", str(self.device))
+        parse_split(self.split)  # validates
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def field_names() -> tuple[str, ...]:
+    """Names of all settings."""
+    return tuple(f.name for f in dataclasses.fields(Settings))
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from defaults, then a YAML file, then ``overrides`` (``None`` values are ignored).
+
+    Keys may use ``-`` or ``_``. Unknown keys are refused with the list of known ones.
+
+    Raises:
+        SamlabelError: unreadable file, not a mapping, unknown keys or invalid values.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise SamlabelError(f"config {path}: cannot read it ({e})") from e
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SamlabelError(f"config {path}: expected a mapping of setting: value, got {type(data).__name__}")
+        values.update({str(k).replace("-", "_"): v for k, v in data.items()})
+    values.update({k.replace("-", "_"): v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        source = f"config {path}" if path else "settings"
+        raise SamlabelError(f"{source}: unknown key(s) {unknown}; known keys are {list(field_names())}")
+    try:
+        return Settings(**values)
+    except TypeError as e:
+        raise SamlabelError(f"settings: {e}") from e

@@ -1,0 +1,379 @@
+"""Compose the stages over a stream of images: read -> detect -> segment -> write, resumably.
+
+Each finished image is appended to ``DIR/.samlabel/journal.jsonl`` (one JSON line, flushed and
+synced) after its image and label file are in place. A run started again on the same DIR with the
+same inputs and settings skips what the journal lists; data.yaml, the COCO files and report.json
+are rebuilt from the journal at the end, so an interrupted and resumed run ends equal to a clean one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from pipeline import fsio
+from pipeline.config import Settings
+from pipeline.errors import ImageReadError, SamlabelError
+from pipeline.images import export_image, load_image
+from pipeline.masks import mask_to_polygons, merge_polygons
+from pipeline.sources import SPLITS
+from pipeline.types import ImageItem, Instances
+from pipeline.writers.coco import to_coco_annotation, write_coco
+from pipeline.writers.yolo_seg import to_yolo_line, write_label_file
+
+LOGGER = logging.getLogger(__name__)
+
+STATE_DIR = ".samlabel"
+FORMAT_VERSION = 1
+
+Detect = Callable[[np.ndarray], Instances]
+Segment = Callable[[np.ndarray, Instances], Instances]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the dataset folder and its report (the content of report.json)."""
+
+    out: Path
+    report: dict = field(default_factory=dict)
+
+
+def run_dataset(
+    items: Sequence[ImageItem],
+    *,
+    out: str | Path,
+    names: Sequence[str],
+    settings: Settings,
+    segmenter: Segment | None,
+    detector: Detect | None = None,
+    command: str = "label",
+    overwrite: bool = False,
+    progress: bool = True,
+    fingerprint_extra: dict | None = None,
+    prelude: dict | None = None,
+) -> RunResult:
+    """Process every item into the dataset at ``out`` and write data.yaml, COCO files and report.json.
+
+    Args:
+        items: images with their output name and split (and known instances, for ``convert``).
+        out: dataset folder; created if missing.
+        names: class names in class-id order.
+        settings: run settings (formats, COCO encoding, simplification).
+        segmenter: fills missing masks; may be ``None`` when every instance already has one.
+        detector: finds instances in images whose item carries none (``label``).
+        command: the command name, recorded in the state and report.
+        overwrite: start afresh even if ``out`` holds another run's dataset.
+        progress: show a progress bar.
+        fingerprint_extra: more inputs that must match for a resume (e.g. the source dataset).
+        prelude: findings from before the run (e.g. source problems) merged into the report.
+
+    Raises:
+        SamlabelError: ``out`` cannot be written, or holds a different run and ``overwrite`` is False.
+    """
+    out = Path(out)
+    state = _prepare_out(out, command, settings, names, items, overwrite, fingerprint_extra)
+    journal_path = out / STATE_DIR / "journal.jsonl"
+    with _locked(out / STATE_DIR / "lock"):
+        done = {r["rel"] for r in _read_journal(journal_path)}
+        todo = [it for it in items if it.rel not in done]
+        if done:
+            LOGGER.info("resuming %s: %d of %d images already done", out, len(items) - len(todo), len(items))
+        started = time.perf_counter()
+        stage_seconds: Counter = Counter()
+        with open(journal_path, "a", encoding="utf-8") as journal:
+            bar = tqdm(todo, unit="img", desc=command, disable=not progress, dynamic_ncols=True)
+            try:
+                for item in bar:
+                    record = _process(item, out, names, settings, detector, segmenter, stage_seconds)
+                    journal.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    journal.flush()
+                    os.fsync(journal.fileno())
+            except KeyboardInterrupt:
+                LOGGER.error("interrupted: %d images are saved; run the same command again to resume", bar.n)
+                raise
+            except OSError as e:
+                raise SamlabelError(
+                    f"writing to {out} failed ({e}); finished images are saved, free space or fix the "
+                    "folder and run the same command again to resume"
+                ) from e
+            finally:
+                bar.close()
+        elapsed = time.perf_counter() - started
+        timings = {
+            "this_run_seconds": round(elapsed, 3),
+            "images_this_run": len(todo),
+            "images_per_second": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
+        }
+        report = _finalize(out, names, settings, state, {it.rel for it in items}, timings, prelude or {})
+    _log_summary(out, report)
+    return RunResult(out=out, report=report)
+
+
+def _process(item, out, names, settings, detector, segmenter, seconds) -> dict:
+    """Read, detect, segment and write one image; return its journal record."""
+    record = {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path)}
+    t = time.perf_counter()
+    try:
+        image = load_image(item.path)
+    except ImageReadError as e:
+        LOGGER.warning("skipped %s", e)
+        return {**record, "status": "skipped", "reason": str(e)}
+    seconds["read"] += time.perf_counter() - t
+    instances = item.instances
+    if instances is None:
+        t = time.perf_counter()
+        instances = detector(image.rgb)
+        seconds["detect"] += time.perf_counter() - t
+    if any(m is None for m in instances.masks):
+        t = time.perf_counter()
+        if segmenter is None:
+            raise SamlabelError("instances need masks but no segmenter was given")
+        instances = segmenter(image.rgb, instances)
+        seconds["segment"] += time.perf_counter() - t
+    t = time.perf_counter()
+    hw = image.hw
+    lines, annotations, dropped = [], [], []
+    for i in range(len(instances)):
+        mask = instances.masks[i]
+        parts = mask_to_polygons(mask, tolerance=settings.simplify) if mask is not None else []
+        if not parts:
+            dropped.append(_describe(instances, i, names, "empty mask"))
+            continue
+        lines.append(to_yolo_line(int(instances.class_id[i]), merge_polygons(parts), hw))
+        ann = to_coco_annotation(
+            class_id=int(instances.class_id[i]),
+            mask=mask,
+            polygons=parts,
+            hw=hw,
+            encoding=settings.coco_masks,
+            det_xyxy=instances.xyxy[i].tolist(),
+            confidence=float(instances.confidence[i]),
+            mask_score=float(instances.mask_score[i]),
+        )
+        ann["source_id"] = int(instances.source_id[i])
+        annotations.append(ann)
+    split_dir = out / item.split
+    export_image(item.path, image, split_dir / "images" / item.name)
+    if "yolo" in settings.formats:
+        write_label_file(split_dir / "labels" / (Path(item.name).stem + ".txt"), lines)
+    seconds["write"] += time.perf_counter() - t
+    return {
+        **record,
+        "status": "ok",
+        "height": hw[0],
+        "width": hw[1],
+        "rotated": image.rotated,
+        "annotations": annotations,
+        "dropped": dropped,
+    }
+
+
+def _describe(instances: Instances, i: int, names: Sequence[str], reason: str) -> dict:
+    c = int(instances.class_id[i])
+    out = {"class": names[c] if 0 <= c < len(names) else c, "source_id": int(instances.source_id[i])}
+    out["box_xyxy"] = [round(float(v), 2) for v in instances.xyxy[i]]
+    for key in ("confidence", "mask_score"):
+        value = float(getattr(instances, key)[i])
+        if not np.isnan(value):
+            out[key] = round(value, 6)
+    out["reason"] = reason
+    return out
+
+
+def _fingerprint(command, settings, names, items, extra) -> str:
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "sam_batch")}
+    payload = {
+        "version": FORMAT_VERSION,
+        "command": command,
+        "settings": relevant,
+        "names": list(names),
+        "items": [[it.rel, it.name, it.split, _size(it.path)] for it in items],
+        "extra": extra or {},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict:
+    fingerprint = _fingerprint(command, settings, names, items, extra)
+    state_path = out / STATE_DIR / "state.json"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".samlabel-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+    if state_path.is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if state.get("fingerprint") == fingerprint and not overwrite:
+            return state
+        if not overwrite:
+            raise SamlabelError(
+                f"{out} holds a dataset from a run with other inputs or settings; refusing to mix two runs. "
+                "Choose a new --out, or pass --overwrite to replace it"
+            )
+    elif any(out.iterdir()) and not overwrite:
+        raise SamlabelError(f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite")
+    if overwrite:
+        _clear(out)
+    state = {
+        "version": FORMAT_VERSION,
+        "command": command,
+        "fingerprint": fingerprint,
+        "settings": dataclasses.asdict(settings),
+        "names": list(names),
+    }
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    fsio.write_text(state_path, json.dumps(state, indent=2, default=str) + "\n")
+    return state
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous run wrote (only samlabel's own layout, nothing else)."""
+    import shutil
+
+    for name in (STATE_DIR, *SPLITS, "data.yaml", "report.json"):
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SamlabelError(f"another samlabel run is writing to {path.parent.parent}; wait for it to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _read_journal(path: Path) -> Iterator[dict]:
+    """Complete records of the journal; a torn last line (killed mid-write) is ignored."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def _journal_index(path: Path, wanted: set[str]) -> dict[str, tuple[int, dict]]:
+    """rel -> (byte offset, small summary) of the newest record of each wanted image."""
+    index: dict[str, tuple[int, dict]] = {}
+    with open(path, "rb") as f:
+        offset = 0
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                offset += len(raw)
+                continue
+            if rec["rel"] in wanted:
+                summary = {k: rec.get(k) for k in ("name", "split", "status", "reason", "source")}
+                summary["classes"] = [a["category_id"] - 1 for a in rec.get("annotations", [])]
+                summary["dropped"] = rec.get("dropped", [])
+                index[rec["rel"]] = (offset, summary)
+            offset += len(raw)
+    return index
+
+
+def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
+    journal_path = out / STATE_DIR / "journal.jsonl"
+    index = _journal_index(journal_path, wanted)
+    by_split: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    skipped, dropped = [], []
+    per_class: dict[str, Counter] = defaultdict(Counter)
+    for rel, (offset, s) in sorted(index.items()):
+        if s["status"] != "ok":
+            skipped.append({"source": s["source"], "reason": s["reason"]})
+            continue
+        by_split[s["split"]].append((s["name"], offset))
+        per_class[s["split"]].update(names[c] for c in s["classes"])
+        dropped += [{"image": f"{s['split']}/images/{s['name']}", **d} for d in s["dropped"]]
+    splits = [s for s in SPLITS if by_split.get(s)]
+    # No "path" key: Ultralytics then resolves the split folders against data.yaml's own folder.
+    data = {"nc": len(names), "names": list(names)}
+    yaml_splits = {"train": "train", "val": "valid", "test": "test"}
+    for key, split in yaml_splits.items():
+        if split in splits:
+            data[key] = f"{split}/images"
+    fsio.write_text(out / "data.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    if "coco" in settings.formats:
+        for split in splits:
+            entries = sorted(by_split[split])
+            write_coco(
+                out / split / "_annotations.coco.json",
+                names=names,
+                images=_coco_images(journal_path, entries),
+            )
+    report = {
+        "command": state["command"],
+        "names": list(names),
+        "settings": state["settings"],
+        "images": {s: len(by_split[s]) for s in splits},
+        "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
+        "instances_total": sum(sum(c.values()) for c in per_class.values()),
+        "skipped_images": skipped,
+        "dropped_instances": dropped,
+        **prelude,
+        "timings": timings,
+    }
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    fsio.write_text(out / "report.json", text + "\n")
+    return json.loads(text)
+
+
+def _coco_images(journal_path: Path, entries: list[tuple[str, int]]) -> Iterator[tuple[dict, list[dict]]]:
+    with open(journal_path, "rb") as f:
+        for name, offset in entries:
+            f.seek(offset)
+            rec = json.loads(f.readline())
+            image = {"file_name": name, "height": rec["height"], "width": rec["width"], "source": rec["source"]}
+            yield image, rec["annotations"]
+
+
+def _log_summary(out: Path, report: dict) -> None:
+    t = report["timings"]
+    LOGGER.info(
+        "%s: %s images, %d instances; %d images skipped, %d instances without a usable mask (see report.json)%s",
+        out,
+        dict(report["images"]),
+        report["instances_total"],
+        len(report["skipped_images"]),
+        len(report["dropped_instances"]),
+        f"; {t['images_per_second']} images/s" if t["images_per_second"] else "",
+    )

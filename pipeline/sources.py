@@ -1,0 +1,155 @@
+"""Find input images, give each a unique output name and a deterministic split."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pipeline.errors import SamlabelError
+from pipeline.images import IMAGE_SUFFIXES
+from pipeline.types import ImageItem
+
+LOGGER = logging.getLogger(__name__)
+
+#: Split names in the order they are listed in data.yaml; ``val`` is accepted as ``valid``.
+SPLITS = ("train", "valid", "test")
+
+
+def parse_split(spec: str | dict[str, float]) -> dict[str, float]:
+    """Parse ``"train=0.8,valid=0.2"`` (or a mapping) into fractions that sum to 1.
+
+    Raises:
+        SamlabelError: unknown split names, negative or all-zero fractions.
+    """
+    if isinstance(spec, str):
+        pairs = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, value = part.partition("=")
+            try:
+                pairs[name.strip()] = float(value) if sep else float("nan")
+            except ValueError:
+                pairs[name.strip()] = float("nan")
+        spec = pairs
+    fractions = {("valid" if k == "val" else k): float(v) for k, v in spec.items()}
+    bad = [k for k in fractions if k not in SPLITS]
+    if bad or any(not v >= 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
+        raise SamlabelError(
+            f"bad --split {spec!r}: expected name=fraction pairs with names from {list(SPLITS)} "
+            "and non-negative fractions, e.g. 'train=0.8,valid=0.2' or 'train=1'"
+        )
+    total = sum(fractions.values())
+    return {k: fractions[k] / total for k in SPLITS if fractions.get(k, 0) > 0}
+
+
+def assign_split(rel: str, fractions: dict[str, float]) -> str:
+    """Split of one image from a hash of its relative path: stable across re-runs and added images."""
+    u = int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    acc = 0.0
+    for name, frac in fractions.items():
+        acc += frac
+        if u < acc:
+            return name
+    return next(reversed(fractions))
+
+
+def find_images(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Expand image files, folders (recursive) and glob patterns.
+
+    Hidden files and folders, non-image suffixes and symlink loops are skipped. Each result is
+    ``(path, rel)``, ``rel`` being the POSIX path relative to the source folder (or glob root).
+
+    Raises:
+        SamlabelError: a source matches nothing that exists.
+    """
+    found: dict[Path, str] = {}
+    for source in sources:
+        text = str(source)
+        path = Path(text)
+        if path.is_dir():
+            pairs = _walk(path)
+        elif path.is_file():
+            pairs = [(path, path.name)] if _is_image(path) else []
+            if not pairs:
+                LOGGER.warning("%s: not an image suffix (%s), ignored", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+        elif glob.has_magic(text):
+            root = _glob_root(text)
+            pairs = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                p = Path(match)
+                if p.is_dir():
+                    pairs += [(f, f"{p.relative_to(root).as_posix()}/{r}") for f, r in _walk(p)]
+                elif p.is_file() and _is_image(p) and not _hidden(p.relative_to(root)):
+                    pairs.append((p, p.relative_to(root).as_posix()))
+        else:
+            raise SamlabelError(f"source {text!r} does not exist (expected an image file, a folder or a glob)")
+        for p, rel in pairs:
+            found.setdefault(p.resolve(), rel)
+    return sorted(((p, rel) for p, rel in found.items()), key=lambda pr: (pr[1], str(pr[0])))
+
+
+def plan_items(pairs: Iterable[tuple[Path, str]], fractions: dict[str, float]) -> list[ImageItem]:
+    """Give each image a unique output name and its split.
+
+    The output stem is the relative path with folders joined by ``_`` (``a/x.jpg`` -> ``a_x.jpg``).
+    Stems that would clash case-insensitively (``x.jpg`` + ``x.png``, or ``a_x.jpg`` + ``a/x.jpg``)
+    each get a short hash of their relative path, so names never depend on processing order.
+    """
+    pairs = list(pairs)
+    stems = {rel: _flat_stem(rel) for _, rel in pairs}
+    clash: dict[str, list[str]] = defaultdict(list)
+    for rel, stem in stems.items():
+        clash[stem.casefold()].append(rel)
+    items = []
+    for path, rel in pairs:
+        stem = stems[rel]
+        if len(clash[stem.casefold()]) > 1:
+            stem = f"{stem}_{hashlib.sha256(rel.encode('utf-8')).hexdigest()[:8]}"
+        items.append(ImageItem(path=path, rel=rel, name=stem + path.suffix, split=assign_split(rel, fractions)))
+    return items
+
+
+def _flat_stem(rel: str) -> str:
+    parts = rel.split("/")
+    parts[-1] = os.path.splitext(parts[-1])[0]
+    return "_".join(p for p in parts if p not in ("", ".", ".."))
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _walk(root: Path) -> list[tuple[Path, str]]:
+    """Images below ``root``; follows symlinked folders once each, so loops end."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            LOGGER.warning("%s: folder already visited (symlink loop?), skipped", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            if not name.startswith(".") and _is_image(p) and p.is_file():
+                out.append((p, p.relative_to(root).as_posix()))
+    return out
+
+
+def _glob_root(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    root = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    return Path(*root) if root else Path(".")

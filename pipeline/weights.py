@@ -1,0 +1,43 @@
+"""Find model weights on disk, or have Ultralytics download a known name; fail with the fix, not a trace."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.errors import WeightsNotFoundError
+
+LOGGER = logging.getLogger(__name__)
+
+
+def resolve_weights(spec: str | Path, *, flag: str) -> Path:
+    """Return a local path for ``spec``: an existing file, or a name Ultralytics can download.
+
+    Args:
+        spec: a path, or a bare released-asset name such as ``yolov8n.pt`` or ``mobile_sam.pt``.
+        flag: the option that sets it (``--detector`` / ``--segmenter``), named in the error.
+
+    Raises:
+        WeightsNotFoundError: not on disk and not downloadable (offline, or not a released name).
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.parent != Path(".") or not path.suffix:
+        raise WeightsNotFoundError(f"{flag} {spec}: no such file; give the path of a weights file with {flag} PATH")
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    LOGGER.info("%s not found locally; asking Ultralytics to download it", spec)
+    try:
+        downloaded = Path(attempt_download_asset(str(path)))
+    except Exception as e:  # noqa: BLE001 - any network/asset failure means the same thing to the user
+        raise WeightsNotFoundError(
+            f"{flag} {spec}: not found locally and could not be downloaded ({type(e).__name__}: {e}); "
+            f"download it where you have internet, or give a local file with {flag} PATH"
+        ) from None
+    if not downloaded.is_file():
+        raise WeightsNotFoundError(
+            f"{flag} {spec}: not found locally and the download did not produce it; "
+            f"give a local file with {flag} PATH"
+        )
+    return downloaded

@@ -1,0 +1,139 @@
+"""Offline test checkpoints: random-weight Ultralytics YOLO and SAM models with predictable outputs.
+
+No pretrained weights are needed or downloaded. Both builders use Ultralytics' own model constructors, seed the
+random initialisation (without disturbing the caller's global RNG state) and then overwrite a few output-layer
+parameters so the networks give known answers regardless of the input image.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch import nn
+
+_SEED = 0
+
+
+def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) -> Path:
+    """Write a random-weight YOLOv8n detection checkpoint that loads with ``ultralytics.YOLO(str(path))``.
+
+    The model is built by ``ultralytics.nn.tasks.DetectionModel`` from the packaged ``yolov8n.yaml`` with
+    ``nc=len(names)`` and its ``names`` set to ``dict(enumerate(names))``. A freshly initialised network has (near)
+    zero activations in the head in eval mode, so every class logit equals its Detect-head bias. The last conv of
+    each classification branch (``model.model[-1].cv3[i][-1]``, levels i = 0, 1, 2 with strides 8, 16, 32) is
+    therefore rigged: weight zeroed, bias ``logit(score + 0.01 * i)`` for class ``i % nc`` and 8 lower for the other
+    classes. Every anchor of level ``i`` thus predicts class ``i % nc`` with confidence ``score + 0.01 * i`` (up to
+    float32 rounding); the slightly higher coarse levels are ranked first by NMS, so the default ``max_det=300`` on
+    a 640x480 image keeps boxes of several classes. Boxes come from the untouched box branch: all DFL bins carry
+    bias 2.0, so each box is a square of side ``15 * stride`` centred on its anchor (clipped to the image). With
+    ``conf=0.25`` any image therefore yields detections (up to ``max_det`` after NMS) whatever its pixels are.
+
+    Args:
+        path: Destination ``.pt`` file; parent directories are created.
+        names: Class names, index ``i`` becoming class id ``i``; must be non-empty.
+        score: Confidence of the stride-8 level; must satisfy ``0 < score < 0.98``.
+
+    Returns:
+        The path written.
+    """
+    from ultralytics import __version__
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    if not names:
+        raise ValueError("names must not be empty")
+    cfg = yaml_model_load("yolov8n.yaml")
+    cfg["nc"] = len(names)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        model = DetectionModel(cfg=cfg, verbose=False)
+    model.names = dict(enumerate(names))
+    model.args = {**DEFAULT_CFG_DICT, "task": "detect"}
+    with torch.no_grad():
+        for i, branch in enumerate(model.model[-1].cv3):
+            logit = math.log((score + 0.01 * i) / (1.0 - score - 0.01 * i))
+            conv = branch[-1]
+            conv.weight.zero_()
+            conv.bias.fill_(logit - 8.0)
+            conv.bias[i % len(names)] = logit
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "model": model.eval(),
+        "ema": None,
+        "train_args": {"task": "detect", "imgsz": 640},
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def _set_last_linear(head: nn.Module, value: float) -> None:
+    """Make a ``Linear`` or Ultralytics ``MLP`` output ``value`` for every input by zeroing its last layer weight."""
+    layer = head.layers[-1] if hasattr(head, "layers") else head
+    layer.weight.zero_()
+    layer.bias.fill_(value)
+
+
+def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0.9) -> Path:
+    """Write a random-weight SAM / SAM2 state dict whose mask decoder answers every prompt identically.
+
+    The architecture is chosen exactly as ``ultralytics.models.sam.build.build_sam`` does, from the end of
+    ``path.name`` (e.g. ``mobile_sam.pt``, ``sam_b.pt``, ``sam2_t.pt``, ``sam2.1_t.pt``), and built with seeded
+    random weights (loading of the not-yet-existing file is bypassed). The mask decoder (``mask_decoder`` for SAM,
+    ``sam_mask_decoder`` for SAM2) is then rigged:
+
+    * ``output_upscaling[-2]`` (last ``ConvTranspose2d``): weight zeroed, bias 1, so after the final GELU every
+      upscaled-embedding channel equals ``GELU(1) ~= 0.8413`` at every pixel. For SAM2, ``conv_s0``/``conv_s1``
+      (the high-resolution feature projections added inside the upscaling path) are zeroed too.
+    * ``output_hypernetworks_mlps[k].layers[-1]``: weight zeroed, bias ``mask_logit / (C * GELU(1))`` with ``C``
+      the number of upscaled channels, so every low-res (256x256) mask logit equals ``mask_logit``: a whole-image
+      mask when positive.
+    * ``iou_prediction_head.layers[-1]``: weight zeroed, bias ``score`` (``logit(score)`` when the head applies a
+      sigmoid, as in SAM2), so every predicted IoU equals ``score``.
+    * SAM2 only: ``pred_obj_score_head`` outputs 10 (object present), so video/tracking paths keep the mask.
+
+    The file holds ``model.state_dict()`` and loads with ``build_sam(str(path))``.
+
+    Args:
+        path: Destination file whose name ends with a key of ``ultralytics.models.sam.build.sam_model_map``.
+        mask_logit: Value of every low-resolution mask logit.
+        score: Predicted IoU score of every mask, in ``(0, 1)``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileNotFoundError: If ``path.name`` does not name a supported SAM architecture (raised by ``build_sam``).
+    """
+    from ultralytics.models.sam import build as sam_build
+
+    path = Path(path)
+    with torch.random.fork_rng(devices=[]), mock.patch.object(sam_build, "_load_checkpoint", lambda m, _c: m):
+        torch.manual_seed(_SEED)
+        model = sam_build.build_sam(str(path))
+    decoder = getattr(model, "sam_mask_decoder", None) or model.mask_decoder
+    with torch.no_grad():
+        upscale = decoder.output_upscaling[-2]
+        upscale.weight.zero_()
+        upscale.bias.fill_(1.0)
+        level = float(decoder.output_upscaling[-1](torch.ones(1))[0])
+        for mlp in decoder.output_hypernetworks_mlps:
+            _set_last_linear(mlp, mask_logit / (upscale.out_channels * level))
+        iou_head = decoder.iou_prediction_head
+        _set_last_linear(iou_head, math.log(score / (1.0 - score)) if getattr(iou_head, "sigmoid", False) else score)
+        for name in ("conv_s0", "conv_s1"):
+            conv = getattr(decoder, name, None)
+            if conv is not None:
+                conv.weight.zero_()
+                conv.bias.zero_()
+        if getattr(decoder, "pred_obj_scores", False):
+            _set_last_linear(decoder.pred_obj_score_head, 10.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path

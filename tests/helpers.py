@@ -1,0 +1,81 @@
+"""Read a produced dataset back through the ecosystem's own loaders, for round-trip checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pycocotools.coco import COCO
+
+from pipeline.masks import polygons_to_mask
+from pipeline.writers.yolo_seg import read_label_file
+
+
+def splits_of(out: Path) -> list[str]:
+    return [s for s in ("train", "valid", "test") if (out / s / "images").is_dir()]
+
+
+def coco_by_image(out: Path, split: str) -> dict[str, list[dict]]:
+    """file_name -> annotations (in id order), loaded with pycocotools."""
+    coco = COCO(str(out / split / "_annotations.coco.json"))
+    return {
+        coco.imgs[i]["file_name"]: [coco.anns[a] for a in sorted(coco.getAnnIds(imgIds=[i]))]
+        for i in sorted(coco.getImgIds())
+    }
+
+
+def check_yolo_matches_coco(out: Path) -> int:
+    """YOLO and COCO hold the same instances per image, same order and class; returns instance count.
+
+    Each YOLO polygon, rasterized, must cover the COCO mask (IoU >= 0.98; the YOLO polygon is one
+    merged outline, so zero-width bridges may touch a few pixels).
+    """
+    names = yaml.safe_load((out / "data.yaml").read_text())["names"]
+    total = 0
+    for split in splits_of(out):
+        coco = COCO(str(out / split / "_annotations.coco.json"))
+        by_name = {img["file_name"]: img for img in coco.imgs.values()}
+        images = sorted(p.name for p in (out / split / "images").iterdir())
+        assert sorted(by_name) == images
+        cat_names = {c["id"]: c["name"] for c in coco.cats.values()}
+        for name in images:
+            img = by_name[name]
+            hw = (img["height"], img["width"])
+            anns = [coco.anns[a] for a in sorted(coco.getAnnIds(imgIds=[img["id"]]))]
+            lines = read_label_file(out / split / "labels" / (Path(name).stem + ".txt"))
+            assert [c for c, _ in lines] == [a["category_id"] - 1 for a in anns]
+            for (c, poly), ann in zip(lines, anns):
+                assert names[c] == cat_names[ann["category_id"]]
+                raster = polygons_to_mask([poly * [hw[1], hw[0]]], hw)
+                ref = coco.annToMask(ann).astype(bool)
+                assert ref.sum() == ann["area"]
+                inter, union = np.logical_and(raster, ref).sum(), np.logical_or(raster, ref).sum()
+                assert inter / union >= 0.98
+            total += len(anns)
+    return total
+
+
+def label_files_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/labels/*.txt"))}
+
+
+def coco_data(out: Path) -> dict[str, dict]:
+    return {s: json.loads((out / s / "_annotations.coco.json").read_text()) for s in splits_of(out)}
+
+
+def ultralytics_segment_labels(out: Path) -> dict[str, list[dict]]:
+    """Per split, the labels Ultralytics' own segment dataset loader reads (after check_det_dataset)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(out / "data.yaml"))
+    result = {}
+    for key in ("train", "val", "test"):
+        if not data.get(key):
+            continue
+        ds = YOLODataset(img_path=data[key], data=data, task="segment", hyp=get_cfg(), augment=False, imgsz=320)
+        result[key] = ds.labels
+    return result

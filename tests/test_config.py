@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import build_parser
+from pipeline.config import Settings, field_names, load_settings
+from pipeline.errors import SamlabelError
+
+
+def test_yaml_then_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("conf: 0.4\nmax-det: 7\nformats: [coco]\nclasses: [a, b]\n")
+    s = load_settings(cfg, conf=0.5, device=None)
+    assert (s.conf, s.max_det, s.formats, s.classes) == (0.5, 7, ("coco",), ("a", "b"))
+
+
+def test_unknown_key_is_refused_with_known_keys(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("confidence: 0.4\n")
+    with pytest.raises(SamlabelError, match=r"unknown key\(s\) \['confidence'\]; known keys are"):
+        load_settings(cfg)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(formats="yolo,voc"), "formats"),
+        (dict(coco_masks="bitmap"), "coco_masks"),
+        (dict(conf=2.0), "conf and iou"),
+        (dict(split="train=0"), "bad --split"),
+    ],
+)
+def test_bad_values(kwargs, message):
+    with pytest.raises(SamlabelError, match=message):
+        load_settings(**kwargs)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")):
+        assert isinstance(load_settings(path), Settings)
+
+
+def test_every_setting_is_a_flag():
+    """The CLI is generated from Settings: each label setting has its flag."""
+    parser = build_parser()
+    args = parser.parse_args(["label", "x", "--out", "o", "--max-det", "5", "--coco-masks", "rle", "--conf", "0.3"])
+    assert (args.max_det, args.coco_masks, args.conf) == (5, "rle", 0.3)
+    label_flags = {a.dest for a in parser._subparsers._group_actions[0].choices["label"]._actions}
+    assert set(field_names()) <= label_flags

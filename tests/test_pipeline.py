@@ -1,0 +1,180 @@
+"""Whole pipeline with fake stages whose answers are known."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import supervision as sv
+import yaml
+
+from pipeline import label
+from pipeline.errors import SamlabelError
+from tests.conftest import FakeDetector, FakeSegmenter
+from tests.helpers import (
+    check_yolo_matches_coco,
+    coco_by_image,
+    coco_data,
+    label_files_bytes,
+    splits_of,
+    ultralytics_segment_labels,
+)
+
+
+def _label(src, out, **kw):
+    return label(src, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False, **kw)
+
+
+def test_dataset_layout_and_report(image_folder, tmp_path):
+    out = tmp_path / "ds"
+    result = _label(image_folder, out)
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["names"] == ["ball", "cube", "cone"] and data["nc"] == 3
+    for key, split in (("train", "train"), ("val", "valid"), ("test", "test")):
+        assert (data.get(key) == f"{split}/images") == (split in splits_of(out))
+    # every image is in exactly one split, and every split has labels and a COCO file
+    all_images = [p.name for s in splits_of(out) for p in (out / s / "images").iterdir()]
+    assert len(all_images) == len(set(all_images)) == 6  # a.jpg, a.png, sub/a.jpg, sub/b.JPG, c.png, gray.png
+    assert not any(n.startswith(".") or n.endswith(".txt") for n in all_images)
+    report = json.loads((out / "report.json").read_text())
+    assert report == result.report
+    assert sum(report["images"].values()) == 6
+    # the fake detector adds a 1x1 box at the corner of every image: its mask is empty -> dropped, reported
+    assert len(report["dropped_instances"]) == 6
+    assert {d["reason"] for d in report["dropped_instances"]} == {"empty mask"}
+    assert report["instances_total"] == check_yolo_matches_coco(out) == 8
+
+
+def test_instances_keep_their_class_and_box_identity(image_folder, tmp_path):
+    """Each COCO annotation carries the detector box, confidence and SAM score of the same instance."""
+    out = tmp_path / "ds"
+    _label(image_folder, out, split="train=1")
+    anns = coco_by_image(out, "train")["sub_b.JPG"]
+    assert [a["category_id"] for a in anns] == [1, 2, 3]  # disc k has class k mod 3
+    for k, a in enumerate(anns):
+        assert a["source_id"] == k
+        assert a["mask_score"] == pytest.approx(0.5 + k / 100)
+        x, y, w, h = a["bbox"]
+        dx, dy, dw, dh = a["det_bbox"]  # detector box = mask box grown by 2 px
+        assert (dx, dy, dw, dh) == (x - 2, y - 2, w + 4, h + 4)
+    confidences = [a["confidence"] for a in anns]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_rerun_gives_same_splits_and_identical_label_files(image_folder, tmp_path):
+    _label(image_folder, tmp_path / "one")
+    _label(image_folder, tmp_path / "two")
+    assert label_files_bytes(tmp_path / "one") == label_files_bytes(tmp_path / "two")
+    assert coco_data(tmp_path / "one") == coco_data(tmp_path / "two")
+
+
+def test_added_images_do_not_reshuffle_splits(image_folder, tmp_path):
+    _label(image_folder, tmp_path / "one")
+    shutil.copy(image_folder / "a.jpg", image_folder / "sub" / "new.jpg")
+    _label(image_folder, tmp_path / "two")
+    before = {p.name: s for s in splits_of(tmp_path / "one") for p in (tmp_path / "one" / s / "images").iterdir()}
+    after = {p.name: s for s in splits_of(tmp_path / "two") for p in (tmp_path / "two" / s / "images").iterdir()}
+    assert {n: after[n] for n in before} == before and "sub_new.jpg" in after
+
+
+def test_round_trip_through_ultralytics_loader(image_folder, tmp_path):
+    out = tmp_path / "ds"
+    _label(image_folder, out, split="train=0.5,valid=0.5")
+    labels = ultralytics_segment_labels(out)
+    coco = {s: coco_by_image(out, s) for s in splits_of(out)}
+    n = 0
+    for key, split in (("train", "train"), ("val", "valid")):
+        for lab in labels.get(key, []):
+            name = lab["im_file"].split("/")[-1]
+            anns = coco[split][name]
+            assert lab["cls"].reshape(-1).tolist() == [a["category_id"] - 1 for a in anns]
+            assert len(lab["segments"]) == len(anns)
+            n += len(anns)
+    assert n == 8
+
+
+def test_round_trip_through_supervision(image_folder, tmp_path):
+    out = tmp_path / "ds"
+    _label(image_folder, out, split="train=1")
+    from_coco = sv.DetectionDataset.from_coco(
+        images_directory_path=str(out / "train" / "images"),
+        annotations_path=str(out / "train" / "_annotations.coco.json"),
+        force_masks=True,
+    )
+    from_yolo = sv.DetectionDataset.from_yolo(
+        images_directory_path=str(out / "train" / "images"),
+        annotations_directory_path=str(out / "train" / "labels"),
+        data_yaml_path=str(out / "data.yaml"),
+        force_masks=True,
+    )
+    assert from_coco.classes == from_yolo.classes == ["ball", "cube", "cone"]
+    coco_by_name = {p.split("/")[-1]: d for p, _, d in from_coco}
+    for path, _, det in from_yolo:
+        ref = coco_by_name[path.split("/")[-1]]
+        assert det.class_id.tolist() == ref.class_id.tolist()
+        if len(det) == 0:
+            continue
+        for m_yolo, m_coco in zip(det.mask, ref.mask):
+            assert np.logical_and(m_yolo, m_coco).sum() / np.logical_or(m_yolo, m_coco).sum() > 0.9
+
+
+def test_rle_output_is_lossless(image_folder, tmp_path):
+    out = tmp_path / "ds"
+    _label(image_folder, out, coco_masks="rle", split="train=1")
+    anns = [a for image_anns in coco_by_image(out, "train").values() for a in image_anns]
+    assert anns and all(isinstance(a["segmentation"]["counts"], str) for a in anns)
+    check_yolo_matches_coco(out)
+
+
+def test_formats_coco_only(image_folder, tmp_path):
+    out = tmp_path / "ds"
+    _label(image_folder, out, formats="coco", split="train=1")
+    assert not (out / "train" / "labels").exists()
+    assert (out / "train" / "_annotations.coco.json").is_file()
+
+
+def test_unreadable_image_is_skipped_and_reported(image_folder, tmp_path):
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (image_folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "ds"
+    report = _label(image_folder, out).report
+    assert sorted(s["source"].split("/")[-1] for s in report["skipped_images"]) == ["broken.jpg", "empty.png"]
+    assert sum(report["images"].values()) == 6
+
+
+def test_other_runs_output_is_not_mixed(image_folder, tmp_path):
+    out = tmp_path / "ds"
+    _label(image_folder, out)
+    with pytest.raises(SamlabelError, match="refusing to mix two runs"):
+        _label(image_folder, out, conf=0.5)
+    _label(image_folder, out, conf=0.5, overwrite=True)
+    assert json.loads((out / "report.json").read_text())["settings"]["conf"] == 0.5
+
+
+def test_non_empty_foreign_folder_is_refused(image_folder, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.docx").write_text("precious")
+    with pytest.raises(SamlabelError, match="not empty"):
+        _label(image_folder, out)
+    assert (out / "thesis.docx").read_text() == "precious"
+
+
+def test_segmenter_sees_every_box_and_nothing_is_matched_by_position(image_folder, tmp_path):
+    """A segmenter returning an empty mask for one box must not shift classes of later boxes."""
+
+    class DropsFirst(FakeSegmenter):
+        def __call__(self, rgb, instances):
+            out = super().__call__(rgb, instances)
+            from pipeline.types import CropMask
+
+            masks = list(out.masks)
+            masks[0] = CropMask(np.zeros((0, 0), bool))  # SAM found nothing for the first box
+            return out.replace(masks=tuple(masks))
+
+    out = tmp_path / "ds"
+    label(image_folder, out, detector=FakeDetector(), segmenter=DropsFirst(), progress=False, split="train=1")
+    anns = coco_by_image(out, "train")["sub_b.JPG"]
+    assert [(a["source_id"], a["category_id"]) for a in anns] == [(1, 2), (2, 3)]

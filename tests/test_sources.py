@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.errors import SamlabelError
+from pipeline.sources import assign_split, find_images, parse_split, plan_items
+
+
+def _touch(root, *rels):
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+
+
+def test_folder_is_searched_recursively_skipping_hidden_and_non_images(tmp_path):
+    _touch(tmp_path, "a.jpg", "b.JPG", "s/c.png", "s/t/d.webp", ".h.jpg", ".git/e.jpg", "notes.txt", "x.jpg.bak")
+    rels = [rel for _, rel in find_images([tmp_path])]
+    assert rels == ["a.jpg", "b.JPG", "s/c.png", "s/t/d.webp"]
+
+
+def test_glob_and_file_sources(tmp_path):
+    _touch(tmp_path, "a/x.jpg", "a/y.png", "b/z.jpg")
+    rels = [rel for _, rel in find_images([str(tmp_path / "*" / "*.jpg"), tmp_path / "a" / "y.png"])]
+    assert rels == ["a/x.jpg", "b/z.jpg", "y.png"]
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(SamlabelError, match="does not exist"):
+        find_images([tmp_path / "nope"])
+
+
+def test_symlink_loop_terminates(tmp_path):
+    _touch(tmp_path, "a/x.jpg")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "loop")
+    assert [rel for _, rel in find_images([tmp_path])] == ["a/x.jpg"]
+
+
+def test_output_names_unique_even_for_shared_stems(tmp_path):
+    _touch(tmp_path, "x.jpg", "x.png", "a/x.jpg", "b/x.jpg", "a_y.jpg", "a/y.jpg", "solo.jpg", "ü ber.jpg")
+    items = plan_items(find_images([tmp_path]), {"train": 1.0})
+    names = {it.rel: it.name for it in items}
+    stems = [os.path.splitext(n)[0].casefold() for n in names.values()]
+    assert len(set(stems)) == len(stems)  # label files never collide
+    assert names["solo.jpg"] == "solo.jpg" and names["a/x.jpg"] == "a_x.jpg" and names["ü ber.jpg"] == "ü ber.jpg"
+    assert names["x.jpg"].startswith("x_") and names["x.png"].startswith("x_") and names["x.png"].endswith(".png")
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("train=0.8,valid=0.2", {"train": 0.8, "valid": 0.2}),
+        ("train=1", {"train": 1.0}),
+        ("train=8,val=1,test=1", {"train": 0.8, "valid": 0.1, "test": 0.1}),  # 'val' means 'valid'; normalised
+    ],
+)
+def test_parse_split(spec, expected):
+    assert parse_split(spec) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("spec", ["train=0", "training=1", "train=-1,valid=2", "train=abc"])
+def test_parse_split_rejects(spec):
+    with pytest.raises(SamlabelError, match="bad --split"):
+        parse_split(spec)
+
+
+def test_split_is_deterministic_and_stable_when_images_are_added():
+    fr = parse_split("train=0.8,valid=0.2")
+    rels = [f"img_{i}.jpg" for i in range(1000)]
+    first = {r: assign_split(r, fr) for r in rels}
+    assert {r: assign_split(r, fr) for r in rels + ["new.jpg"]} | {} == {**first, "new.jpg": assign_split("new.jpg", fr)}
+    share = sum(s == "train" for s in first.values()) / len(rels)
+    assert 0.75 < share < 0.85

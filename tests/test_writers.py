@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from pipeline.masks import mask_to_polygons, merge_polygons
+from pipeline.types import CropMask
+from pipeline.writers.coco import categories, to_coco_annotation, write_coco
+from pipeline.writers.yolo_seg import read_label_file, to_yolo_line, write_label_file
+
+
+def _two_part():
+    m = np.zeros((4, 6), bool)
+    m[0:2, 0:2] = True
+    m[2:4, 4:6] = True
+    m[3, 3] = True
+    return CropMask.from_full(m)
+
+
+@pytest.mark.parametrize(
+    "class_id, polygon, hw, expected",
+    [
+        # a square in a 10 x 20 image: x divided by 20, y by 10
+        (3, [[2, 1], [2, 5], [10, 5], [10, 1]], (10, 20), "3 0.100000 0.100000 0.100000 0.500000 0.500000 0.500000 0.500000 0.100000"),
+        # coordinates outside the image are clipped into [0, 1]
+        (0, [[-1, 0], [0, 12], [25, 3]], (10, 20), "0 0.000000 0.000000 0.000000 1.000000 1.000000 0.300000"),
+    ],
+)
+def test_yolo_line_exact(class_id, polygon, hw, expected):
+    assert to_yolo_line(class_id, np.array(polygon, float), hw) == expected
+
+
+def test_yolo_line_of_two_part_mask_is_one_line():
+    parts = mask_to_polygons(_two_part())
+    line = to_yolo_line(1, merge_polygons(parts), (4, 6))
+    assert line == (
+        "1 0.541667 0.812500 0.291667 0.437500 0.291667 0.062500 0.041667 0.062500 0.041667 0.437500 "
+        "0.291667 0.437500 0.541667 0.812500 0.541667 0.937500 0.958333 0.937500 0.958333 0.562500 "
+        "0.708333 0.562500 0.708333 0.687500"
+    )
+
+
+def test_yolo_line_needs_three_points():
+    with pytest.raises(ValueError, match="at least 3 points"):
+        to_yolo_line(0, np.zeros((2, 2)), (4, 4))
+
+
+def test_label_file_round_trip_and_empty_file(tmp_path):
+    write_label_file(tmp_path / "a.txt", ["0 0.1 0.2 0.3 0.4 0.5 0.6"])
+    write_label_file(tmp_path / "empty.txt", [])
+    assert (tmp_path / "empty.txt").read_bytes() == b""
+    [(c, poly)] = read_label_file(tmp_path / "a.txt")
+    assert c == 0 and poly.tolist() == [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+def test_coco_annotation_polygon_exact():
+    mask = _two_part()
+    ann = to_coco_annotation(
+        class_id=1, mask=mask, polygons=mask_to_polygons(mask), hw=(4, 6),
+        det_xyxy=[0.5, 0, 6, 4], confidence=0.5, mask_score=0.25,
+    )  # fmt: skip
+    assert ann == {
+        "category_id": 2,  # class 1 -> category id 2 (ids follow data.yaml order, from 1)
+        "segmentation": [  # every part of the two-part mask
+            [3.25, 3.25, 3.25, 3.75, 5.75, 3.75, 5.75, 2.25, 4.25, 2.25, 4.25, 2.75],
+            [0.25, 0.25, 0.25, 1.75, 1.75, 1.75, 1.75, 0.25],
+        ],
+        "area": 9,  # mask pixels, not box area
+        "bbox": [0, 0, 6, 4],  # the mask's tight box
+        "iscrowd": 0,
+        "det_bbox": [0.5, 0, 5.5, 4],  # the detector's box, kept
+        "confidence": 0.5,
+        "mask_score": 0.25,
+    }
+
+
+def test_coco_annotation_rle_is_lossless_and_omits_nan_scores():
+    mask = _two_part()
+    ann = to_coco_annotation(class_id=0, mask=mask, polygons=[], hw=(4, 6), encoding="rle")
+    assert ann["segmentation"] == {"size": [4, 6], "counts": "02207OI100"}
+    assert "confidence" not in ann and "mask_score" not in ann and "det_bbox" not in ann
+
+
+def test_write_coco_loads_in_pycocotools(tmp_path):
+    mask = _two_part()
+    ann = to_coco_annotation(class_id=1, mask=mask, polygons=mask_to_polygons(mask), hw=(4, 6))
+    images = [({"file_name": "a.png", "height": 4, "width": 6}, [ann, ann]), ({"file_name": "b.png", "height": 4, "width": 6}, [])]
+    path = tmp_path / "_annotations.coco.json"
+    assert write_coco(path, names=["x", "y"], images=iter(images)) == (2, 2)
+    coco = COCO(str(path))
+    assert sorted(coco.getImgIds()) == [1, 2]
+    assert [a["id"] for a in coco.loadAnns(coco.getAnnIds(imgIds=[1]))] == [1, 2]
+    assert np.array_equal(coco.annToMask(coco.anns[1]).astype(bool), mask.full((4, 6)))
+    assert json.loads(path.read_text())["categories"] == categories(["x", "y"])
+    assert [p.name for p in tmp_path.iterdir()] == ["_annotations.coco.json"]
