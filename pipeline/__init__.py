@@ -8,5 +8,14 @@ from pipeline.errors import SamlabelError
 from pipeline.run import RunResult
 from pipeline.types import CropMask, ImageItem, Instances
 
-__all__ = ["CropMask", "ImageItem", "Instances", "RunResult", "SamlabelError", "Settings", "label", "load_settings"]
+__all__ = [
+    "CropMask",
+    "ImageItem",
+    "Instances",
+    "RunResult",
+    "SamlabelError",
+    "Settings",
+    "label",
+    "load_settings",
+]
 __version__ = "0.1.0"

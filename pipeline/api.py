@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_settings
-from pipeline.run import RunResult, run_dataset
+from pipeline.errors import SamlabelError
+from pipeline.images import IMAGE_SUFFIXES
+from pipeline.run import RunResult, check_writable, run_dataset
 from pipeline.sources import find_images, parse_split, plan_items
 
 LOGGER = logging.getLogger(__name__)
@@ -33,20 +35,29 @@ def label(
         config: YAML file of settings; keyword ``settings`` override it.
         overwrite: replace a dataset from a different run in ``out``.
         progress: show a progress bar.
-        detector: a ready stage object (callable ``rgb -> Instances`` with ``names``); built from
-            ``settings.detector`` when omitted.
-        segmenter: a ready stage object (callable ``(rgb, Instances) -> Instances``); built from
-            ``settings.segmenter`` when omitted.
+        detector: weights (path or name, as ``--detector``), or a ready stage object: a callable
+            ``rgb -> Instances`` with a ``names`` attribute.
+        segmenter: weights (path or name, as ``--segmenter``), or a ready stage object: a callable
+            ``(rgb, Instances) -> Instances``.
         **settings: any field of ``pipeline.config.Settings`` (``conf=0.3``, ``split="train=1"`` ...).
 
     Returns:
         The output folder and the run report (also in ``out/report.json``).
     """
+    detector, segmenter = (
+        _stage_or_setting(detector, "detector", settings),
+        _stage_or_setting(segmenter, "segmenter", settings),
+    )
     cfg = load_settings(config, **settings)
     if isinstance(sources, (str, Path)):
         sources = [sources]
     items = plan_items(find_images(sources), parse_split(cfg.split))
+    if not items:
+        raise SamlabelError(
+            f"no images found in {', '.join(map(str, sources))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     LOGGER.info("found %d images in %s", len(items), ", ".join(map(str, sources)))
+    check_writable(out)
     if detector is None:
         from pipeline.detect import Detector
 
@@ -74,3 +85,11 @@ def label(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:
+    """A str/Path is a weights setting (moved into ``settings``); anything else is a stage object."""
+    if isinstance(value, (str, Path)):
+        settings[name] = str(value)
+        return None
+    return value

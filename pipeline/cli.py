@@ -37,11 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samlabel", description="Turn images or box datasets into YOLO-seg + COCO segmentation datasets."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("label", help="auto-label images: detector boxes -> SAM masks -> dataset")
+    p = sub.add_parser("label", parents=[common], help="auto-label images: detector boxes -> SAM masks -> dataset")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, folder (recursive) or glob")
     _add_run_options(p, "label")
     return parser

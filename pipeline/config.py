@@ -32,10 +32,13 @@ class Settings:
 
     detector: str = _opt("yolov8n.pt", "Ultralytics detector weights: a path or a name that auto-downloads", (LABEL,))
     segmenter: str = _opt(
-        "mobile_sam.pt", "SAM weights (sam_b/l/h, mobile_sam, sam2[.1]_t/s/b/l): a path or a name that auto-downloads"
+        "mobile_sam.pt",
+        "SAM weights (sam_b/l/h, mobile_sam, sam2[.1]_t/s/b/l): a path or a name that auto-downloads",
     )
     classes: tuple[str, ...] | None = _opt(
-        None, "comma-separated class names: a YOLO-World vocabulary, else a filter on the detector's names", (LABEL,)
+        None,
+        "comma-separated class names: a YOLO-World vocabulary, else a filter on the detector's names",
+        (LABEL,),
     )
     conf: float = _opt(0.25, "detector confidence threshold", (LABEL,))
     iou: float = _opt(0.7, "detector NMS IoU threshold", (LABEL,))
@@ -46,7 +49,8 @@ class Settings:
     formats: tuple[str, ...] = _opt(FORMATS, "comma-separated output formats", choices=FORMATS)
     coco_masks: str = _opt("polygon", "COCO segmentation encoding", choices=COCO_MASKS)
     simplify: float = _opt(
-        0.24, "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)"
+        0.24,
+        "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
     )
     sam_batch: int = _opt(32, "boxes decoded together per SAM decoder call (bounds memory on crowded images)")
 

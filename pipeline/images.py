@@ -65,7 +65,13 @@ def load_image(path: Path) -> LoadedImage:
                 rgb = _to_rgb(upright)
     except ImageReadError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as e:
         raise ImageReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: image has no pixels")

@@ -259,8 +259,7 @@ def export_encoder(
                 )
         except Exception as e:
             raise RuntimeError(
-                f"ONNX export of {type(encoder).__name__} at {image_size}x{image_size} "
-                f"(opset {opset}) failed: {e}"
+                f"ONNX export of {type(encoder).__name__} at {image_size}x{image_size} (opset {opset}) failed: {e}"
             ) from e
         for w in caught:  # tracer / deprecation noise; the numerics are verified by self_check()
             logger.debug("torch.onnx.export warning: %s", w.message)
@@ -377,12 +376,7 @@ class OnnxEncoder(torch.nn.Module):
             raise ValueError(f"{self.path}: expected one input, got {[i.name for i in inputs]}")
         self._input_name: str = inputs[0].name
         shape = list(inputs[0].shape)
-        if (
-            len(shape) != 4
-            or not all(isinstance(d, int) for d in shape)
-            or shape[:2] != [1, 3]
-            or shape[2] != shape[3]
-        ):
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape) or shape[:2] != [1, 3] or shape[2] != shape[3]:
             raise ValueError(f"{self.path}: expected a static (1, 3, S, S) input, got {shape}")
         self.image_size: int = shape[2]
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
@@ -500,15 +494,11 @@ def self_check(torch_encoder: torch.nn.Module, onnx_encoder: OnnxEncoder, *, ato
         torch_encoder.train(was_training)
 
     if [n for n, _ in ref] != [n for n, _ in got]:
-        raise ValueError(
-            f"ONNX encoder outputs {[n for n, _ in got]} do not match torch outputs {[n for n, _ in ref]}"
-        )
+        raise ValueError(f"ONNX encoder outputs {[n for n, _ in got]} do not match torch outputs {[n for n, _ in ref]}")
     diff = 0.0
     for (name, r), (_, o) in zip(ref, got, strict=True):
         if r.shape != o.shape:
-            raise ValueError(
-                f"ONNX encoder output {name!r} has shape {tuple(o.shape)}, torch {tuple(r.shape)}"
-            )
+            raise ValueError(f"ONNX encoder output {name!r} has shape {tuple(o.shape)}, torch {tuple(r.shape)}")
         d = (r.double().cpu() - o.double().cpu()).abs().max().item()
         if d != d:  # NaN
             raise ValueError(f"ONNX encoder self-check: output {name!r} has non-finite values")

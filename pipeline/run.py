@@ -215,9 +215,13 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict:
-    fingerprint = _fingerprint(command, settings, names, items, extra)
-    state_path = out / STATE_DIR / "state.json"
+def check_writable(out: str | Path) -> None:
+    """Create ``out`` if needed and prove it can be written, before any slow work starts.
+
+    Raises:
+        SamlabelError: it cannot be created or written.
+    """
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".samlabel-write-test-{os.getpid()}"
@@ -225,6 +229,12 @@ def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict
         probe.unlink()
     except OSError as e:
         raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+
+
+def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict:
+    fingerprint = _fingerprint(command, settings, names, items, extra)
+    state_path = out / STATE_DIR / "state.json"
+    check_writable(out)
     if state_path.is_file():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         if state.get("fingerprint") == fingerprint and not overwrite:
@@ -235,7 +245,9 @@ def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict
                 "Choose a new --out, or pass --overwrite to replace it"
             )
     elif any(out.iterdir()) and not overwrite:
-        raise SamlabelError(f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite")
+        raise SamlabelError(
+            f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite"
+        )
     if overwrite:
         _clear(out)
     state = {
@@ -268,7 +280,9 @@ def _locked(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SamlabelError(f"another samlabel run is writing to {path.parent.parent}; wait for it to end") from None
+            raise SamlabelError(
+                f"another samlabel run is writing to {path.parent.parent}; wait for it to end"
+            ) from None
         try:
             yield
         finally:
@@ -317,7 +331,7 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
     by_split: dict[str, list[tuple[str, int]]] = defaultdict(list)
     skipped, dropped = [], []
     per_class: dict[str, Counter] = defaultdict(Counter)
-    for rel, (offset, s) in sorted(index.items()):
+    for _rel, (offset, s) in sorted(index.items()):
         if s["status"] != "ok":
             skipped.append({"source": s["source"], "reason": s["reason"]})
             continue
@@ -362,7 +376,12 @@ def _coco_images(journal_path: Path, entries: list[tuple[str, int]]) -> Iterator
         for name, offset in entries:
             f.seek(offset)
             rec = json.loads(f.readline())
-            image = {"file_name": name, "height": rec["height"], "width": rec["width"], "source": rec["source"]}
+            image = {
+                "file_name": name,
+                "height": rec["height"],
+                "width": rec["width"],
+                "source": rec["source"],
+            }
             yield image, rec["annotations"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -186,4 +187,3 @@ def _two_taps(out_len: int, lowres: int, i0: np.ndarray, i1: np.ndarray, frac: n
     np.add.at(m, (rows, i0), np.float32(1) - frac)
     np.add.at(m, (rows, i1), frac)
     return m
-

@@ -84,7 +84,11 @@ class Instances:
         set_ = object.__setattr__
         set_(self, "xyxy", _array("xyxy", self.xyxy, np.float32, (n, 4)))
         set_(self, "class_id", _array("class_id", self.class_id, np.int64, (n,)))
-        defaults = {"confidence": np.full(n, np.nan), "mask_score": np.full(n, np.nan), "source_id": np.arange(n)}
+        defaults = {
+            "confidence": np.full(n, np.nan),
+            "mask_score": np.full(n, np.nan),
+            "source_id": np.arange(n),
+        }
         for name, default in defaults.items():
             value = default if getattr(self, name) is None else getattr(self, name)
             dtype = np.int64 if name == "source_id" else np.float32

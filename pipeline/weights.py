@@ -25,11 +25,14 @@ def resolve_weights(spec: str | Path, *, flag: str) -> Path:
         return path
     if path.parent != Path(".") or not path.suffix:
         raise WeightsNotFoundError(f"{flag} {spec}: no such file; give the path of a weights file with {flag} PATH")
+    from ultralytics.utils import SETTINGS
     from ultralytics.utils.downloads import attempt_download_asset
 
-    LOGGER.info("%s not found locally; asking Ultralytics to download it", spec)
+    # Into Ultralytics' weights folder, where later runs find it, rather than the current directory.
+    target = Path(SETTINGS["weights_dir"]) / path.name
+    LOGGER.info("%s not found locally; asking Ultralytics to download it to %s", spec, target.parent)
     try:
-        downloaded = Path(attempt_download_asset(str(path)))
+        downloaded = Path(attempt_download_asset(str(target)))
     except Exception as e:  # noqa: BLE001 - any network/asset failure means the same thing to the user
         raise WeightsNotFoundError(
             f"{flag} {spec}: not found locally and could not be downloaded ({type(e).__name__}: {e}); "
@@ -37,7 +40,6 @@ def resolve_weights(spec: str | Path, *, flag: str) -> Path:
         ) from None
     if not downloaded.is_file():
         raise WeightsNotFoundError(
-            f"{flag} {spec}: not found locally and the download did not produce it; "
-            f"give a local file with {flag} PATH"
+            f"{flag} {spec}: not found locally and the download did not produce it; give a local file with {flag} PATH"
         )
     return downloaded

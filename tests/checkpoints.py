@@ -1,8 +1,8 @@
 """Offline test checkpoints: random-weight Ultralytics YOLO and SAM models with predictable outputs.
 
-No pretrained weights are needed or downloaded. Both builders use Ultralytics' own model constructors, seed the
-random initialisation (without disturbing the caller's global RNG state) and then overwrite a few output-layer
-parameters so the networks give known answers regardless of the input image.
+No pretrained weights are needed or downloaded. Both builders use Ultralytics' own model constructors,
+seed the random initialisation (without disturbing the caller's global RNG state) and then overwrite a
+few output-layer parameters so that the networks give known answers whatever the input image is.
 """
 
 from __future__ import annotations
@@ -18,19 +18,25 @@ from torch import nn
 _SEED = 0
 
 
+def _logit(p: float) -> float:
+    """Return the inverse sigmoid of ``p``."""
+    return math.log(p / (1.0 - p))
+
+
 def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) -> Path:
-    """Write a random-weight YOLOv8n detection checkpoint that loads with ``ultralytics.YOLO(str(path))``.
+    """Write a random-weight YOLOv8n detection checkpoint loadable with ``ultralytics.YOLO(str(path))``.
 
     The model is built by ``ultralytics.nn.tasks.DetectionModel`` from the packaged ``yolov8n.yaml`` with
-    ``nc=len(names)`` and its ``names`` set to ``dict(enumerate(names))``. A freshly initialised network has (near)
-    zero activations in the head in eval mode, so every class logit equals its Detect-head bias. The last conv of
-    each classification branch (``model.model[-1].cv3[i][-1]``, levels i = 0, 1, 2 with strides 8, 16, 32) is
-    therefore rigged: weight zeroed, bias ``logit(score + 0.01 * i)`` for class ``i % nc`` and 8 lower for the other
-    classes. Every anchor of level ``i`` thus predicts class ``i % nc`` with confidence ``score + 0.01 * i`` (up to
-    float32 rounding); the slightly higher coarse levels are ranked first by NMS, so the default ``max_det=300`` on
-    a 640x480 image keeps boxes of several classes. Boxes come from the untouched box branch: all DFL bins carry
-    bias 2.0, so each box is a square of side ``15 * stride`` centred on its anchor (clipped to the image). With
-    ``conf=0.25`` any image therefore yields detections (up to ``max_det`` after NMS) whatever its pixels are.
+    ``nc=len(names)``; its ``names`` become ``dict(enumerate(names))``. In eval mode a freshly initialised
+    network has (near) zero activations in the head, so every class logit equals its Detect-head bias.
+    The last conv of each classification branch (``model.model[-1].cv3[i][-1]``, levels i = 0, 1, 2 with
+    strides 8, 16, 32) is therefore rigged: weight zeroed, bias ``logit(score + 0.01 * i)`` for class
+    ``i % nc`` and 8 lower for the other classes. Every anchor of level ``i`` thus predicts class
+    ``i % nc`` with confidence ``score + 0.01 * i`` (up to float32 rounding). The coarser levels rank
+    first in NMS, so the default ``max_det=300`` on a 640x480 image keeps boxes of several classes.
+    Boxes come from the untouched box branch: all DFL bins carry bias 2.0, so each box is a square of
+    side ``15 * stride`` centred on its anchor (clipped to the image). With ``conf=0.25`` any image
+    therefore yields detections (up to ``max_det`` after NMS) whatever its pixels are.
 
     Args:
         path: Destination ``.pt`` file; parent directories are created.
@@ -55,7 +61,7 @@ def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) ->
     model.args = {**DEFAULT_CFG_DICT, "task": "detect"}
     with torch.no_grad():
         for i, branch in enumerate(model.model[-1].cv3):
-            logit = math.log((score + 0.01 * i) / (1.0 - score - 0.01 * i))
+            logit = _logit(score + 0.01 * i)
             conv = branch[-1]
             conv.weight.zero_()
             conv.bias.fill_(logit - 8.0)
@@ -74,7 +80,7 @@ def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) ->
 
 
 def _set_last_linear(head: nn.Module, value: float) -> None:
-    """Make a ``Linear`` or Ultralytics ``MLP`` output ``value`` for every input by zeroing its last layer weight."""
+    """Make a ``Linear`` or Ultralytics ``MLP`` output ``value`` everywhere by zeroing its last weight."""
     layer = head.layers[-1] if hasattr(head, "layers") else head
     layer.weight.zero_()
     layer.bias.fill_(value)
@@ -83,20 +89,20 @@ def _set_last_linear(head: nn.Module, value: float) -> None:
 def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0.9) -> Path:
     """Write a random-weight SAM / SAM2 state dict whose mask decoder answers every prompt identically.
 
-    The architecture is chosen exactly as ``ultralytics.models.sam.build.build_sam`` does, from the end of
-    ``path.name`` (e.g. ``mobile_sam.pt``, ``sam_b.pt``, ``sam2_t.pt``, ``sam2.1_t.pt``), and built with seeded
-    random weights (loading of the not-yet-existing file is bypassed). The mask decoder (``mask_decoder`` for SAM,
-    ``sam_mask_decoder`` for SAM2) is then rigged:
+    The architecture is chosen as ``ultralytics.models.sam.build.build_sam`` does, from the end of the
+    file name (``mobile_sam.pt``, ``sam_b.pt``, ``sam2_t.pt``, ``sam2.1_t.pt``, ...), and built with
+    seeded random weights (loading of the not-yet-existing file is bypassed). The mask decoder
+    (``mask_decoder`` for SAM, ``sam_mask_decoder`` for SAM2) is then rigged:
 
-    * ``output_upscaling[-2]`` (last ``ConvTranspose2d``): weight zeroed, bias 1, so after the final GELU every
-      upscaled-embedding channel equals ``GELU(1) ~= 0.8413`` at every pixel. For SAM2, ``conv_s0``/``conv_s1``
-      (the high-resolution feature projections added inside the upscaling path) are zeroed too.
-    * ``output_hypernetworks_mlps[k].layers[-1]``: weight zeroed, bias ``mask_logit / (C * GELU(1))`` with ``C``
-      the number of upscaled channels, so every low-res (256x256) mask logit equals ``mask_logit``: a whole-image
-      mask when positive.
-    * ``iou_prediction_head.layers[-1]``: weight zeroed, bias ``score`` (``logit(score)`` when the head applies a
-      sigmoid, as in SAM2), so every predicted IoU equals ``score``.
-    * SAM2 only: ``pred_obj_score_head`` outputs 10 (object present), so video/tracking paths keep the mask.
+    * ``output_upscaling[-2]`` (last ``ConvTranspose2d``): weight zeroed, bias 1, so after the final
+      GELU every upscaled-embedding channel equals ``GELU(1) ~= 0.8413`` at every pixel. For SAM2,
+      ``conv_s0``/``conv_s1`` (high-resolution features added inside the upscaling path) are zeroed.
+    * ``output_hypernetworks_mlps[k].layers[-1]``: weight zeroed, bias ``mask_logit / (C * GELU(1))``
+      with ``C`` upscaled channels, so every low-res (256x256) mask logit equals ``mask_logit``, for
+      single- and multi-mask output: a whole-image mask when positive, an empty one when negative.
+    * ``iou_prediction_head.layers[-1]``: weight zeroed, bias ``score`` (``logit(score)`` when the head
+      ends in a sigmoid, as in SAM2), so every predicted IoU equals ``score``.
+    * SAM2 only: ``pred_obj_score_head`` outputs 10 (object present), as in the video/tracking path.
 
     The file holds ``model.state_dict()`` and loads with ``build_sam(str(path))``.
 
@@ -109,7 +115,7 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
         The path written.
 
     Raises:
-        FileNotFoundError: If ``path.name`` does not name a supported SAM architecture (raised by ``build_sam``).
+        FileNotFoundError: If the file name does not end with a supported SAM model name.
     """
     from ultralytics.models.sam import build as sam_build
 
@@ -126,7 +132,7 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
         for mlp in decoder.output_hypernetworks_mlps:
             _set_last_linear(mlp, mask_logit / (upscale.out_channels * level))
         iou_head = decoder.iou_prediction_head
-        _set_last_linear(iou_head, math.log(score / (1.0 - score)) if getattr(iou_head, "sigmoid", False) else score)
+        _set_last_linear(iou_head, _logit(score) if getattr(iou_head, "sigmoid", False) else score)
         for name in ("conv_s0", "conv_s1"):
             conv = getattr(decoder, name, None)
             if conv is not None:

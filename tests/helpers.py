@@ -46,7 +46,7 @@ def check_yolo_matches_coco(out: Path) -> int:
             anns = [coco.anns[a] for a in sorted(coco.getAnnIds(imgIds=[img["id"]]))]
             lines = read_label_file(out / split / "labels" / (Path(name).stem + ".txt"))
             assert [c for c, _ in lines] == [a["category_id"] - 1 for a in anns]
-            for (c, poly), ann in zip(lines, anns):
+            for (c, poly), ann in zip(lines, anns, strict=True):
                 assert names[c] == cat_names[ann["category_id"]]
                 raster = polygons_to_mask([poly * [hw[1], hw[0]]], hw)
                 ref = coco.annToMask(ann).astype(bool)

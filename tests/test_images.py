@@ -19,11 +19,19 @@ def _save(path, array, mode=None, **kw):
         # 8-bit gray: value replicated to RGB
         (lambda p: _save(p / "g.png", np.full((4, 5), 77, np.uint8)), (77, 77, 77)),
         # RGBA: alpha dropped, colour kept
-        (lambda p: _save(p / "a.png", np.dstack([np.full((4, 5, 3), 200, np.uint8), np.zeros((4, 5), np.uint8)])), (200, 200, 200)),
+        (
+            lambda p: _save(p / "a.png", np.dstack([np.full((4, 5, 3), 200, np.uint8), np.zeros((4, 5), np.uint8)])),
+            (200, 200, 200),
+        ),
         # 16-bit gray: scaled (65535 -> 255), not clipped
         (lambda p: _save(p / "16.png", np.full((4, 5), 32896, np.uint16)), (128, 128, 128)),
         # palette image
-        (lambda p: Image.fromarray(np.full((4, 5, 3), (10, 20, 30), np.uint8)).quantize(4).save(p / "p.png") or p / "p.png", (10, 20, 30)),
+        (
+            lambda p: (
+                Image.fromarray(np.full((4, 5, 3), (10, 20, 30), np.uint8)).quantize(4).save(p / "p.png") or p / "p.png"
+            ),
+            (10, 20, 30),
+        ),
     ],
 )
 def test_modes_become_rgb_uint8(tmp_path, make, expected_pixel):

@@ -29,7 +29,10 @@ def _mask(hw, *cells):
         # one pixel at row 1, col 2: the outline runs a quarter pixel inside its square [2, 3] x [1, 2]
         (_mask((4, 5), (1, 2)), [[[2.25, 1.25], [2.25, 1.75], [2.75, 1.75], [2.75, 1.25]]]),
         # a 2 x 3 block at the image corner
-        (np.pad(np.ones((2, 3), bool), ((0, 2), (0, 2))), [[[0.25, 0.25], [0.25, 1.75], [2.75, 1.75], [2.75, 0.25]]]),
+        (
+            np.pad(np.ones((2, 3), bool), ((0, 2), (0, 2))),
+            [[[0.25, 0.25], [0.25, 1.75], [2.75, 1.75], [2.75, 0.25]]],
+        ),
         # empty mask: no polygon
         (np.zeros((3, 3), bool), []),
     ],

@@ -116,7 +116,7 @@ def test_round_trip_through_supervision(image_folder, tmp_path):
         assert det.class_id.tolist() == ref.class_id.tolist()
         if len(det) == 0:
             continue
-        for m_yolo, m_coco in zip(det.mask, ref.mask):
+        for m_yolo, m_coco in zip(det.mask, ref.mask, strict=True):
             assert np.logical_and(m_yolo, m_coco).sum() / np.logical_or(m_yolo, m_coco).sum() > 0.9
 
 

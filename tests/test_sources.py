@@ -53,7 +53,10 @@ def test_output_names_unique_even_for_shared_stems(tmp_path):
     [
         ("train=0.8,valid=0.2", {"train": 0.8, "valid": 0.2}),
         ("train=1", {"train": 1.0}),
-        ("train=8,val=1,test=1", {"train": 0.8, "valid": 0.1, "test": 0.1}),  # 'val' means 'valid'; normalised
+        (
+            "train=8,val=1,test=1",
+            {"train": 0.8, "valid": 0.1, "test": 0.1},
+        ),  # 'val' means 'valid'; normalised
     ],
 )
 def test_parse_split(spec, expected):
@@ -70,6 +73,9 @@ def test_split_is_deterministic_and_stable_when_images_are_added():
     fr = parse_split("train=0.8,valid=0.2")
     rels = [f"img_{i}.jpg" for i in range(1000)]
     first = {r: assign_split(r, fr) for r in rels}
-    assert {r: assign_split(r, fr) for r in rels + ["new.jpg"]} | {} == {**first, "new.jpg": assign_split("new.jpg", fr)}
+    assert {r: assign_split(r, fr) for r in rels + ["new.jpg"]} | {} == {
+        **first,
+        "new.jpg": assign_split("new.jpg", fr),
+    }
     share = sum(s == "train" for s in first.values()) / len(rels)
     assert 0.75 < share < 0.85

@@ -30,7 +30,10 @@ def test_shape_errors_say_expected_and_actual(kwargs, message):
 def test_selection_keeps_every_field_together():
     masks = tuple(CropMask(np.ones((1, 1), bool), x0=i) for i in range(3))
     inst = Instances(
-        xyxy=np.arange(12).reshape(3, 4), class_id=[5, 6, 7], confidence=[0.1, 0.2, 0.3], masks=masks,
+        xyxy=np.arange(12).reshape(3, 4),
+        class_id=[5, 6, 7],
+        confidence=[0.1, 0.2, 0.3],
+        masks=masks,
         source_id=[10, 11, 12],
     )
     sel = inst[np.array([True, False, True])]

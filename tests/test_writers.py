@@ -24,7 +24,12 @@ def _two_part():
     "class_id, polygon, hw, expected",
     [
         # a square in a 10 x 20 image: x divided by 20, y by 10
-        (3, [[2, 1], [2, 5], [10, 5], [10, 1]], (10, 20), "3 0.100000 0.100000 0.100000 0.500000 0.500000 0.500000 0.500000 0.100000"),
+        (
+            3,
+            [[2, 1], [2, 5], [10, 5], [10, 1]],
+            (10, 20),
+            "3 0.100000 0.100000 0.100000 0.500000 0.500000 0.500000 0.500000 0.100000",
+        ),
         # coordinates outside the image are clipped into [0, 1]
         (0, [[-1, 0], [0, 12], [25, 3]], (10, 20), "0 0.000000 0.000000 0.000000 1.000000 1.000000 0.300000"),
     ],
@@ -88,7 +93,10 @@ def test_coco_annotation_rle_is_lossless_and_omits_nan_scores():
 def test_write_coco_loads_in_pycocotools(tmp_path):
     mask = _two_part()
     ann = to_coco_annotation(class_id=1, mask=mask, polygons=mask_to_polygons(mask), hw=(4, 6))
-    images = [({"file_name": "a.png", "height": 4, "width": 6}, [ann, ann]), ({"file_name": "b.png", "height": 4, "width": 6}, [])]
+    images = [
+        ({"file_name": "a.png", "height": 4, "width": 6}, [ann, ann]),
+        ({"file_name": "b.png", "height": 4, "width": 6}, []),
+    ]
     path = tmp_path / "_annotations.coco.json"
     assert write_coco(path, names=["x", "y"], images=iter(images)) == (2, 2)
     coco = COCO(str(path))

@@ -97,7 +97,9 @@ def write_coco(
             with open(ann_file, "w+", encoding="utf-8") as anns:
                 for image, annotations in images:
                     n_images += 1
-                    f.write(("," if n_images > 1 else "") + "\n" + json.dumps({"id": n_images, **image}, ensure_ascii=False))
+                    f.write(
+                        ("," if n_images > 1 else "") + "\n" + json.dumps({"id": n_images, **image}, ensure_ascii=False)
+                    )
                     for a in annotations:
                         n_anns += 1
                         anns.write(("," if n_anns > 1 else "") + "\n")

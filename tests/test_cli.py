@@ -1,0 +1,107 @@
+"""The ``samlabel`` command end to end, on real Ultralytics YOLO + SAM code with offline checkpoints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from tests.checkpoints import make_sam_checkpoint, make_yolo_checkpoint
+from tests.helpers import (
+    check_yolo_matches_coco,
+    coco_by_image,
+    coco_data,
+    label_files_bytes,
+    splits_of,
+    ultralytics_segment_labels,
+)
+
+NAMES = ["ball", "cube", "cone"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    return make_yolo_checkpoint(d / "det.pt", NAMES), make_sam_checkpoint(d / "mobile_sam.pt")
+
+
+def _samlabel(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
+    """Issue 2's acceptance: nested folder, mixed .jpg/.JPG/.png, grayscale image, real models."""
+    det, sam = weights
+    out = tmp_path / "ds"
+    args = ["label", image_folder, "--out", out, "--detector", det, "--segmenter", sam, "--max-det", 4, "-q"]
+    proc = _samlabel(*args)
+    assert proc.returncode == 0, proc.stderr
+    # Ultralytics: check_det_dataset + its segment loader read it, with the detector's class names
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == NAMES
+    labels = ultralytics_segment_labels(out)
+    assert sum(len(v) for v in labels.values()) == 6
+    # pycocotools per split; YOLO and COCO hold the same instances per image
+    n = check_yolo_matches_coco(out)
+    assert n > 0
+    report = yaml.safe_load((out / "report.json").read_text())
+    assert report["instances_total"] == n and report["skipped_images"] == []
+    # every image in exactly one split
+    names = [p.name for s in splits_of(out) for p in (out / s / "images").iterdir()]
+    assert len(names) == len(set(names)) == 6
+    # the rigged SAM answers "whole image, score 0.9" for every box: each detector box is one instance
+    for split in splits_of(out):
+        for anns in coco_by_image(out, split).values():
+            assert len(anns) <= 4
+            for a in anns:
+                assert a["mask_score"] == pytest.approx(0.9, abs=1e-4) and a["confidence"] >= 0.25
+    # re-running gives the same splits and byte-identical label files
+    again = tmp_path / "again"
+    proc = _samlabel(*args[:3], again, *args[4:])
+    assert proc.returncode == 0, proc.stderr
+    assert label_files_bytes(out) == label_files_bytes(again)
+    assert coco_data(out) == coco_data(again)
+
+
+@pytest.mark.parametrize(
+    "flag, name",
+    [("--detector", "yolov8n.pt"), ("--segmenter", "mobile_sam.pt"), ("--detector", "missing/dir/best.pt")],
+)
+def test_missing_weights_one_line_exit_2(tmp_path, image_folder, weights, flag, name):
+    det, sam = weights
+    chosen = {"--detector": det, "--segmenter": sam, flag: name}
+    proc = _samlabel(
+        "label", image_folder, "--out", tmp_path / "o", "--detector", chosen["--detector"], "--segmenter",
+        chosen["--segmenter"], "-q", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("samlabel: error:")]
+    assert name in line and f"{flag} PATH" in line
+    assert not (tmp_path / name).exists()  # nothing half-downloaded left behind
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["label", "nowhere/", "--out", "o"], "does not exist"),
+        (["label", ".", "--out", "o", "--split", "train=0"], "bad --split"),
+        (["label", ".", "--out", "o", "--formats", "voc"], "formats"),
+        (["label", ".", "--out", "o", "--config", "missing.yaml"], "cannot read"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_empty_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["label", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no images found" in capsys.readouterr().err
