@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", parents=[common], help="auto-label images: detector boxes -> SAM masks -> dataset")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, folder (recursive) or glob")
     _add_run_options(p, "label")
+
+    p = sub.add_parser("validate", parents=[common], help="check a dataset's consistency; exit 1 on problems")
+    p.add_argument("dir", metavar="DIR", help="dataset folder (data.yaml, <split>/images, labels, COCO files)")
     return parser
 
 
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.quiet,
                 **_settings_kwargs(args),
             )
+        elif args.command == "validate":
+            return _validate(args.dir)
     except SamlabelError as e:
         print(f"samlabel: error: {e}", file=sys.stderr)
         return 2
@@ -83,6 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _validate(directory: str) -> int:
+    from pathlib import Path
+
+    from pipeline.validate import validate
+
+    if not Path(directory).is_dir():
+        raise SamlabelError(f"{directory}: no such folder")
+    problems = validate(directory)
+    for problem in problems:
+        print(problem)
+    print(f"{directory}: {len(problems)} problem(s)" if problems else f"{directory}: OK", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

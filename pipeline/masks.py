@@ -33,9 +33,10 @@ def mask_to_polygons(mask: CropMask, *, tolerance: float = SIMPLIFY_TOLERANCE) -
     Returns:
         float64 arrays (K, 2) of (x, y) image coordinates, K >= 3, largest part first.
     """
-    if mask.bits.size == 0 or not mask.bits.any():
+    if mask.area == 0:
         return []
-    up = np.kron(mask.bits.astype(np.uint8), np.ones((2, 2), np.uint8))
+    bits = mask.bits.view(np.uint8)
+    up = np.repeat(np.repeat(bits, 2, axis=0), 2, axis=1)
     up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     offset = np.array([mask.x0, mask.y0], dtype=np.float64)
@@ -96,7 +97,7 @@ def polygons_to_mask(polygons: list[np.ndarray], hw: tuple[int, int]) -> np.ndar
 
 def mask_to_rle(mask: CropMask, hw: tuple[int, int]) -> dict:
     """COCO compressed RLE of a mask in an image of size ``hw`` (H, W); ``counts`` is a str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.full(hw).astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(mask.full(hw), dtype=np.uint8))
     return {"size": [int(hw[0]), int(hw[1])], "counts": rle["counts"].decode("ascii")}
 
 

@@ -88,6 +88,7 @@ def run_dataset(
     state = _prepare_out(out, command, settings, names, items, overwrite, fingerprint_extra)
     journal_path = out / STATE_DIR / "journal.jsonl"
     with _locked(out / STATE_DIR / "lock"):
+        _drop_torn_tail(journal_path)
         done = {r["rel"] for r in _read_journal(journal_path)}
         todo = [it for it in items if it.rel not in done]
         if done:
@@ -287,6 +288,16 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line left half-written by a killed run, so new records start on a line of their own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _read_journal(path: Path) -> Iterator[dict]:

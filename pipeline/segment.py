@@ -121,8 +121,12 @@ class Upsampler:
         y0, y1 = self._window(self._y_span, int(rows[0]), int(rows[-1]))
         x0, x1 = self._window(self._x_span, int(cols[0]), int(cols[-1]))
         window = self.ry[y0:y1] @ logits.float() @ self.rx[x0:x1].T
-        crop = CropMask.from_full((window > threshold).cpu().numpy())
-        return CropMask(crop.bits, crop.x0 + x0, crop.y0 + y0)
+        positive = (window > threshold).cpu().numpy()
+        rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+        if rows.size == 0:
+            return CropMask(np.zeros((0, 0), dtype=bool))
+        bits = positive[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        return CropMask(bits, x0 + int(cols[0]), y0 + int(rows[0]))
 
     @staticmethod
     def _window(span: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:

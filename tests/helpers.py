@@ -79,3 +79,11 @@ def ultralytics_segment_labels(out: Path) -> dict[str, list[dict]]:
         ds = YOLODataset(img_path=data[key], data=data, task="segment", hyp=get_cfg(), augment=False, imgsz=320)
         result[key] = ds.labels
     return result
+
+
+def assert_valid(out: Path) -> None:
+    """``samlabel validate`` finds no problem in a produced dataset."""
+    from pipeline.validate import validate
+
+    problems = validate(out)
+    assert problems == [], "\n".join(problems)

@@ -11,6 +11,7 @@ import yaml
 from pipeline.cli import main
 from tests.checkpoints import make_sam_checkpoint, make_yolo_checkpoint
 from tests.helpers import (
+    assert_valid,
     check_yolo_matches_coco,
     coco_by_image,
     coco_data,
@@ -65,6 +66,10 @@ def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
     assert proc.returncode == 0, proc.stderr
     assert label_files_bytes(out) == label_files_bytes(again)
     assert coco_data(out) == coco_data(again)
+    for ds in (out, again):
+        assert_valid(ds)
+        proc = _samlabel("validate", ds)
+        assert proc.returncode == 0 and "OK" in proc.stderr, proc.stdout
 
 
 @pytest.mark.parametrize(

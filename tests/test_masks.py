@@ -74,7 +74,7 @@ def test_crop_offsets_are_applied():
     m = np.zeros((30, 40), bool)
     m[10:13, 20:24] = True
     crop = CropMask.from_full(m)
-    assert (crop.x0, crop.y0, crop.bits.shape) == (20, 10, (3, 4))
+    assert (crop.x0, crop.y0, crop.shape) == (20, 10, (3, 4))
     assert crop.xyxy == (20, 10, 24, 13)
     assert crop.area == 12
     assert np.array_equal(polygons_to_mask(mask_to_polygons(crop), m.shape), m)

@@ -14,6 +14,7 @@ from pipeline import label
 from pipeline.errors import SamlabelError
 from tests.conftest import FakeDetector, FakeSegmenter
 from tests.helpers import (
+    assert_valid,
     check_yolo_matches_coco,
     coco_by_image,
     coco_data,
@@ -24,7 +25,9 @@ from tests.helpers import (
 
 
 def _label(src, out, **kw):
-    return label(src, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False, **kw)
+    result = label(src, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False, **kw)
+    assert_valid(out)  # every dataset a test produces passes `samlabel validate`
+    return result
 
 
 def test_dataset_layout_and_report(image_folder, tmp_path):

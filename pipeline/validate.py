@@ -1,0 +1,186 @@
+"""Check a YOLO-seg / COCO dataset for consistency; every problem is one readable line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+from pycocotools import mask as mask_utils
+
+from pipeline.images import IMAGE_SUFFIXES
+from pipeline.sources import SPLITS
+
+
+def validate(out: str | Path) -> list[str]:
+    """Problems found in the dataset at ``out``; an empty list means it is consistent.
+
+    Checks data.yaml (names, split folders), images vs label files vs COCO entries, label lines
+    (class ids in range, polygons of >= 3 points inside [0, 1]), COCO ids, categories against
+    data.yaml, polygons/RLE inside the image, areas against the rasterized masks, boxes, the same
+    instance count in YOLO and COCO per image, and the same image in two splits.
+    """
+    out = Path(out)
+    problems: list[str] = []
+    names = _check_data_yaml(out, problems)
+    hashes: dict[str, list[str]] = defaultdict(list)
+    for split in SPLITS:
+        images_dir = out / split / "images"
+        if not images_dir.is_dir():
+            continue
+        images = {p.name: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        for name, p in images.items():
+            hashes[hashlib.sha256(p.read_bytes()).hexdigest()].append(f"{split}/images/{name}")
+        yolo_counts = _check_labels(out, split, images, names, problems)
+        coco_counts = _check_coco(out, split, images, names, problems)
+        if yolo_counts is not None and coco_counts is not None:
+            for name in images:
+                if yolo_counts.get(name, 0) != coco_counts.get(name, 0):
+                    problems.append(
+                        f"{split}/images/{name}: {yolo_counts.get(name, 0)} YOLO instances but "
+                        f"{coco_counts.get(name, 0)} COCO annotations"
+                    )
+    for paths in hashes.values():
+        if len({p.split("/")[0] for p in paths}) > 1:
+            problems.append(f"same image in several splits: {', '.join(paths)}")
+    return problems
+
+
+def _check_data_yaml(out: Path, problems: list[str]) -> list[str]:
+    path = out / "data.yaml"
+    if not path.is_file():
+        problems.append("data.yaml: missing")
+        return []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        problems.append(f"data.yaml: not valid YAML ({e})")
+        return []
+    names = data.get("names", [])
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not names:
+        problems.append("data.yaml: no class names")
+    if "nc" in data and data["nc"] != len(names):
+        problems.append(f"data.yaml: nc is {data['nc']} but {len(names)} names are listed")
+    for key in ("train", "val", "test"):
+        if key in data and not (out / str(data[key])).is_dir():
+            problems.append(f"data.yaml: {key}: {data[key]} is not a folder")
+    return [str(n) for n in names]
+
+
+def _check_labels(out, split, images, names, problems) -> dict[str, int] | None:
+    labels_dir = out / split / "labels"
+    if not labels_dir.is_dir():
+        return None
+    by_stem = {Path(n).stem: n for n in images}
+    counts: dict[str, int] = {}
+    for label in sorted(labels_dir.glob("*.txt")):
+        where = f"{split}/labels/{label.name}"
+        if label.stem not in by_stem:
+            problems.append(f"{where}: no image with this stem")
+            continue
+        lines = label.read_text(encoding="utf-8").splitlines()
+        counts[by_stem[label.stem]] = sum(1 for ln in lines if ln.strip())
+        for number, line in enumerate(lines, 1):
+            _check_label_line(f"{where}:{number}", line, len(names), problems)
+    for stem, name in by_stem.items():
+        if not (labels_dir / f"{stem}.txt").is_file():
+            problems.append(f"{split}/images/{name}: no label file")
+    return counts
+
+
+def _check_label_line(where: str, line: str, nc: int, problems: list[str]) -> None:
+    values = line.split()
+    if not values:
+        return
+    try:
+        cls, coords = int(values[0]), [float(v) for v in values[1:]]
+    except ValueError:
+        problems.append(f"{where}: not numbers")
+        return
+    if not 0 <= cls < nc:
+        problems.append(f"{where}: class id {cls} outside 0..{nc - 1}")
+    if len(coords) < 6 or len(coords) % 2:
+        problems.append(f"{where}: a polygon needs an even number (>= 6) of coordinates, got {len(coords)}")
+    if any(not (0.0 <= v <= 1.0) or math.isnan(v) for v in coords):
+        problems.append(f"{where}: coordinates outside [0, 1]")
+
+
+def _check_coco(out, split, images, names, problems) -> dict[str, int] | None:
+    path = out / split / "_annotations.coco.json"
+    where = f"{split}/_annotations.coco.json"
+    if not path.is_file():
+        return None
+    try:
+        coco = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{where}: not valid JSON ({e})")
+        return {}
+    cats = {c["id"]: c["name"] for c in coco.get("categories", [])}
+    expected = {i + 1: n for i, n in enumerate(names)}
+    if names and cats != expected:
+        problems.append(f"{where}: categories {cats} do not follow data.yaml's names {expected}")
+    imgs: dict[int, dict] = {}
+    for img in coco.get("images", []):
+        if img["id"] in imgs:
+            problems.append(f"{where}: duplicate image id {img['id']}")
+        imgs[img["id"]] = img
+        if img["file_name"] not in images:
+            problems.append(f"{where}: image {img['id']} {img['file_name']!r} is not in {split}/images")
+    listed = {img["file_name"] for img in imgs.values()}
+    problems.extend(f"{split}/images/{n}: not in {where}" for n in images if n not in listed)
+    counts: dict[str, int] = defaultdict(int)
+    seen: set[int] = set()
+    for ann in coco.get("annotations", []):
+        aw = f"{where}: annotation {ann.get('id')}"
+        if ann.get("id") in seen:
+            problems.append(f"{aw}: duplicate id")
+        seen.add(ann.get("id"))
+        img = imgs.get(ann.get("image_id"))
+        if img is None:
+            problems.append(f"{aw}: unknown image_id {ann.get('image_id')}")
+            continue
+        counts[img["file_name"]] += 1
+        if ann.get("category_id") not in cats:
+            problems.append(f"{aw}: unknown category_id {ann.get('category_id')}")
+        _check_geometry(aw, ann, img["height"], img["width"], problems)
+    return counts
+
+
+def _check_geometry(where: str, ann: dict, h: int, w: int, problems: list[str]) -> None:
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        for poly in seg:
+            if len(poly) < 6 or len(poly) % 2:
+                problems.append(f"{where}: polygon with {len(poly)} coordinates")
+                return
+            xs, ys = poly[0::2], poly[1::2]
+            if min(xs) < 0 or min(ys) < 0 or max(xs) > w or max(ys) > h:
+                problems.append(f"{where}: polygon outside the {w}x{h} image")
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if seg else None
+    elif isinstance(seg, dict):
+        if list(seg.get("size", [])) != [h, w]:
+            problems.append(f"{where}: RLE size {seg.get('size')} is not the image's [{h}, {w}]")
+            return
+        counts = seg["counts"]
+        rle = (
+            mask_utils.frPyObjects(seg, h, w)
+            if isinstance(counts, list)
+            else {"size": [h, w], "counts": counts.encode()}
+        )
+    else:
+        problems.append(f"{where}: no segmentation")
+        return
+    raster_area = int(mask_utils.area(rle)) if rle is not None else 0
+    if raster_area == 0:
+        problems.append(f"{where}: empty mask")
+    area = ann.get("area", 0)
+    if abs(area - raster_area) > max(2, 0.02 * raster_area):
+        problems.append(f"{where}: area {area} but the mask has {raster_area} pixels")
+    x, y, bw, bh = ann.get("bbox", [0, 0, 0, 0])
+    if bw <= 0 or bh <= 0 or x < 0 or y < 0 or x + bw > w + 1e-6 or y + bh > h + 1e-6:
+        problems.append(f"{where}: bbox {ann.get('bbox')} is empty or outside the {w}x{h} image")

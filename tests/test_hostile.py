@@ -1,0 +1,102 @@
+"""Whatever a real image folder holds: reported, never fatal, never costly to the rest of the run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import label
+from pipeline.errors import SamlabelError
+from tests.conftest import FakeDetector, FakeSegmenter, draw_scene
+from tests.helpers import assert_valid, coco_by_image
+
+
+def _run(src, out, **kw):
+    result = label(src, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False, split="train=1", **kw)
+    assert_valid(out)
+    return result.report
+
+
+def test_a_folder_of_everything(tmp_path):
+    src = tmp_path / "src"
+    (src / "dir with space").mkdir(parents=True)
+    (src / "b").mkdir()
+    scene = draw_scene(hw=(60, 80), discs=((40, 30, 10),))
+    Image.fromarray(scene).save(src / "dir with space" / "naïve café.png")
+    Image.fromarray(scene).save(src / "x.jpg", quality=100)
+    Image.fromarray(scene).save(src / "x.png")
+    Image.fromarray(scene).save(src / "b" / "x.png")
+    Image.fromarray(scene).convert("CMYK").save(src / "cmyk.jpg")
+    Image.fromarray(scene[..., 0].astype(np.uint16) * 257).save(src / "sixteen.png")
+    Image.fromarray(scene).quantize(16).save(src / "palette.png")
+    Image.fromarray(np.dstack([scene, np.full(scene.shape[:2], 128, np.uint8)])).save(src / "rgba.png")
+    Image.fromarray(scene[..., 0]).save(src / "gray.png")
+    Image.fromarray(draw_scene(hw=(8, 8), discs=((4, 4, 2),))).save(src / "tiny.png")
+    (src / "zero.jpg").write_bytes(b"")
+    (src / "text.png").write_text("I am not a PNG")
+    (src / "trunc.jpg").write_bytes((src / "x.jpg").read_bytes()[:200])
+    report = _run(src, tmp_path / "out")
+    assert sorted(s["source"].rsplit("/", 1)[1] for s in report["skipped_images"]) == [
+        "text.png",
+        "trunc.jpg",
+        "zero.jpg",
+    ]
+    assert report["images"] == {"train": 10}
+    anns = coco_by_image(tmp_path / "out", "train")
+    assert "dir with space_naïve café.png" in anns
+    # every readable image, whatever its mode, gets its disc found and segmented
+    for name, a in anns.items():
+        assert len(a) == 1, name
+
+
+def test_exif_rotated_photo_labels_the_upright_image(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    stored = draw_scene(hw=(60, 100), discs=((15, 15, 8),))  # disc near the top-left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    Image.fromarray(stored).save(src / "rot.jpg", exif=exif.tobytes(), quality=100)
+    _run(src, tmp_path / "out")
+    exported = Image.open(tmp_path / "out" / "train" / "images" / "rot.jpg")
+    assert exported.size == (60, 100) and exported.getexif().get(0x0112, 1) == 1
+    [ann] = coco_by_image(tmp_path / "out", "train")["rot.jpg"]
+    x, y, w, h = ann["bbox"]
+    assert x + w / 2 > 30 and y + h / 2 < 30  # the disc is now at the top-right of the upright image
+
+
+def test_large_image(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    big = draw_scene(hw=(4000, 6000), discs=((3000, 2000, 1500), (500, 500, 100)))
+    Image.fromarray(big).save(src / "big.png", compress_level=1)
+    report = _run(src, tmp_path / "out")
+    anns = coco_by_image(tmp_path / "out", "train")["big.png"]
+    assert len(anns) == 2 and report["instances_total"] == 2
+    assert max(a["area"] for a in anns) == pytest.approx(np.pi * 1500**2, rel=0.01)
+
+
+def test_output_folder_that_cannot_be_written_is_refused_before_work(tmp_path, image_folder):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    calls = []
+
+    class Recording(FakeDetector):
+        def __call__(self, rgb):
+            calls.append(1)
+            return super().__call__(rgb)
+
+    with pytest.raises(SamlabelError, match="cannot be written"):
+        label(image_folder, blocker / "out", detector=Recording(), segmenter=FakeSegmenter(), progress=False)
+    assert calls == []
+
+
+def test_nothing_written_outside_the_output_folder(tmp_path, image_folder):
+    before = {p for p in tmp_path.rglob("*")}
+    _run(image_folder, tmp_path / "out")
+    after = {p for p in tmp_path.rglob("*")}
+    assert all(tmp_path / "out" in p.parents or p == tmp_path / "out" for p in after - before)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["images"] == {"train": 6}

@@ -1,0 +1,151 @@
+"""Interrupted runs resume to the same dataset a clean run writes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import label
+from pipeline.errors import SamlabelError
+from tests.conftest import FakeDetector, FakeSegmenter, draw_scene
+from tests.helpers import assert_valid, coco_data, label_files_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pipeline import label
+from tests.conftest import FakeDetector, FakeSegmenter
+
+class Slow(FakeSegmenter):
+    def __call__(self, rgb, inst):
+        time.sleep({delay})
+        return super().__call__(rgb, inst)
+
+label({src!r}, {out!r}, detector=FakeDetector(), segmenter=Slow(), progress=False)
+"""
+
+
+@pytest.fixture
+def many_images(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        discs = [(int(rng.integers(10, 70)), int(rng.integers(10, 50)), int(rng.integers(3, 9))) for _ in range(3)]
+        Image.fromarray(draw_scene(hw=(64, 80), discs=discs)).save(src / f"img_{i:02d}.png")
+    return src
+
+
+def _start(src, out, delay=0.1):
+    code = SCRIPT.format(root=str(ROOT), src=str(src), out=str(out), delay=delay)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _journal_lines(out):
+    path = out / ".samlabel" / "journal.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_sigkill_at_random_moments_then_resume_equals_clean_run(many_images, tmp_path):
+    clean = tmp_path / "clean"
+    label(many_images, clean, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(7)
+    progress = []
+    for _ in range(4):
+        proc = _start(many_images, out)
+        time.sleep(float(rng.uniform(0.5, 1.5)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        progress.append(_journal_lines(out))
+    proc = _start(many_images, out)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 0 < progress[0] and progress[-1] < 40  # the kills really interrupted the run, after some work
+    assert label_files_bytes(out) == label_files_bytes(clean)
+    assert coco_data(out) == coco_data(clean)
+    assert (
+        json.loads((out / "report.json").read_text())["images"]
+        == json.loads((clean / "report.json").read_text())["images"]
+    )
+    assert not list(out.rglob("*.tmp"))  # no half-written files at final names, no temp files left
+    assert_valid(out)
+
+
+def test_torn_journal_line_is_dropped_on_resume(many_images, tmp_path):
+    out = tmp_path / "ds"
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    journal = out / ".samlabel" / "journal.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(lines[:-2]) + lines[-2][: len(lines[-2]) // 2])  # killed mid-write
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert journal.read_text().count("\n") == 40
+    assert sum(json.loads((out / "report.json").read_text())["images"].values()) == 40
+
+
+def test_ctrl_c_stops_cleanly_says_how_to_resume(many_images, tmp_path):
+    out = tmp_path / "ds"
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from pipeline.cli import main
+import pipeline.api as api
+from tests.conftest import FakeDetector, FakeSegmenter
+
+class Slow(FakeSegmenter):
+    def __call__(self, rgb, inst):
+        time.sleep(0.05)
+        return super().__call__(rgb, inst)
+
+real = api.label
+api.label = lambda *a, **k: real(*a, **{{**k, "detector": FakeDetector(), "segmenter": Slow()}})
+sys.exit(main(["label", {str(many_images)!r}, "--out", {str(out)!r}, "-q"]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while _journal_lines(out) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    done = _journal_lines(out)
+    assert 3 <= done < 40
+
+
+def test_disk_full_mid_run_is_a_clear_error_and_resumable(many_images, tmp_path, monkeypatch):
+    import pipeline.writers.yolo_seg as yolo_seg
+
+    out = tmp_path / "ds"
+    real = yolo_seg.fsio.write_text
+    calls = {"n": 0}
+
+    def full_after_ten(path, text):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, text)
+
+    monkeypatch.setattr(yolo_seg.fsio, "write_text", full_after_ten)
+    with pytest.raises(SamlabelError, match="No space left on device.*run the same command again to resume"):
+        label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert 0 < _journal_lines(out) < 40  # the images before the failure are saved
+    monkeypatch.setattr(yolo_seg.fsio, "write_text", real)
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    clean = tmp_path / "clean"
+    label(many_images, clean, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert label_files_bytes(out) == label_files_bytes(clean)
+    assert_valid(out)
