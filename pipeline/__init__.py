@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.api import label
+from pipeline.api import convert, label
 from pipeline.config import Settings, load_settings
 from pipeline.errors import SamlabelError
 from pipeline.run import RunResult
 from pipeline.types import CropMask, ImageItem, Instances
+from pipeline.validate import validate
 
 __all__ = [
     "CropMask",
@@ -15,7 +16,9 @@ __all__ = [
     "RunResult",
     "SamlabelError",
     "Settings",
+    "convert",
     "label",
     "load_settings",
+    "validate",
 ]
 __version__ = "0.1.0"

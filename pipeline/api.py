@@ -93,3 +93,99 @@ def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:
         settings[name] = str(value)
         return None
     return value
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    images: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    config: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    segmenter: Any = None,
+    **settings: Any,
+) -> RunResult:
+    """Turn a box (or polygon) dataset into a segmentation dataset; its own boxes prompt SAM.
+
+    Splits, class names and their order, every image and each image's source path are kept.
+    Objects that already have a polygon or RLE keep it (unless ``resegment=True``); an image none
+    of whose objects needs SAM is not encoded, and SAM is not even loaded if no image needs it.
+
+    Args:
+        src: a data.yaml, YOLO folder, Roboflow YOLO or COCO export, a COCO json (with ``images``),
+            or a .zip of one of these.
+        out: dataset folder to write.
+        images: image folder of a bare COCO json.
+        names: class names of a bare images/ + labels/ pair without classes.txt.
+        config: YAML settings file; keyword ``settings`` override it.
+        overwrite: replace a dataset from a different run in ``out``.
+        progress: show a progress bar.
+        segmenter: weights (path or name, as ``--segmenter``), or a ready stage object.
+        **settings: fields of ``pipeline.config.Settings`` (``link=True``, ``coco_masks="rle"`` ...).
+    """
+    from pipeline.datasets import read_dataset
+
+    segmenter = _stage_or_setting(segmenter, "segmenter", settings)
+    cfg = load_settings(config, **settings)
+    check_writable(out)
+    ds = read_dataset(
+        src,
+        images=images,
+        names=names,
+        keep_unlabeled=cfg.keep_unlabeled,
+        resegment=cfg.resegment,
+        extract_to=Path(out) / ".samlabel" / "source",
+    )
+    LOGGER.info("detected %s", ds.describe())
+    for problem in ds.problems:
+        LOGGER.warning("%s: %s (%s)", problem["where"], problem["problem"], problem["action"])
+    if not ds.items:
+        raise SamlabelError(f"{src}: no labeled images to convert ({len(ds.unlabeled)} images without labels)")
+    needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.instances.objects)
+    if segmenter is None and needs_sam:
+        segmenter = _LazySegmenter(cfg)
+    prelude = {
+        "source": {"detected": ds.describe(), "path": str(src)},
+        "source_problems": ds.problems,
+        "unlabeled_images": ds.unlabeled,
+    }
+    return run_dataset(
+        ds.items,
+        out=out,
+        names=ds.names,
+        settings=cfg,
+        segmenter=segmenter,
+        command="convert",
+        overwrite=overwrite,
+        progress=progress,
+        fingerprint_extra={"source": ds.describe(), "labels": _labels_digest(ds)},
+        prelude=prelude,
+    )
+
+
+class _LazySegmenter:
+    """Builds the SAM stage on first use, so images that need no SAM never load its weights."""
+
+    def __init__(self, cfg) -> None:
+        self._cfg = cfg
+        self._stage = None
+
+    def __call__(self, rgb, instances):
+        if self._stage is None:
+            from pipeline.segment import Segmenter
+
+            self._stage = Segmenter(self._cfg.segmenter, device=self._cfg.device, batch=self._cfg.sam_batch)
+        return self._stage(rgb, instances)
+
+
+def _labels_digest(ds) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in ds.items:
+        h.update(it.rel.encode())
+        for o in it.instances.objects:
+            h.update(repr((o.class_id, [round(v, 6) for v in o.xyxy_n], o.has_mask, o.source_id)).encode())
+    return h.hexdigest()

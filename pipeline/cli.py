@@ -20,11 +20,15 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
         meta = f.metadata
         if command not in meta["commands"]:
             continue
-        kind = type(f.default) if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) else str
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=meta["help"])
+            continue
+        kind = type(f.default) if isinstance(f.default, (int, float)) else str
         default = f.default if not isinstance(f.default, tuple) else ",".join(f.default)
         choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
             type=kind,
             default=None,
@@ -45,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", parents=[common], help="auto-label images: detector boxes -> SAM masks -> dataset")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, folder (recursive) or glob")
     _add_run_options(p, "label")
+
+    p = sub.add_parser(
+        "convert", parents=[common], help="box (or polygon) dataset -> segmentation dataset, boxes as SAM prompts"
+    )
+    p.add_argument(
+        "src", metavar="SRC", help="data.yaml / YOLO folder / Roboflow YOLO or COCO export / COCO json / .zip of one"
+    )
+    p.add_argument("--images", metavar="DIR", help="image folder of a bare COCO json")
+    p.add_argument("--names", metavar="A,B,C", help="class names of a bare images/ + labels/ pair (else classes.txt)")
+    _add_run_options(p, "convert")
 
     p = sub.add_parser("validate", parents=[common], help="check a dataset's consistency; exit 1 on problems")
     p.add_argument("dir", metavar="DIR", help="dataset folder (data.yaml, <split>/images, labels, COCO files)")
@@ -74,6 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             label(
                 args.sources,
                 args.out,
+                config=args.config,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                **_settings_kwargs(args),
+            )
+        elif args.command == "convert":
+            from pipeline.api import convert
+
+            convert(
+                args.src,
+                args.out,
+                images=args.images,
+                names=args.names.split(",") if args.names else None,
                 config=args.config,
                 overwrite=args.overwrite,
                 progress=not args.quiet,

@@ -53,6 +53,11 @@ class Settings:
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
     )
     sam_batch: int = _opt(32, "boxes decoded together per SAM decoder call (bounds memory on crowded images)")
+    link: bool = _opt(
+        False, "hard-link images into the dataset (symlink across file systems) instead of copying", (CONVERT,)
+    )
+    resegment: bool = _opt(False, "send objects that already have a polygon or RLE to SAM too", (CONVERT,))
+    keep_unlabeled: bool = _opt(False, "keep images without a label file (as images without objects)", (CONVERT,))
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

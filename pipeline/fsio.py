@@ -39,3 +39,13 @@ def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (bytes untouched)."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def link_file(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst`` (replacing it); a symlink where hard links cannot cross file systems."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            os.symlink(Path(src).resolve(), tmp)

@@ -104,14 +104,15 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
-def export_image(src: Path, image: LoadedImage, dst: Path) -> None:
+def export_image(src: Path, image: LoadedImage, dst: Path, *, link: bool = False) -> None:
     """Write the dataset's copy of an image to ``dst``.
 
-    The source bytes are copied untouched when they are already upright; a rotated image is written
-    upright in its own format (JPEG at quality 95), without the orientation tag. Writes are atomic.
+    The source bytes are copied untouched (or linked, with ``link``) when they are already upright;
+    a rotated image is written upright in its own format (JPEG at quality 95), without the
+    orientation tag. Writes are atomic.
     """
     if not image.rotated:
-        fsio.copy_file(src, dst)
+        fsio.link_file(src, dst) if link else fsio.copy_file(src, dst)
         return
     buf = io.BytesIO()
     fmt = image.format if image.format in ("JPEG", "PNG", "WEBP", "TIFF", "BMP") else "PNG"

@@ -135,7 +135,7 @@ def _process(item, out, names, settings, detector, segmenter, seconds) -> dict:
         LOGGER.warning("skipped %s", e)
         return {**record, "status": "skipped", "reason": str(e)}
     seconds["read"] += time.perf_counter() - t
-    instances = item.instances
+    instances = item.instances(image.hw) if callable(item.instances) else item.instances
     if instances is None:
         t = time.perf_counter()
         instances = detector(image.rgb)
@@ -169,7 +169,7 @@ def _process(item, out, names, settings, detector, segmenter, seconds) -> dict:
         ann["source_id"] = int(instances.source_id[i])
         annotations.append(ann)
     split_dir = out / item.split
-    export_image(item.path, image, split_dir / "images" / item.name)
+    export_image(item.path, image, split_dir / "images" / item.name, link=settings.link)
     if "yolo" in settings.formats:
         write_label_file(split_dir / "labels" / (Path(item.name).stem + ".txt"), lines)
     seconds["write"] += time.perf_counter() - t
@@ -245,7 +245,7 @@ def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict
                 f"{out} holds a dataset from a run with other inputs or settings; refusing to mix two runs. "
                 "Choose a new --out, or pass --overwrite to replace it"
             )
-    elif any(out.iterdir()) and not overwrite:
+    elif any(p.name != STATE_DIR for p in out.iterdir()) and not overwrite:
         raise SamlabelError(
             f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite"
         )
@@ -267,8 +267,9 @@ def _clear(out: Path) -> None:
     """Remove what a previous run wrote (only samlabel's own layout, nothing else)."""
     import shutil
 
-    for name in (STATE_DIR, *SPLITS, "data.yaml", "report.json"):
-        p = out / name
+    state = out / STATE_DIR
+    doomed = [p for p in state.iterdir() if p.name != "source"] if state.is_dir() else []  # keep extracted inputs
+    for p in [*doomed, *(out / name for name in (*SPLITS, "data.yaml", "report.json"))]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,11 +168,13 @@ class ImageItem:
         rel: its path relative to the source root, POSIX style; identifies it across runs.
         name: output file name (unique per dataset, stem unique case-insensitively).
         split: dataset split, e.g. ``"train"``.
-        instances: instances already known from a source dataset (``convert``), else ``None``.
+        instances: instances known from a source dataset (``convert``): ``Instances``, or a callable
+            ``(H, W) -> Instances`` for labels stored relative to the image size; ``None`` for images
+            the detector labels.
     """
 
     path: Path
     rel: str
     name: str
     split: str
-    instances: Instances | None = field(default=None, compare=False)
+    instances: Instances | Callable[[tuple[int, int]], Instances] | None = field(default=None, compare=False)

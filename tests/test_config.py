@@ -47,5 +47,12 @@ def test_every_setting_is_a_flag():
     parser = build_parser()
     args = parser.parse_args(["label", "x", "--out", "o", "--max-det", "5", "--coco-masks", "rle", "--conf", "0.3"])
     assert (args.max_det, args.coco_masks, args.conf) == (5, "rle", 0.3)
-    label_flags = {a.dest for a in parser._subparsers._group_actions[0].choices["label"]._actions}
-    assert set(field_names()) <= label_flags
+    import dataclasses
+
+    for command in ("label", "convert"):
+        flags = {a.dest for a in parser._subparsers._group_actions[0].choices[command]._actions}
+        wanted = {f.name for f in dataclasses.fields(Settings) if command in f.metadata["commands"]}
+        assert wanted and wanted <= flags
+    assert {f for f in field_names()} == {f.name for f in dataclasses.fields(Settings) if f.metadata["commands"]}
+    args = parser.parse_args(["convert", "src", "--out", "o", "--link", "--keep-unlabeled"])
+    assert (args.link, args.keep_unlabeled, args.resegment) == (True, True, None)

@@ -1,0 +1,572 @@
+"""Read existing datasets (YOLO txt, COCO json, Roboflow exports, zips of them) as prompts for SAM.
+
+Readers are lenient: every problem in the source is recorded with where it is (``file:line`` for
+YOLO, annotation / image id for COCO) and what was done about it, and the conversion goes on.
+Coordinates are kept normalised to the image until the image is read, so labels always land on
+the upright image whatever its size turns out to be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import yaml
+
+from pipeline.errors import SamlabelError
+from pipeline.images import IMAGE_SUFFIXES
+from pipeline.masks import polygons_to_mask, rle_to_mask
+from pipeline.sources import SPLITS, plan_items
+from pipeline.types import CropMask, ImageItem, Instances
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    """One labeled object of a source dataset, in coordinates normalised to its image.
+
+    Attributes:
+        class_id: index into the dataset's names.
+        xyxy_n: (x_min, y_min, x_max, y_max) in [0, 1].
+        polygons_n: outline parts, float (K, 2) normalised (x, y); empty for a box-only object.
+        rle: a COCO RLE (absolute, for an image of ``rle["size"]``), or ``None``.
+        source_id: YOLO line number or COCO annotation id.
+    """
+
+    class_id: int
+    xyxy_n: tuple[float, float, float, float]
+    polygons_n: tuple[np.ndarray, ...] = ()
+    rle: dict | None = None
+    source_id: int = 0
+
+    @property
+    def has_mask(self) -> bool:
+        return bool(self.polygons_n) or self.rle is not None
+
+
+@dataclass
+class SourceLabels:
+    """The objects of one image; ``to_instances`` places them on the image once its size is known."""
+
+    objects: list[SourceObject] = field(default_factory=list)
+    resegment: bool = False
+
+    def __call__(self, hw: tuple[int, int]) -> Instances:
+        """Instances in pixels of an image of size ``hw``; source masks kept unless ``resegment``."""
+        if not self.objects:
+            return Instances.empty()
+        h, w = hw
+        scale = np.array([w, h, w, h], dtype=np.float64)
+        masks = []
+        for o in self.objects:
+            if self.resegment or not o.has_mask:
+                masks.append(None)
+            elif o.rle is not None and list(o.rle["size"]) == [h, w]:
+                masks.append(rle_to_mask(o.rle))
+            elif o.polygons_n:
+                masks.append(CropMask.from_full(polygons_to_mask([p * [w, h] for p in o.polygons_n], hw)))
+            else:  # an RLE made for another image size: let SAM redo it from the box
+                masks.append(None)
+        return Instances(
+            xyxy=np.array([o.xyxy_n for o in self.objects]) * scale,
+            class_id=[o.class_id for o in self.objects],
+            masks=tuple(masks),
+            source_id=[o.source_id for o in self.objects],
+        )
+
+
+@dataclass
+class SourceDataset:
+    """What was found in the source: images with labels, names, and every problem met."""
+
+    kind: str
+    names: list[str]
+    items: list[ImageItem]
+    problems: list[dict] = field(default_factory=list)
+    unlabeled: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        splits = Counter(it.split for it in self.items)
+        n_obj = sum(len(it.instances.objects) for it in self.items if isinstance(it.instances, SourceLabels))
+        return (
+            f"{self.kind}: {len(self.names)} classes, "
+            + ", ".join(f"{s} {splits[s]} images" for s in SPLITS if splits[s])
+            + f", {n_obj} objects"
+        )
+
+
+class Problems(list):
+    """A list of ``{"where", "problem", "action"}`` records."""
+
+    def add(self, where: str, problem: str, action: str) -> None:
+        self.append({"where": where, "problem": problem, "action": action})
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+def read_dataset(
+    src: str | Path,
+    *,
+    images: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    keep_unlabeled: bool = False,
+    resegment: bool = False,
+    extract_to: Path | None = None,
+) -> SourceDataset:
+    """Detect the layout of ``src`` and read it.
+
+    Args:
+        src: a data.yaml, a YOLO/Roboflow folder, a COCO json, a Roboflow COCO folder, or a .zip of one.
+        images: image folder for a bare COCO json.
+        names: class names for a bare images/ + labels/ pair without classes.txt.
+        keep_unlabeled: keep images that have no label file (as images without objects).
+        resegment: send every object to SAM, even those with a polygon or RLE.
+        extract_to: where a .zip is extracted (inside the output folder).
+
+    Raises:
+        SamlabelError: nothing recognisable, with what was looked for.
+    """
+    src = Path(src)
+    if src.is_file() and src.suffix.lower() == ".zip":
+        if extract_to is None:
+            raise SamlabelError("a .zip source needs a folder to extract into")
+        src = safe_extract(src, extract_to)
+    problems = Problems()
+    ds = _detect_and_read(src, images, names, problems)
+    labeled = []
+    for it in ds.items:
+        if it.instances is None:
+            ds.unlabeled.append(it.rel)
+            if not keep_unlabeled:
+                continue
+            it = ImageItem(path=it.path, rel=it.rel, name=it.name, split=it.split, instances=SourceLabels())
+        it.instances.resegment = resegment
+        labeled.append(it)
+    ds.items = labeled
+    ds.problems = list(problems)
+    if ds.unlabeled:
+        action = "kept without objects" if keep_unlabeled else "left out (use --keep-unlabeled to keep them)"
+        LOGGER.warning("%d images have no label file: %s", len(ds.unlabeled), action)
+    return ds
+
+
+def _detect_and_read(src: Path, images, names, problems: Problems) -> SourceDataset:
+    if src.is_file() and src.suffix.lower() in (".yaml", ".yml"):
+        return read_yolo_yaml(src, problems)
+    if src.is_file() and src.suffix.lower() == ".json":
+        if images is None:
+            raise SamlabelError(f"{src}: a COCO json needs its image folder: add --images DIR")
+        return read_coco_splits({"train": (src, Path(images))}, problems, kind=f"COCO json {src.name}")
+    if not src.is_dir():
+        raise SamlabelError(f"{src}: no such file or folder")
+    for name in ("data.yaml", "data.yml", "dataset.yaml"):
+        if (src / name).is_file():
+            return read_yolo_yaml(src / name, problems)
+    coco_splits = {
+        s: (src / folder / "_annotations.coco.json", src / folder)
+        for s, folder in _split_folders(src)
+        if (src / folder / "_annotations.coco.json").is_file()
+    }
+    if coco_splits:
+        return read_coco_splits(coco_splits, problems, kind="Roboflow COCO export")
+    if (src / "images").is_dir() and (src / "labels").is_dir():
+        return read_yolo_pair(src / "images", src / "labels", names, problems)
+    raise SamlabelError(
+        f"{src}: no dataset recognised. Looked for: data.yaml (YOLO / Roboflow YOLO export); "
+        "train|valid|test/_annotations.coco.json (Roboflow COCO export); images/ + labels/ (YOLO pair, "
+        "with --names or classes.txt); a COCO .json file (with --images DIR); or a .zip of one of these"
+    )
+
+
+def _split_folders(root: Path) -> list[tuple[str, str]]:
+    return [("valid" if f == "val" else f, f) for f in ("train", "valid", "val", "test") if (root / f).is_dir()]
+
+
+# ---------------------------------------------------------------------------------------------- YOLO
+
+
+def read_yolo_yaml(path: Path, problems: Problems) -> SourceDataset:
+    """An Ultralytics or Roboflow data.yaml: names (list or dict) and split folders."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SamlabelError(f"{path}: cannot read it ({e})") from None
+    names = _names(data.get("names"), path)
+    base = path.parent
+    if data.get("path"):
+        p = Path(str(data["path"]))
+        base = p if p.is_absolute() else (path.parent / p)
+    items: list[ImageItem] = []
+    found = []
+    for key, split in (("train", "train"), ("val", "valid"), ("valid", "valid"), ("test", "test")):
+        if not data.get(key) or any(it.split == split for it in items):
+            continue
+        entries = data[key] if isinstance(data[key], list) else [data[key]]
+        for entry in entries:
+            images_dir = _resolve_split_dir(str(entry), base, path.parent)
+            if images_dir is None:
+                problems.add(f"{path.name}: {key}", f"{entry} not found", "split skipped")
+                continue
+            labels_dir = _labels_dir_for(images_dir)
+            items += _yolo_items(images_dir, labels_dir, split, names, problems, root=path.parent)
+            found.append(f"{split}={images_dir}")
+    if not items:
+        raise SamlabelError(f"{path}: none of its splits (train/val/test) point to an existing image folder")
+    return SourceDataset(kind=f"YOLO dataset ({path}; {'; '.join(found)})", names=names, items=items)
+
+
+def _names(raw, where) -> list[str]:
+    if isinstance(raw, dict):
+        keys = sorted(int(k) for k in raw)
+        if keys != list(range(len(keys))):
+            raise SamlabelError(f"{where}: names ids must be 0..N-1, got {keys}")
+        return [str(raw[k] if k in raw else raw[str(k)]) for k in keys]
+    if isinstance(raw, list) and raw:
+        return [str(n) for n in raw]
+    raise SamlabelError(f"{where}: no class names (expected 'names:' as a list or an id: name mapping)")
+
+
+def _resolve_split_dir(entry: str, base: Path, yaml_dir: Path) -> Path | None:
+    """Where a data.yaml split entry points. Roboflow writes ``../train/images`` beside data.yaml."""
+    p = Path(entry)
+    candidates = [p] if p.is_absolute() else [base / p, yaml_dir / p]
+    if not p.is_absolute() and entry.startswith("../"):
+        candidates.append(yaml_dir / entry[3:])
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+        if c.is_file() and c.suffix == ".txt":  # a list of image paths
+            return c.resolve()
+    return None
+
+
+def _labels_dir_for(images_dir: Path) -> Path:
+    parts = list(images_dir.parts)
+    if "images" in parts:
+        i = len(parts) - 1 - parts[::-1].index("images")
+        parts[i] = "labels"
+        return Path(*parts)
+    return images_dir.parent / "labels"
+
+
+def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems) -> SourceDataset:
+    """A bare ``images/`` + ``labels/`` pair; names from ``names`` or a classes.txt beside them."""
+    if not names:
+        for candidate in (images_dir.parent / "classes.txt", labels_dir / "classes.txt"):
+            if candidate.is_file():
+                names = [ln.strip() for ln in candidate.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                break
+    if not names:
+        raise SamlabelError(
+            f"{images_dir.parent}: an images/ + labels/ pair needs class names: add --names a,b,c or a classes.txt"
+        )
+    items = _yolo_items(images_dir, labels_dir, "train", list(names), problems, root=images_dir.parent)
+    return SourceDataset(kind=f"YOLO images/labels pair ({images_dir.parent})", names=list(names), items=items)
+
+
+def _yolo_items(
+    images_dir: Path, labels_dir: Path, split: str, names, problems: Problems, *, root: Path
+) -> list[ImageItem]:
+    """Images of one split with their label files; problems are named relative to ``root``."""
+    if images_dir.is_file():  # a .txt list of images
+        paths = [Path(ln.strip()) for ln in images_dir.read_text().splitlines() if ln.strip()]
+        paths = [p if p.is_absolute() else images_dir.parent / p for p in paths]
+        pairs = [(p, p.name) for p in paths]
+    else:
+        pairs = sorted(
+            ((p, p.relative_to(images_dir).as_posix()) for p in images_dir.rglob("*") if _is_image_file(p)),
+            key=lambda pr: pr[1],
+        )
+    items = []
+    stems = set()
+    for it in _plan_split(pairs, split):
+        label_file = labels_dir / Path(it.rel.split("/", 1)[1]).with_suffix(".txt")
+        stems.add(label_file.resolve())
+        labels = _read_yolo_file(label_file, len(names), problems, root) if label_file.is_file() else None
+        items.append(_with(it, labels))
+    if labels_dir.is_dir():
+        for lf in sorted(labels_dir.rglob("*.txt")):
+            if lf.resolve() not in stems and lf.name != "classes.txt":
+                problems.add(_rel(lf, root), "label file without an image", "ignored")
+    return items
+
+
+def _read_yolo_file(path: Path, nc: int, problems: Problems, root: Path) -> SourceLabels:
+    labels = SourceLabels()
+    where_file = _rel(path, root)
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        values = line.split()
+        if not values:
+            continue
+        where = f"{where_file}:{number}"
+        try:
+            cls = int(values[0])
+            coords = np.array([float(v) for v in values[1:]], dtype=np.float64)
+        except ValueError:
+            problems.add(where, f"malformed line {line.strip()[:60]!r}", "skipped")
+            continue
+        if not np.isfinite(coords).all():
+            problems.add(where, "non-finite coordinates", "skipped")
+            continue
+        if not 0 <= cls < nc:
+            problems.add(where, f"class id {cls} outside 0..{nc - 1}", "skipped")
+            continue
+        if len(coords) == 4:
+            xc, yc, w, h = coords
+            if w <= 0 or h <= 0:
+                problems.add(where, f"box of zero or negative size ({w:g} x {h:g})", "skipped")
+                continue
+            obj = _box_object(cls, (xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2), (), number, where, problems)
+        elif len(coords) >= 6 and len(coords) % 2 == 0:
+            poly = coords.reshape(-1, 2)
+            obj = _polygon_object(cls, [poly], number, where, problems)
+        else:
+            problems.add(where, f"expected 4 box values or >= 6 polygon values, got {len(coords)}", "skipped")
+            continue
+        if obj is not None:
+            labels.objects.append(obj)
+    return labels
+
+
+def _box_object(cls, xyxy, polygons, source_id, where, problems) -> SourceObject | None:
+    x0, y0, x1, y1 = xyxy
+    clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0))
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        problems.add(where, "box empty after clipping to the image", "skipped")
+        return None
+    if clipped != (x0, y0, x1, y1):
+        problems.add(where, "box partly outside the image", "clipped")
+    return SourceObject(class_id=cls, xyxy_n=clipped, polygons_n=tuple(polygons), source_id=int(source_id))
+
+
+def _polygon_object(cls, polys, source_id, where, problems) -> SourceObject | None:
+    polys = [p for p in polys if len(p) >= 3]
+    if not polys:
+        problems.add(where, "polygon with fewer than 3 points", "skipped")
+        return None
+    allp = np.concatenate(polys)
+    x0, y0 = allp.min(axis=0)
+    x1, y1 = allp.max(axis=0)
+    if x1 <= x0 or y1 <= y0:
+        problems.add(where, "polygon of zero area", "skipped")
+        return None
+    outside = (allp < 0).any() or (allp > 1).any()
+    polys = [np.clip(p, 0, 1) for p in polys]
+    obj = _box_object(cls, (x0, y0, x1, y1), polys, source_id, where, problems if not outside else Problems())
+    if obj is not None and outside:
+        problems.add(where, "polygon partly outside the image", "clipped")
+    elif obj is None and outside:
+        problems.add(where, "polygon entirely outside the image", "skipped")
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- COCO
+
+
+def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *, kind: str) -> SourceDataset:
+    """COCO json files, one per split, each with the folder its ``file_name`` entries are relative to."""
+    names: list[str] | None = None
+    items: list[ImageItem] = []
+    for split, (json_path, root) in splits.items():
+        try:
+            coco = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SamlabelError(f"{json_path}: not a readable COCO json ({e})") from None
+        cats = sorted(coco.get("categories", []), key=lambda c: c["id"])
+        cats = _drop_roboflow_supercategory(cats, coco)
+        split_names = [str(c["name"]) for c in cats]
+        if names is None:
+            names = split_names
+        elif split_names != names:
+            raise SamlabelError(f"{json_path}: categories {split_names} differ from another split's {names}")
+        cat_to_class = {c["id"]: i for i, c in enumerate(cats)}
+        items += _coco_items(coco, json_path, root, split, cat_to_class, problems)
+    if not names:
+        raise SamlabelError(f"{kind}: no categories")
+    return SourceDataset(kind=f"{kind} ({', '.join(str(p) for p, _ in splits.values())})", names=names, items=items)
+
+
+def _drop_roboflow_supercategory(cats: list[dict], coco: dict) -> list[dict]:
+    """Roboflow exports a category 0 named after the project, parent of all others and never used."""
+    if len(cats) > 1 and cats[0]["id"] == 0:
+        used = {a.get("category_id") for a in coco.get("annotations", [])}
+        parents = {c.get("supercategory") for c in cats[1:]}
+        if 0 not in used and cats[0]["name"] in parents:
+            return cats[1:]
+    return cats
+
+
+def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Problems) -> list[ImageItem]:
+    where_json = json_path.name if json_path.parent == root else str(json_path)
+    images: dict[int, dict] = {}
+    for img in coco.get("images", []):
+        iid = img.get("id")
+        if iid in images:
+            problems.add(f"{where_json}: image {iid}", "duplicate image id", "second entry ignored")
+            continue
+        images[iid] = img
+    per_image: dict[int, SourceLabels] = {iid: SourceLabels() for iid in images}
+    seen_ann: set = set()
+    for ann in coco.get("annotations", []):
+        aid = ann.get("id")
+        where = f"{where_json}: annotation {aid}"
+        if aid in seen_ann:
+            problems.add(where, "duplicate annotation id", "skipped")
+            continue
+        seen_ann.add(aid)
+        img = images.get(ann.get("image_id"))
+        if img is None:
+            problems.add(where, f"unknown image id {ann.get('image_id')}", "skipped")
+            continue
+        if ann.get("category_id") not in cat_to_class:
+            problems.add(where, f"unknown category id {ann.get('category_id')}", "skipped")
+            continue
+        obj = _coco_object(ann, img, cat_to_class[ann["category_id"]], where, problems)
+        if obj is not None:
+            per_image[img["id"]].objects.append(obj)
+    pairs = []
+    labels_by_rel = {}
+    for iid, img in sorted(images.items(), key=lambda kv: str(kv[1].get("file_name"))):
+        name = str(img.get("file_name", ""))
+        where = f"{where_json}: image {iid}"
+        rel = _safe_relative(name)
+        if rel is None:
+            problems.add(where, f"file_name {name!r} is absolute or escapes the image folder", "refused")
+            continue
+        path = root / rel
+        if not path.is_file():
+            problems.add(where, f"image file {name!r} not found in {root}", "skipped")
+            continue
+        pairs.append((path, rel))
+        labels_by_rel[rel] = per_image[iid]
+    listed = {rel for _, rel in pairs}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if _is_image_file(p) and rel not in listed and rel not in {r for r in labels_by_rel}:
+            pairs.append((p, rel))  # on disk but not in the json: unlabeled
+    return [_with(it, labels_by_rel.get(it.rel.split("/", 1)[1])) for it in _plan_split(pairs, split)]
+
+
+def _coco_object(ann, img, cls, where, problems: Problems) -> SourceObject | None:
+    w, h = float(img.get("width") or 0), float(img.get("height") or 0)
+    if w <= 0 or h <= 0:
+        problems.add(where, "its image has no width/height", "skipped")
+        return None
+    bbox = ann.get("bbox")
+    seg = ann.get("segmentation")
+    polys: list[np.ndarray] = []
+    rle = None
+    if isinstance(seg, list) and seg:
+        polys = [
+            np.asarray(p, dtype=np.float64).reshape(-1, 2) / [w, h] for p in seg if len(p) >= 6 and len(p) % 2 == 0
+        ]
+        if len(polys) != len(seg):
+            problems.add(where, "polygon part with fewer than 3 points or an odd count", "part dropped")
+    elif isinstance(seg, dict) and "counts" in seg:
+        if list(seg.get("size", [])) != [int(h), int(w)]:
+            problems.add(where, f"RLE size {seg.get('size')} is not the image's [{int(h)}, {int(w)}]", "box used")
+        else:
+            rle = seg
+    if rle is not None:
+        mask = rle_to_mask(rle)
+        if mask.area == 0:
+            problems.add(where, "empty RLE mask", "box used")
+            rle = None
+        else:
+            x0, y0, x1, y1 = mask.xyxy
+            return SourceObject(cls, (x0 / w, y0 / h, x1 / w, y1 / h), (), rle, int(ann.get("id", 0)))
+    if polys:
+        return _polygon_object(cls, polys, ann.get("id", 0), where, problems)
+    if not bbox or len(bbox) != 4:
+        problems.add(where, "neither segmentation nor bbox", "skipped")
+        return None
+    x, y, bw, bh = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)) or bw <= 0 or bh <= 0:
+        problems.add(where, f"bbox of zero or negative size {bbox}", "skipped")
+        return None
+    return _box_object(cls, (x / w, y / h, (x + bw) / w, (y + bh) / h), (), ann.get("id", 0), where, problems)
+
+
+def _safe_relative(name: str) -> str | None:
+    """``name`` as a clean relative POSIX path, or None if absolute or escaping its root."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if any(p == ".." for p in parts):
+        return None
+    return "/".join(p for p in parts if p != ".")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _plan_split(pairs, split: str) -> list[ImageItem]:
+    """Unique output names within ``split``; the item's identity ``rel`` is prefixed with the split."""
+    items = plan_items(pairs, {split: 1.0})
+    return [ImageItem(path=it.path, rel=f"{split}/{it.rel}", name=it.name, split=split) for it in items]
+
+
+def _with(item: ImageItem, labels: SourceLabels | None) -> ImageItem:
+    return ImageItem(path=item.path, rel=item.rel, name=item.name, split=item.split, instances=labels)
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------------------------- zip
+
+
+def safe_extract(archive: Path, target: Path) -> Path:
+    """Extract ``archive`` into ``target``, refusing entries that would land outside it.
+
+    The archive goes to ``target/<hash of the archive>/``, reused when a resumed run finds it complete.
+
+    Returns:
+        The folder holding the dataset: the extraction folder, or its single top-level folder.
+
+    Raises:
+        SamlabelError: not a zip, or an entry with an absolute path, ``..`` or a symlink.
+    """
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    root = (target / digest.hexdigest()[:16]).resolve()
+    if not (root / ".complete").is_file():  # a resumed run reuses a finished extraction
+        _extract(archive, root)
+    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else root
+
+
+def _extract(archive: Path, root: Path) -> None:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise SamlabelError(f"{archive}: not a readable zip ({e})") from None
+    root.mkdir(parents=True, exist_ok=True)
+    with zf:
+        for info in zf.infolist():
+            dest = (root / info.filename).resolve()
+            is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+            if _safe_relative(info.filename) is None or (dest != root and root not in dest.parents) or is_link:
+                raise SamlabelError(f"{archive}: entry {info.filename!r} would land outside the target; refusing")
+        zf.extractall(root)
+    (root / ".complete").write_text("")
