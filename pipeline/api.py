@@ -73,7 +73,7 @@ def label(
     if segmenter is None:
         from pipeline.segment import Segmenter
 
-        segmenter = Segmenter(cfg.segmenter, device=cfg.device, batch=cfg.sam_batch)
+        segmenter = Segmenter(cfg.segmenter, device=cfg.device, batch=cfg.sam_batch, runtime=cfg.runtime)
     return run_dataset(
         items,
         out=out,
@@ -176,7 +176,9 @@ class _LazySegmenter:
         if self._stage is None:
             from pipeline.segment import Segmenter
 
-            self._stage = Segmenter(self._cfg.segmenter, device=self._cfg.device, batch=self._cfg.sam_batch)
+            self._stage = Segmenter(
+                self._cfg.segmenter, device=self._cfg.device, batch=self._cfg.sam_batch, runtime=self._cfg.runtime
+            )
         return self._stage(rgb, instances)
 
 

@@ -53,6 +53,11 @@ class Settings:
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
     )
     sam_batch: int = _opt(32, "boxes decoded together per SAM decoder call (bounds memory on crowded images)")
+    runtime: str = _opt(
+        "auto",
+        "SAM image-encoder runtime; auto = ONNX Runtime on CPU once it passes a check against PyTorch",
+        choices=("torch", "onnx", "auto"),
+    )
     link: bool = _opt(
         False, "hard-link images into the dataset (symlink across file systems) instead of copying", (CONVERT,)
     )
@@ -77,6 +82,8 @@ class Settings:
             raise SamlabelError(f"conf and iou must lie in [0, 1], got conf={self.conf} iou={self.iou}")
         if self.max_det < 1 or self.imgsz < 32 or self.sam_batch < 1:
             raise SamlabelError("max_det and sam_batch must be >= 1 and imgsz >= 32")
+        if self.runtime not in ("torch", "onnx", "auto"):
+            raise SamlabelError(f"runtime: expected torch, onnx or auto, got {self.runtime!r}")
         if self.simplify < 0:
             raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
         if self.device is not None:

@@ -197,7 +197,7 @@ def _describe(instances: Instances, i: int, names: Sequence[str], reason: str) -
 
 
 def _fingerprint(command, settings, names, items, extra) -> str:
-    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "sam_batch")}
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "sam_batch", "runtime")}
     payload = {
         "version": FORMAT_VERSION,
         "command": command,

@@ -9,8 +9,10 @@ matrices so that each mask is computed only inside the window where it can be po
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ SAM_INPUT = 1024  # every SAM / SAM2 model here encodes a 1024 x 1024 letterboxe
 class Segmenter:
     """Give every instance that has no mask yet a SAM mask and score, prompted with its box."""
 
-    def __init__(self, weights: str, *, device: str | None = None, batch: int = 32) -> None:
+    def __init__(self, weights: str, *, device: str | None = None, batch: int = 32, runtime: str = "torch") -> None:
         from ultralytics.models.sam import Predictor, SAM2Predictor
         from ultralytics.models.sam.build import build_sam, sam_model_map
 
@@ -47,6 +49,7 @@ class Segmenter:
         self.predictor.imgsz = [SAM_INPUT, SAM_INPUT]
         self.batch = batch
         self.threshold = float(getattr(model, "mask_threshold", 0.0))
+        self.runtime = select_runtime(runtime, model=self.predictor.model, weights=path, device=self.device)
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +94,46 @@ class Segmenter:
                 masks[i] = upsampler(logits[k], threshold=self.threshold)
                 scores[i] = pred_scores[k]
         return instances.replace(masks=tuple(masks), mask_score=scores)
+
+
+RUNTIMES = ("torch", "onnx", "auto")
+
+
+def select_runtime(runtime: str, *, model, weights: Path, device: torch.device) -> str:
+    """Put the image encoder on the requested runtime; returns the one in use.
+
+    ``onnx`` exports the encoder once (cached beside the weights, keyed by their hash), checks it
+    against PyTorch on a fixed input and swaps it in. ``auto`` does that on CPU when onnxruntime is
+    installed and the check passes, and otherwise keeps PyTorch (the reference).
+
+    Raises:
+        SamlabelError: ``onnx`` asked for but onnxruntime is missing or the export fails its check.
+    """
+    if runtime not in RUNTIMES:
+        raise SamlabelError(f"--runtime {runtime}: expected one of {list(RUNTIMES)}")
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return "torch"
+    try:
+        from pipeline import onnx_runtime
+
+        onnx_runtime._import_ort()
+        path = onnx_runtime.ensure_encoder_onnx(model.image_encoder, weights)
+        encoder = onnx_runtime.OnnxEncoder(path)
+        checked = path.with_suffix(".check.json")
+        if not checked.is_file():
+            diff = onnx_runtime.self_check(model.image_encoder, encoder)
+            checked.write_text(json.dumps({"max_abs_diff": diff}) + "\n")
+    except (ImportError, ValueError, RuntimeError, OSError) as e:
+        if runtime == "onnx":
+            raise SamlabelError(
+                f"--runtime onnx: cannot use ONNX Runtime for {weights.name} ({e}); "
+                "install it with `pip install samlabel[onnx]` or use --runtime torch"
+            ) from None
+        LOGGER.warning("ONNX Runtime not used for %s (%s); using PyTorch", weights.name, e)
+        return "torch"
+    model.image_encoder = encoder
+    LOGGER.info("SAM image encoder runs on ONNX Runtime (%s)", path.name)
+    return "onnx"
 
 
 class Upsampler:

@@ -39,7 +39,7 @@ def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
     """Issue 2's acceptance: nested folder, mixed .jpg/.JPG/.png, grayscale image, real models."""
     det, sam = weights
     out = tmp_path / "ds"
-    args = ["label", image_folder, "--out", out, "--detector", det, "--segmenter", sam, "--max-det", 4, "-q"]
+    args = ["label", image_folder, "--out", out, "--detector", det, "--segmenter", sam, "--max-det", 4, "-q", "--runtime", "torch"]
     proc = _samlabel(*args)
     assert proc.returncode == 0, proc.stderr
     # Ultralytics: check_det_dataset + its segment loader read it, with the detector's class names
@@ -110,3 +110,25 @@ def test_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["label", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["yolo", "coco"])
+def test_convert_roboflow_export_with_offline_checkpoint(tmp_path, weights, layout):
+    """Issue 3's acceptance: Roboflow exports convert with real SAM code; splits, names, images, instances kept."""
+    from tests.roboflow import NAMES as RF_NAMES
+    from tests.roboflow import expected_counts, roboflow_coco, roboflow_yolo
+
+    src = (roboflow_yolo if layout == "yolo" else roboflow_coco)(tmp_path / "src")
+    out = tmp_path / "out"
+    proc = _samlabel("convert", src, "--out", out, "--segmenter", weights[1], "-q", "--runtime", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == RF_NAMES
+    assert splits_of(out) == ["train", "valid", "test"]
+    counts = {
+        s: {n.rsplit(".", 1)[0]: sorted(a["category_id"] - 1 for a in anns) for n, anns in coco_by_image(out, s).items()}
+        for s in splits_of(out)
+    }
+    assert counts == expected_counts()
+    assert sum(len(v) for v in ultralytics_segment_labels(out).values()) == 5
+    check_yolo_matches_coco(out)
+    assert_valid(out)
