@@ -185,10 +185,12 @@ def main() -> None:
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"device {args.device}; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n")  # fmt: skip
-    print(f"| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
+    print("| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
     for job, tool, ips, ratio in rows:
         print(f"| {job} | {tool} | {ips:.3f} | {ratio:.2f}x |")
-    print("\n| runtime | encoder s/image | % of CPU FLOP limit | max abs logit diff | max abs score diff | min mask IoU |")
+    print(
+        "\n| runtime | encoder s/image | % of CPU FLOP limit | max abs logit diff | max abs score diff | min mask IoU |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in runtimes:
         gflop = ENCODER_GFLOP.get(args.sam)

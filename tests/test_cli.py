@@ -39,7 +39,21 @@ def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
     """Issue 2's acceptance: nested folder, mixed .jpg/.JPG/.png, grayscale image, real models."""
     det, sam = weights
     out = tmp_path / "ds"
-    args = ["label", image_folder, "--out", out, "--detector", det, "--segmenter", sam, "--max-det", 4, "-q", "--runtime", "torch"]
+    args = [
+        "label",
+        image_folder,
+        "--out",
+        out,
+        "--detector",
+        det,
+        "--segmenter",
+        sam,
+        "--max-det",
+        4,
+        "-q",
+        "--runtime",
+        "torch",
+    ]
     proc = _samlabel(*args)
     assert proc.returncode == 0, proc.stderr
     # Ultralytics: check_det_dataset + its segment loader read it, with the detector's class names
@@ -125,7 +139,9 @@ def test_convert_roboflow_export_with_offline_checkpoint(tmp_path, weights, layo
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == RF_NAMES
     assert splits_of(out) == ["train", "valid", "test"]
     counts = {
-        s: {n.rsplit(".", 1)[0]: sorted(a["category_id"] - 1 for a in anns) for n, anns in coco_by_image(out, s).items()}
+        s: {
+            n.rsplit(".", 1)[0]: sorted(a["category_id"] - 1 for a in anns) for n, anns in coco_by_image(out, s).items()
+        }
         for s in splits_of(out)
     }
     assert counts == expected_counts()
