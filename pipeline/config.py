@@ -52,7 +52,9 @@ class Settings:
         0.24,
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
     )
-    sam_batch: int = _opt(32, "boxes decoded together per SAM decoder call (bounds memory on crowded images)")
+    sam_batch: int = _opt(
+        0, "boxes per SAM decoder call; 0 = auto (4 on CPU, where small chunks are ~1.8x faster per box; 32 on GPU)"
+    )
     runtime: str = _opt(
         "auto",
         "SAM image-encoder runtime; auto = ONNX Runtime on CPU once it passes a check against PyTorch",
@@ -80,8 +82,8 @@ class Settings:
             raise SamlabelError(f"coco_masks: expected one of {list(COCO_MASKS)}, got {self.coco_masks!r}")
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
             raise SamlabelError(f"conf and iou must lie in [0, 1], got conf={self.conf} iou={self.iou}")
-        if self.max_det < 1 or self.imgsz < 32 or self.sam_batch < 1:
-            raise SamlabelError("max_det and sam_batch must be >= 1 and imgsz >= 32")
+        if self.max_det < 1 or self.imgsz < 32 or self.sam_batch < 0:
+            raise SamlabelError("max_det must be >= 1, sam_batch >= 0 (0 = auto) and imgsz >= 32")
         if self.runtime not in ("torch", "onnx", "auto"):
             raise SamlabelError(f"runtime: expected torch, onnx or auto, got {self.runtime!r}")
         if self.simplify < 0:

@@ -29,7 +29,7 @@ SAM_INPUT = 1024  # every SAM / SAM2 model here encodes a 1024 x 1024 letterboxe
 class Segmenter:
     """Give every instance that has no mask yet a SAM mask and score, prompted with its box."""
 
-    def __init__(self, weights: str, *, device: str | None = None, batch: int = 32, runtime: str = "torch") -> None:
+    def __init__(self, weights: str, *, device: str | None = None, batch: int = 0, runtime: str = "torch") -> None:
         from ultralytics.models.sam import Predictor, SAM2Predictor
         from ultralytics.models.sam.build import build_sam, sam_model_map
 
@@ -47,7 +47,8 @@ class Segmenter:
         self.predictor = predictor_cls(overrides=dict(device=device, imgsz=SAM_INPUT, conf=0.0, verbose=False))
         self.predictor.setup_model(model, verbose=False)
         self.predictor.imgsz = [SAM_INPUT, SAM_INPUT]
-        self.batch = batch
+        # Decoder cost per box grows with the chunk on CPU (cache-bound): 68 ms/box at 4, 126 ms at 32.
+        self.batch = batch or (4 if self.device.type == "cpu" else 32)
         self.threshold = float(getattr(model, "mask_threshold", 0.0))
         self.runtime = select_runtime(runtime, model=self.predictor.model, weights=path, device=self.device)
 
