@@ -18,6 +18,7 @@ plain random-weight checkpoint (not rigged), so the logits vary across the image
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import platform
 import shutil
@@ -183,7 +184,7 @@ def main() -> None:
         enc = {r: encoder_seconds(sam, args.device, r) for r in runtimes}
         agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"device {args.device}; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n")  # fmt: skip
     print("| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
     for job, tool, ips, ratio in rows:

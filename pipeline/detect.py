@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.errors import SamlabelError
+from pipeline.threads import torch_threads
 from pipeline.types import Instances
 from pipeline.weights import resolve_weights
 
@@ -76,7 +77,8 @@ class Detector:
             Instances with ``xyxy`` in pixels, dataset ``class_id``, ``confidence`` and ``source_id``
             = detection index (in the detector's confidence order).
         """
-        result = self.model.predict(rgb[..., ::-1], classes=self._keep, **self._kwargs)[0]
+        with torch_threads():
+            result = self.model.predict(rgb[..., ::-1], classes=self._keep, **self._kwargs)[0]
         boxes = result.boxes
         class_id = boxes.cls.cpu().numpy().astype(np.int64)
         if self._to_dataset_id is not None:

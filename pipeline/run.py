@@ -39,6 +39,8 @@ LOGGER = logging.getLogger(__name__)
 
 STATE_DIR = ".samlabel"
 FORMAT_VERSION = 1
+#: Instances whose SAM score (predicted IoU) is below this are listed in report.json for review.
+REVIEW_SCORE = 0.5
 
 Detect = Callable[[np.ndarray], Instances]
 Segment = Callable[[np.ndarray, Instances], Instances]
@@ -330,7 +332,13 @@ def _journal_index(path: Path, wanted: set[str]) -> dict[str, tuple[int, dict]]:
                 continue
             if rec["rel"] in wanted:
                 summary = {k: rec.get(k) for k in ("name", "split", "status", "reason", "source")}
-                summary["classes"] = [a["category_id"] - 1 for a in rec.get("annotations", [])]
+                anns = rec.get("annotations", [])
+                summary["classes"] = [a["category_id"] - 1 for a in anns]
+                summary["review"] = [
+                    {"class_id": a["category_id"] - 1, "source_id": a.get("source_id"), "mask_score": a["mask_score"]}
+                    for a in anns
+                    if a.get("mask_score", 1.0) < REVIEW_SCORE
+                ]
                 summary["dropped"] = rec.get("dropped", [])
                 index[rec["rel"]] = (offset, summary)
             offset += len(raw)
@@ -341,7 +349,7 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
     journal_path = out / STATE_DIR / "journal.jsonl"
     index = _journal_index(journal_path, wanted)
     by_split: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    skipped, dropped = [], []
+    skipped, dropped, review = [], [], []
     per_class: dict[str, Counter] = defaultdict(Counter)
     for _rel, (offset, s) in sorted(index.items()):
         if s["status"] != "ok":
@@ -349,7 +357,9 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
             continue
         by_split[s["split"]].append((s["name"], offset))
         per_class[s["split"]].update(names[c] for c in s["classes"])
-        dropped += [{"image": f"{s['split']}/images/{s['name']}", **d} for d in s["dropped"]]
+        image = f"{s['split']}/images/{s['name']}"
+        dropped += [{"image": image, **d} for d in s["dropped"]]
+        review += [{"image": image, "class": names[r.pop("class_id")], **r} for r in s["review"]]
     splits = [s for s in SPLITS if by_split.get(s)]
     # No "path" key: Ultralytics then resolves the split folders against data.yaml's own folder.
     data = {"nc": len(names), "names": list(names)}
@@ -375,6 +385,7 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
         "instances_total": sum(sum(c.values()) for c in per_class.values()),
         "skipped_images": skipped,
         "dropped_instances": dropped,
+        "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": review},
         **prelude,
         "timings": timings,
     }

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import SamlabelError
+from pipeline.threads import torch_threads
 from pipeline.types import CropMask, Instances
 from pipeline.weights import resolve_weights
 
@@ -50,7 +51,9 @@ class Segmenter:
         # Decoder cost per box grows with the chunk on CPU (cache-bound): 68 ms/box at 4, 126 ms at 32.
         self.batch = batch or (4 if self.device.type == "cpu" else 32)
         self.threshold = float(getattr(model, "mask_threshold", 0.0))
-        self.runtime = select_runtime(runtime, model=self.predictor.model, weights=path, device=self.device)
+        self.runtime, self.onnx_decoder = select_runtime(
+            runtime, model=self.predictor.model, weights=path, device=self.device
+        )
 
     @property
     def device(self) -> torch.device:
@@ -59,15 +62,20 @@ class Segmenter:
     @torch.inference_mode()
     def encode(self, rgb: np.ndarray):
         """Image features for one uint8 (H, W, 3) RGB image (the image-encoder pass)."""
-        im = self.predictor.preprocess([np.ascontiguousarray(rgb[..., ::-1])])
-        return self.predictor.get_im_features(im)
+        with torch_threads():
+            im = self.predictor.preprocess([np.ascontiguousarray(rgb[..., ::-1])])
+            return self.predictor.get_im_features(im)
 
     @torch.inference_mode()
     def decode(self, features, xyxy: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits (N, 256, 256) and scores (N,) for boxes ``xyxy`` (N, 4) in pixels."""
         p = self.predictor
         prompts = p._prepare_prompts((SAM_INPUT, SAM_INPUT), hw, bboxes=np.asarray(xyxy, dtype=np.float32))
-        return p._inference_features(features, *prompts, multimask_output=False)
+        if self.onnx_decoder is not None:  # SAM-1 family: prompts are (boxes, points, labels, masks)
+            logits, scores = self.onnx_decoder(features, prompts[0])
+            return logits.flatten(0, 1), scores.flatten(0, 1)
+        with torch_threads():
+            return p._inference_features(features, *prompts, multimask_output=False)
 
     def __call__(self, rgb: np.ndarray, instances: Instances) -> Instances:
         """Segment the instances of one image that have no mask yet.
@@ -91,21 +99,25 @@ class Segmenter:
             chunk = todo[start : start + self.batch]
             logits, pred_scores = self.decode(features, instances.xyxy[chunk], hw)
             pred_scores = pred_scores.float().cpu().numpy()
-            for k, i in enumerate(chunk):
-                masks[i] = upsampler(logits[k], threshold=self.threshold)
-                scores[i] = pred_scores[k]
+            with torch_threads():
+                for k, i in enumerate(chunk):
+                    masks[i] = upsampler(logits[k], threshold=self.threshold)
+                    scores[i] = pred_scores[k]
         return instances.replace(masks=tuple(masks), mask_score=scores)
 
 
 RUNTIMES = ("torch", "onnx", "auto")
 
 
-def select_runtime(runtime: str, *, model, weights: Path, device: torch.device) -> str:
-    """Put the image encoder on the requested runtime; returns the one in use.
+def select_runtime(runtime: str, *, model, weights: Path, device: torch.device):
+    """Put the image encoder (and, for the SAM-1 family, the box decoder) on the requested runtime.
 
-    ``onnx`` exports the encoder once (cached beside the weights, keyed by their hash), checks it
-    against PyTorch on a fixed input and swaps it in. ``auto`` does that on CPU when onnxruntime is
-    installed and the check passes, and otherwise keeps PyTorch (the reference).
+    ``onnx`` exports the encoder and decoder once (cached beside the weights, keyed by their hash),
+    checks each against PyTorch on fixed inputs and swaps them in. ``auto`` does that on CPU when
+    onnxruntime is installed and the checks pass, and otherwise keeps PyTorch (the reference).
+
+    Returns:
+        (the runtime in use, the ONNX box decoder or ``None``).
 
     Raises:
         SamlabelError: ``onnx`` asked for but onnxruntime is missing or the export fails its check.
@@ -113,7 +125,7 @@ def select_runtime(runtime: str, *, model, weights: Path, device: torch.device) 
     if runtime not in RUNTIMES:
         raise SamlabelError(f"--runtime {runtime}: expected one of {list(RUNTIMES)}")
     if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
-        return "torch"
+        return "torch", None
     try:
         from pipeline import onnx_runtime
 
@@ -124,6 +136,14 @@ def select_runtime(runtime: str, *, model, weights: Path, device: torch.device) 
         if not checked.is_file():
             diff = onnx_runtime.self_check(model.image_encoder, encoder)
             checked.write_text(json.dumps({"max_abs_diff": diff}) + "\n")
+        decoder = None
+        if hasattr(model, "mask_decoder") and hasattr(model, "prompt_encoder"):  # SAM-1 family
+            decoder_path = onnx_runtime.ensure_decoder_onnx(model, weights)
+            decoder = onnx_runtime.OnnxBoxDecoder(decoder_path)
+            decoder_checked = decoder_path.with_suffix(".check.json")
+            if not decoder_checked.is_file():
+                diff = onnx_runtime.decoder_self_check(model, decoder)
+                decoder_checked.write_text(json.dumps({"max_abs_diff": diff}) + "\n")
     except (ImportError, ValueError, RuntimeError, OSError) as e:
         if runtime == "onnx":
             raise SamlabelError(
@@ -131,10 +151,10 @@ def select_runtime(runtime: str, *, model, weights: Path, device: torch.device) 
                 "install it with `pip install samlabel[onnx]` or use --runtime torch"
             ) from None
         LOGGER.warning("ONNX Runtime not used for %s (%s); using PyTorch", weights.name, e)
-        return "torch"
+        return "torch", None
     model.image_encoder = encoder
-    LOGGER.info("SAM image encoder runs on ONNX Runtime (%s)", path.name)
-    return "onnx"
+    LOGGER.info("SAM image encoder%s run on ONNX Runtime (%s)", " and decoder" if decoder else "", path.name)
+    return "onnx", decoder
 
 
 class Upsampler:

@@ -181,3 +181,19 @@ def test_segmenter_sees_every_box_and_nothing_is_matched_by_position(image_folde
     label(image_folder, out, detector=FakeDetector(), segmenter=DropsFirst(), progress=False, split="train=1")
     anns = coco_by_image(out, "train")["sub_b.JPG"]
     assert [(a["source_id"], a["category_id"]) for a in anns] == [(1, 2), (2, 3)]
+
+
+def test_low_score_instances_are_kept_and_listed_for_review(image_folder, tmp_path):
+    """Unlike Ultralytics' SAM predictor (which drops masks scoring <= 0.25), low scores are kept and flagged."""
+
+    class LowScores(FakeSegmenter):
+        def __call__(self, rgb, instances):
+            out = super().__call__(rgb, instances)
+            return out.replace(mask_score=np.full(len(out), 0.1, np.float32))
+
+    out = tmp_path / "ds"
+    report = label(image_folder, out, detector=FakeDetector(), segmenter=LowScores(), progress=False).report
+    assert report["instances_total"] == 8
+    review = report["low_score_instances"]["instances"]
+    assert len(review) == 8 and {r["mask_score"] for r in review} == {0.1}
+    assert {r["class"] for r in review} <= {"ball", "cube", "cone"}
