@@ -220,3 +220,22 @@ def test_link_instead_of_copy(tmp_path):
     _convert(src, out, link=True)
     a, b = out / "train" / "images" / "a_jpg.rf.1.jpg", src / "train" / "images" / "a_jpg.rf.1.jpg"
     assert a.stat().st_ino == b.stat().st_ino or a.is_symlink()
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        "path: {root}\ntrain: train/images\nval: valid/images\ntest: test/images\nnames: {{0: ball, 1: cube, 2: cone}}\n",
+        "path: .\ntrain: train/images\nval: valid/images\ntest: test/images\nnames: [ball, cube, cone]\n",
+        "train: {root}/train/images\nval: {root}/valid/images\ntest: {root}/test/images\nnames: [ball, cube, cone]\n",
+        "train: train/images\nval: valid/images\ntest: test/images\nnc: 3\nnames: ['ball', 'cube', 'cone']\n",
+    ],
+    ids=["path-absolute-names-dict", "path-relative", "absolute-splits", "relative-splits"],
+)
+def test_data_yaml_variants(tmp_path, yaml_text):
+    src = roboflow_yolo(tmp_path / "src")
+    (src / "data.yaml").write_text(yaml_text.format(root=src))
+    out = tmp_path / "out"
+    _convert(src / "data.yaml", out)
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == NAMES
+    assert _counts(out) == expected_counts()
