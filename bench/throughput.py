@@ -18,8 +18,8 @@ plain random-weight checkpoint (not rigged), so the logits vary across the image
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import platform
 import shutil
 import tempfile

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -267,8 +268,6 @@ def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict
 
 def _clear(out: Path) -> None:
     """Remove what a previous run wrote (only samlabel's own layout, nothing else)."""
-    import shutil
-
     state = out / STATE_DIR
     doomed = [p for p in state.iterdir() if p.name != "source"] if state.is_dir() else []  # keep extracted inputs
     for p in [*doomed, *(out / name for name in (*SPLITS, "data.yaml", "report.json"))]:
