@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
@@ -51,7 +53,7 @@ def label(
     cfg = load_settings(config, **settings)
     if isinstance(sources, (str, Path)):
         sources = [sources]
-    items = plan_items(find_images(sources), parse_split(cfg.split))
+    items = plan_items(find_images(sources, exclude=Path(out)), parse_split(cfg.split))
     if not items:
         raise SamlabelError(
             f"no images found in {', '.join(map(str, sources))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -129,6 +131,7 @@ def convert(
 
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
+    _refuse_overlap(Path(src), Path(out))
     check_writable(out)
     ds = read_dataset(
         src,
@@ -165,6 +168,16 @@ def convert(
     )
 
 
+def _refuse_overlap(src: Path, out: Path) -> None:
+    """The output folder must not be, contain, or lie inside the source dataset."""
+    a, b = src.resolve(), out.resolve()
+    if a.is_file() and a.suffix.lower() == ".zip":
+        return  # read from the archive; extracted inside the output folder
+    root = a.parent if a.is_file() else a
+    if b == root or b in root.parents or root in b.parents:
+        raise SamlabelError(f"--out {out} overlaps the source {src}; write the dataset to a folder outside it")
+
+
 class _LazySegmenter:
     """Builds the SAM stage on first use, so images that need no SAM never load its weights."""
 
@@ -189,5 +202,7 @@ def _labels_digest(ds) -> str:
     for it in ds.items:
         h.update(it.rel.encode())
         for o in it.instances.objects:
-            h.update(repr((o.class_id, [round(v, 6) for v in o.xyxy_n], o.has_mask, o.source_id)).encode())
+            h.update(repr((o.class_id, [round(v, 6) for v in o.xyxy_n], o.source_id, o.rle)).encode())
+            for poly in o.polygons_n:
+                h.update(np.round(poly, 6).tobytes())
     return h.hexdigest()

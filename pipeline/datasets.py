@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -189,7 +190,11 @@ def _detect_and_read(src: Path, images, names, problems: Problems) -> SourceData
 
 
 def _split_folders(root: Path) -> list[tuple[str, str]]:
-    return [("valid" if f == "val" else f, f) for f in ("train", "valid", "val", "test") if (root / f).is_dir()]
+    """(split, folder) pairs; ``val`` is read as ``valid`` unless a ``valid`` folder exists too."""
+    folders = [f for f in ("train", "valid", "val", "test") if (root / f).is_dir()]
+    if "valid" in folders and "val" in folders:
+        raise SamlabelError(f"{root}: both valid/ and val/ exist; merge or rename one of them")
+    return [("valid" if f == "val" else f, f) for f in folders]
 
 
 # ---------------------------------------------------------------------------------------------- YOLO
@@ -212,13 +217,14 @@ def read_yolo_yaml(path: Path, problems: Problems) -> SourceDataset:
         if not data.get(key) or any(it.split == split for it in items):
             continue
         entries = data[key] if isinstance(data[key], list) else [data[key]]
-        for entry in entries:
+        for index, entry in enumerate(entries):
             images_dir = _resolve_split_dir(str(entry), base, path.parent)
             if images_dir is None:
                 problems.add(f"{path.name}: {key}", f"{entry} not found", "split skipped")
                 continue
             labels_dir = _labels_dir_for(images_dir)
-            items += _yolo_items(images_dir, labels_dir, split, names, problems, root=path.parent)
+            prefix = f"{index}-{images_dir.name}" if len(entries) > 1 else ""  # several folders in one split
+            items += _yolo_items(images_dir, labels_dir, split, names, problems, root=path.parent, prefix=prefix)
             found.append(f"{split}={images_dir}")
     if not items:
         raise SamlabelError(f"{path}: none of its splits (train/val/test) point to an existing image folder")
@@ -243,10 +249,8 @@ def _resolve_split_dir(entry: str, base: Path, yaml_dir: Path) -> Path | None:
     if not p.is_absolute() and entry.startswith("../"):
         candidates.append(yaml_dir / entry[3:])
     for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-        if c.is_file() and c.suffix == ".txt":  # a list of image paths
-            return c.resolve()
+        if c.is_dir() or (c.is_file() and c.suffix == ".txt"):  # a folder, or a .txt list of image paths
+            return Path(os.path.normpath(c.absolute()))  # not resolve(): a symlinked images/ keeps its name
     return None
 
 
@@ -275,29 +279,50 @@ def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems
 
 
 def _yolo_items(
-    images_dir: Path, labels_dir: Path, split: str, names, problems: Problems, *, root: Path
+    images_dir: Path, labels_dir: Path, split: str, names, problems: Problems, *, root: Path, prefix: str = ""
 ) -> list[ImageItem]:
-    """Images of one split with their label files; problems are named relative to ``root``."""
+    """Images of one split with their label files; problems are named relative to ``root``.
+
+    ``images_dir`` may be a .txt list of image paths (relative to its folder); each image's label
+    file is then found the Ultralytics way, by replacing the last ``images`` folder with ``labels``.
+    """
     if images_dir.is_file():  # a .txt list of images
-        paths = [Path(ln.strip()) for ln in images_dir.read_text().splitlines() if ln.strip()]
-        paths = [p if p.is_absolute() else images_dir.parent / p for p in paths]
-        pairs = [(p, p.name) for p in paths]
+        pairs = []
+        for line in images_dir.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                p = Path(line.strip())
+                p = Path(os.path.normpath(p if p.is_absolute() else images_dir.parent / p))
+                pairs.append((p, _rel(p, images_dir.parent)))
+        pairs = [(p, rel) for p, rel in pairs if p.is_file()]
+        return _labeled(
+            pairs, split, names, problems, root, prefix, lambda p: _labels_dir_for(p.parent) / f"{p.stem}.txt"
+        )
     else:
         pairs = sorted(
             ((p, p.relative_to(images_dir).as_posix()) for p in images_dir.rglob("*") if _is_image_file(p)),
             key=lambda pr: pr[1],
         )
-    items = []
-    stems = set()
-    for it in _plan_split(pairs, split):
-        label_file = labels_dir / Path(it.rel.split("/", 1)[1]).with_suffix(".txt")
-        stems.add(label_file.resolve())
-        labels = _read_yolo_file(label_file, len(names), problems, root) if label_file.is_file() else None
-        items.append(_with(it, labels))
+    rel_of = {p: rel for p, rel in pairs}
+    items = _labeled(
+        pairs, split, names, problems, root, prefix, lambda p: labels_dir / Path(rel_of[p]).with_suffix(".txt")
+    )
+    used = {(labels_dir / Path(rel).with_suffix(".txt")).resolve() for rel in rel_of.values()}
     if labels_dir.is_dir():
         for lf in sorted(labels_dir.rglob("*.txt")):
-            if lf.resolve() not in stems and lf.name != "classes.txt":
+            if lf.resolve() not in used and lf.name != "classes.txt":
                 problems.add(_rel(lf, root), "label file without an image", "ignored")
+    return items
+
+
+def _labeled(pairs, split, names, problems, root, prefix, label_of) -> list[ImageItem]:
+    """Plan output names for ``pairs`` and attach each image's YOLO labels (``None`` = no label file)."""
+    if prefix:
+        pairs = [(p, f"{prefix}/{rel}") for p, rel in pairs]
+    items = []
+    for it in _plan_split(pairs, split):
+        label_file = label_of(it.path)
+        labels = _read_yolo_file(label_file, len(names), problems, root) if label_file.is_file() else None
+        items.append(_with(it, labels))
     return items
 
 
@@ -417,10 +442,13 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
         images[iid] = img
     per_image: dict[int, SourceLabels] = {iid: SourceLabels() for iid in images}
     seen_ann: set = set()
-    for ann in coco.get("annotations", []):
-        aid = ann.get("id")
-        where = f"{where_json}: annotation {aid}"
-        if aid in seen_ann:
+    for index, ann in enumerate(coco.get("annotations", [])):
+        aid = ann.get("id") if isinstance(ann, dict) else None
+        where = f"{where_json}: annotation {aid if aid is not None else f'#{index}'}"
+        if not isinstance(ann, dict):
+            problems.add(where, "not an object", "skipped")
+            continue
+        if aid is not None and aid in seen_ann:
             problems.add(where, "duplicate annotation id", "skipped")
             continue
         seen_ann.add(aid)
@@ -431,7 +459,12 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
         if ann.get("category_id") not in cat_to_class:
             problems.add(where, f"unknown category id {ann.get('category_id')}", "skipped")
             continue
-        obj = _coco_object(ann, img, cat_to_class[ann["category_id"]], where, problems)
+        source_id = aid if isinstance(aid, int) and not isinstance(aid, bool) else index
+        try:
+            obj = _coco_object({**ann, "id": source_id}, img, cat_to_class[ann["category_id"]], where, problems)
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            problems.add(where, f"malformed annotation ({type(e).__name__}: {e})", "skipped")
+            continue
         if obj is not None:
             per_image[img["id"]].objects.append(obj)
     pairs = []
@@ -442,6 +475,12 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
         rel = _safe_relative(name)
         if rel is None:
             problems.add(where, f"file_name {name!r} is absolute or escapes the image folder", "refused")
+            continue
+        if rel in labels_by_rel:
+            problems.add(where, f"file_name {name!r} listed twice", "second entry ignored")
+            continue
+        if not _positive_size(img):
+            problems.add(where, "no width/height", "skipped")
             continue
         path = root / rel
         if not path.is_file():
@@ -457,15 +496,23 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
     return [_with(it, labels_by_rel.get(it.rel.split("/", 1)[1])) for it in _plan_split(pairs, split)]
 
 
+def _positive_size(img: dict) -> bool:
+    try:
+        return float(img.get("width") or 0) > 0 and float(img.get("height") or 0) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _coco_object(ann, img, cls, where, problems: Problems) -> SourceObject | None:
-    w, h = float(img.get("width") or 0), float(img.get("height") or 0)
-    if w <= 0 or h <= 0:
-        problems.add(where, "its image has no width/height", "skipped")
-        return None
+    if not _positive_size(img):
+        return None  # the image itself is reported and left out
+    w, h = float(img["width"]), float(img["height"])
     bbox = ann.get("bbox")
     seg = ann.get("segmentation")
     polys: list[np.ndarray] = []
     rle = None
+    if isinstance(seg, list) and seg and not isinstance(seg[0], list):
+        seg = [seg]  # a single flat polygon, as some tools write it
     if isinstance(seg, list) and seg:
         polys = [
             np.asarray(p, dtype=np.float64).reshape(-1, 2) / [w, h] for p in seg if len(p) >= 6 and len(p) % 2 == 0

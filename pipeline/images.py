@@ -17,8 +17,9 @@ from pipeline.errors import ImageReadError
 #: File extensions read as images (lower case). All of them are also read by Ultralytics' loaders.
 IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
-#: Decompression-bomb guard: images above this many pixels are refused rather than decoded.
-MAX_PIXELS = 200_000_000
+#: Decompression-bomb guard: images above this many pixels are refused rather than decoded
+#: (Pillow itself refuses anything above twice its 89.5-megapixel warning limit).
+MAX_PIXELS = 178_000_000
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -54,14 +55,15 @@ def load_image(path: Path) -> LoadedImage:
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
             with _pil_open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageReadError(f"{path}: {im.width}x{im.height} exceeds {MAX_PIXELS} pixels")
                 fmt = im.format or ""
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                rotated = orientation in (2, 3, 4, 5, 6, 7, 8)  # 0 or junk values mean "no rotation"
                 im.load()
-                upright = ImageOps.exif_transpose(im) if orientation not in (1, None) else im
+                upright = ImageOps.exif_transpose(im) if rotated else im
                 rgb = _to_rgb(upright)
     except ImageReadError:
         raise
@@ -75,7 +77,7 @@ def load_image(path: Path) -> LoadedImage:
         raise ImageReadError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: image has no pixels")
-    return LoadedImage(rgb=rgb, rotated=orientation not in (1, None) and orientation <= 8, format=fmt)
+    return LoadedImage(rgb=rgb, rotated=rotated, format=fmt)
 
 
 def _pil_open(path: Path) -> Image.Image:
@@ -115,7 +117,8 @@ def export_image(src: Path, image: LoadedImage, dst: Path, *, link: bool = False
         fsio.link_file(src, dst) if link else fsio.copy_file(src, dst)
         return
     buf = io.BytesIO()
-    fmt = image.format if image.format in ("JPEG", "PNG", "WEBP", "TIFF", "BMP") else "PNG"
+    fmt = {"MPO": "JPEG"}.get(image.format, image.format)  # cameras' JPEGs often open as MPO
+    fmt = fmt if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "BMP") else "PNG"
     params = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     Image.fromarray(image.rgb).save(buf, format=fmt, **params)
     fsio.write_bytes(dst, buf.getvalue())

@@ -88,9 +88,15 @@ def run_dataset(
         SamlabelError: ``out`` cannot be written, or holds a different run and ``overwrite`` is False.
     """
     out = Path(out)
-    state = _prepare_out(out, command, settings, names, items, overwrite, fingerprint_extra)
+    check_writable(out)
+    if not (out / STATE_DIR).is_dir() and any(out.iterdir()) and not overwrite:
+        raise SamlabelError(
+            f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite"
+        )
+    (out / STATE_DIR).mkdir(exist_ok=True)
     journal_path = out / STATE_DIR / "journal.jsonl"
-    with _locked(out / STATE_DIR / "lock"):
+    with _locked(out / STATE_DIR / "lock"):  # before anything is checked or cleared: two runs never interleave
+        state = _prepare_out(out, command, settings, names, items, overwrite, fingerprint_extra)
         _drop_torn_tail(journal_path)
         done = {r["rel"] for r in _read_journal(journal_path)}
         todo = [it for it in items if it.rel not in done]
@@ -238,7 +244,6 @@ def check_writable(out: str | Path) -> None:
 def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict:
     fingerprint = _fingerprint(command, settings, names, items, extra)
     state_path = out / STATE_DIR / "state.json"
-    check_writable(out)
     if state_path.is_file():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         if state.get("fingerprint") == fingerprint and not overwrite:
@@ -269,7 +274,8 @@ def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict
 def _clear(out: Path) -> None:
     """Remove what a previous run wrote (only samlabel's own layout, nothing else)."""
     state = out / STATE_DIR
-    doomed = [p for p in state.iterdir() if p.name != "source"] if state.is_dir() else []  # keep extracted inputs
+    keep = ("source", "lock")  # extracted inputs, and the lock this run holds
+    doomed = [p for p in state.iterdir() if p.name not in keep] if state.is_dir() else []
     for p in [*doomed, *(out / name for name in (*SPLITS, "data.yaml", "report.json"))]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

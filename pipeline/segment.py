@@ -144,7 +144,7 @@ def select_runtime(runtime: str, *, model, weights: Path, device: torch.device):
             if not decoder_checked.is_file():
                 diff = onnx_runtime.decoder_self_check(model, decoder)
                 decoder_checked.write_text(json.dumps({"max_abs_diff": diff}) + "\n")
-    except (ImportError, ValueError, RuntimeError, OSError) as e:
+    except (ImportError, ValueError, RuntimeError, OSError, TypeError) as e:
         if runtime == "onnx":
             raise SamlabelError(
                 f"--runtime onnx: cannot use ONNX Runtime for {weights.name} ({e}); "

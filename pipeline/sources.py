@@ -57,17 +57,22 @@ def assign_split(rel: str, fractions: dict[str, float]) -> str:
     return next(reversed(fractions))
 
 
-def find_images(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
+def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, str]]:
     """Expand image files, folders (recursive) and glob patterns.
 
-    Hidden files and folders, non-image suffixes and symlink loops are skipped. Each result is
-    ``(path, rel)``, ``rel`` being the POSIX path relative to the source folder (or glob root).
+    Hidden files and folders, non-image suffixes, symlink loops, names that are not valid UTF-8
+    and anything below ``exclude`` (the output folder) are skipped. Each result is ``(path, rel)``,
+    ``rel`` being the POSIX path relative to the source folder (or glob root). With several
+    sources, ``rel`` starts with the source's folder name (``cam1/0001.jpg``, ``cam2/0001.jpg``), so
+    two sources never give two images the same identity.
 
     Raises:
         SamlabelError: a source matches nothing that exists.
     """
     found: dict[Path, str] = {}
-    for source in sources:
+    excluded = exclude.resolve() if exclude is not None else None
+    labels = _source_labels(sources)
+    for source, label in zip(sources, labels, strict=True):
         text = str(source)
         path = Path(text)
         if path.is_dir():
@@ -88,8 +93,37 @@ def find_images(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
         else:
             raise SamlabelError(f"source {text!r} does not exist (expected an image file, a folder or a glob)")
         for p, rel in pairs:
-            found.setdefault(p.resolve(), rel)
+            real = p.resolve()
+            if excluded is not None and (real == excluded or excluded in real.parents):
+                continue
+            if not _utf8(rel):
+                LOGGER.warning("%s: file name is not valid UTF-8, skipped (rename it to include it)", p)
+                continue
+            found.setdefault(real, f"{label}/{rel}" if label else rel)
     return sorted(((p, rel) for p, rel in found.items()), key=lambda pr: (pr[1], str(pr[0])))
+
+
+def _source_labels(sources: Sequence[str | Path]) -> list[str]:
+    """'' for a single source; else each source's folder name, numbered where names repeat."""
+    if len(sources) < 2:
+        return [""] * len(sources)
+    names = []
+    for source in sources:
+        p = Path(str(source))
+        root = p if p.is_dir() else p.parent if p.is_file() else _glob_root(str(source))
+        names.append(root.resolve().name or "root")
+    counts = defaultdict(int)
+    for n in names:
+        counts[n] += 1
+    return [n if counts[n] == 1 else f"{i}-{n}" for i, n in enumerate(names)]
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def plan_items(pairs: Iterable[tuple[Path, str]], fractions: dict[str, float]) -> list[ImageItem]:
@@ -100,6 +134,11 @@ def plan_items(pairs: Iterable[tuple[Path, str]], fractions: dict[str, float]) -
     each get a short hash of their relative path, so names never depend on processing order.
     """
     pairs = list(pairs)
+    seen = {}
+    for path, rel in pairs:
+        if rel in seen:
+            raise SamlabelError(f"two images share the relative path {rel!r}: {seen[rel]} and {path}")
+        seen[rel] = path
     stems = {rel: _flat_stem(rel) for _, rel in pairs}
     clash: dict[str, list[str]] = defaultdict(list)
     for rel, stem in stems.items():

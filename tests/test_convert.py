@@ -239,3 +239,47 @@ def test_data_yaml_variants(tmp_path, yaml_text):
     _convert(src / "data.yaml", out)
     assert yaml.safe_load((out / "data.yaml").read_text())["names"] == NAMES
     assert _counts(out) == expected_counts()
+
+
+def test_out_overlapping_the_source_is_refused_and_nothing_is_deleted(tmp_path):
+    src = roboflow_yolo(tmp_path / "src")
+    for out in (src, src / "converted"):
+        with pytest.raises(SamlabelError, match="overlaps the source"):
+            convert(src, out, progress=False, overwrite=True, segmenter=FakeSegmenter())
+    assert _counts_source(src) == 5
+
+
+def _counts_source(src):
+    return sum(1 for s in ("train", "valid", "test") for _ in (src / s / "images").iterdir())
+
+
+def test_rle_of_another_size_goes_to_sam_instead_of_aborting(tmp_path):
+    src = roboflow_coco(tmp_path / "src")
+    path = src / "train" / "_annotations.coco.json"
+    coco = json.loads(path.read_text())
+    for ann in coco["annotations"]:
+        ann["segmentation"] = {"size": [10, 10], "counts": [0, 100]}  # made for another image size
+    path.write_text(json.dumps(coco))
+    seg = FakeSegmenter()
+    report = _convert(src, tmp_path / "out", segmenter=seg).report
+    assert seg.calls > 0 and any("RLE size [10, 10]" in p["problem"] for p in report["source_problems"])
+    assert _counts(tmp_path / "out") == expected_counts()
+
+
+def test_malformed_coco_annotations_never_stop_the_run(tmp_path):
+    src = roboflow_coco(tmp_path / "src")
+    path = src / "train" / "_annotations.coco.json"
+    coco = json.loads(path.read_text())
+    flat = [10, 10, 40, 10, 40, 40, 10, 40]
+    coco["annotations"] += [
+        {"id": "a1", "image_id": 0, "category_id": 1, "bbox": [1, 1, 5, 5]},  # string id: kept, indexed
+        {"image_id": 0, "category_id": 1, "segmentation": flat, "bbox": [10, 10, 30, 30]},  # flat polygon, no id
+        {"image_id": 0, "category_id": 1, "bbox": "oops"},  # malformed
+        {"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "segmentation": [["x"]]},  # malformed
+    ]
+    coco["images"].append({"id": 77, "file_name": "a_jpg.rf.1.jpg"})  # listed twice
+    path.write_text(json.dumps(coco))
+    report = _convert(src, tmp_path / "out").report
+    problems = {p["problem"].split(" (")[0] for p in report["source_problems"]}
+    assert "malformed annotation" in problems and "file_name 'a_jpg.rf.1.jpg' listed twice" in problems
+    assert sum(report["images"].values()) == 5

@@ -93,3 +93,20 @@ def test_truncated_real_jpeg(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(ImageReadError):
         load_image(path)
+
+
+def test_invalid_exif_orientation_means_upright(tmp_path):
+    src = _exif_rotated(tmp_path / "zero.jpg", orientation=0)
+    image = load_image(src)
+    assert not image.rotated and image.hw == (20, 40)
+    export_image(src, image, tmp_path / "copy.jpg")
+    assert (tmp_path / "copy.jpg").read_bytes() == src.read_bytes()
+
+
+def test_large_image_below_our_limit_is_read(tmp_path, monkeypatch):
+    """Pillow's 89.5-megapixel warning must not refuse images under MAX_PIXELS."""
+    import PIL.Image
+
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # pretend this small image is over Pillow's limit
+    src = _save(tmp_path / "big.png", np.zeros((40, 40, 3), np.uint8))
+    assert load_image(src).hw == (40, 40)

@@ -21,10 +21,30 @@ def test_folder_is_searched_recursively_skipping_hidden_and_non_images(tmp_path)
     assert rels == ["a.jpg", "b.JPG", "s/c.png", "s/t/d.webp"]
 
 
-def test_glob_and_file_sources(tmp_path):
+def test_glob_source(tmp_path):
     _touch(tmp_path, "a/x.jpg", "a/y.png", "b/z.jpg")
-    rels = [rel for _, rel in find_images([str(tmp_path / "*" / "*.jpg"), tmp_path / "a" / "y.png"])]
-    assert rels == ["a/x.jpg", "b/z.jpg", "y.png"]
+    assert [rel for _, rel in find_images([str(tmp_path / "*" / "*.jpg")])] == ["a/x.jpg", "b/z.jpg"]
+
+
+def test_several_sources_never_share_an_identity(tmp_path):
+    """cam1/0001.jpg and cam2/0001.jpg are two images: each keeps its own name and output."""
+    _touch(tmp_path, "cam1/0001.jpg", "cam2/0001.jpg", "other/cam1/0002.jpg", "solo.png")
+    sources = [tmp_path / "cam1", tmp_path / "cam2", tmp_path / "other" / "cam1", tmp_path / "solo.png"]
+    rels = [rel for _, rel in find_images(sources)]
+    assert rels == ["0-cam1/0001.jpg", "2-cam1/0002.jpg", "cam2/0001.jpg", f"{tmp_path.name}/solo.png"]
+    names = [it.name for it in plan_items(find_images(sources), {"train": 1.0})]
+    assert len(set(names)) == 4
+
+
+def test_output_folder_inside_the_source_is_not_an_input(tmp_path):
+    _touch(tmp_path, "a.jpg", "ds/train/images/a.jpg")
+    assert [rel for _, rel in find_images([tmp_path], exclude=tmp_path / "ds")] == ["a.jpg"]
+
+
+def test_duplicate_relative_paths_are_refused(tmp_path):
+    _touch(tmp_path, "a.jpg", "b.jpg")
+    with pytest.raises(SamlabelError, match="two images share the relative path 'x.jpg'"):
+        plan_items([(tmp_path / "a.jpg", "x.jpg"), (tmp_path / "b.jpg", "x.jpg")], {"train": 1.0})
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
