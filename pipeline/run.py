@@ -105,7 +105,15 @@ def run_dataset(
         started = time.perf_counter()
         stage_seconds: Counter = Counter()
         with open(journal_path, "a", encoding="utf-8") as journal:
-            bar = tqdm(todo, unit="img", desc=command, disable=not progress, dynamic_ncols=True)
+            bar = tqdm(
+                todo,
+                unit="img",
+                desc=command,
+                disable=not progress,
+                dynamic_ncols=True,
+                # always images/s (tqdm would switch to s/img below one image per second)
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+            )
             try:
                 for item in bar:
                     record = _process(item, out, names, settings, detector, segmenter, stage_seconds)
