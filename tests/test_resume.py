@@ -149,3 +149,16 @@ def test_disk_full_mid_run_is_a_clear_error_and_resumable(many_images, tmp_path,
     label(many_images, clean, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
     assert label_files_bytes(out) == label_files_bytes(clean)
     assert_valid(out)
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_one_runs(many_images, tmp_path):
+    import fcntl
+
+    out = tmp_path / "ds"
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    before = label_files_bytes(out)
+    with open(out / ".samlabel" / "lock", "a+") as held:  # what a running samlabel holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SamlabelError, match="another samlabel run is writing"):
+            label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False, overwrite=True)
+    assert label_files_bytes(out) == before  # --overwrite did not clear a folder another run holds
