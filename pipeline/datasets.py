@@ -488,10 +488,9 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             continue
         pairs.append((path, rel))
         labels_by_rel[rel] = per_image[iid]
-    listed = {rel for _, rel in pairs}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if _is_image_file(p) and rel not in listed and rel not in {r for r in labels_by_rel}:
+        if _is_image_file(p) and rel not in labels_by_rel:
             pairs.append((p, rel))  # on disk but not in the json: unlabeled
     return [_with(it, labels_by_rel.get(it.rel.split("/", 1)[1])) for it in _plan_split(pairs, split)]
 

@@ -89,7 +89,8 @@ def run_dataset(
     """
     out = Path(out)
     check_writable(out)
-    if not (out / STATE_DIR).is_dir() and any(out.iterdir()) and not overwrite:
+    ours = (out / STATE_DIR / "state.json").is_file()
+    if not ours and any(p.name != STATE_DIR for p in out.iterdir()) and not overwrite:
         raise SamlabelError(
             f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite"
         )
@@ -261,10 +262,6 @@ def _prepare_out(out, command, settings, names, items, overwrite, extra) -> dict
                 f"{out} holds a dataset from a run with other inputs or settings; refusing to mix two runs. "
                 "Choose a new --out, or pass --overwrite to replace it"
             )
-    elif any(p.name != STATE_DIR for p in out.iterdir()) and not overwrite:
-        raise SamlabelError(
-            f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite"
-        )
     if overwrite:
         _clear(out)
     state = {

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import fsio
 from pipeline.errors import SamlabelError
 from pipeline.threads import torch_threads
 from pipeline.types import CropMask, Instances
@@ -132,18 +133,12 @@ def select_runtime(runtime: str, *, model, weights: Path, device: torch.device):
         onnx_runtime._import_ort()
         path = onnx_runtime.ensure_encoder_onnx(model.image_encoder, weights)
         encoder = onnx_runtime.OnnxEncoder(path)
-        checked = path.with_suffix(".check.json")
-        if not checked.is_file():
-            diff = onnx_runtime.self_check(model.image_encoder, encoder)
-            checked.write_text(json.dumps({"max_abs_diff": diff}) + "\n")
+        _check_once(path, lambda: onnx_runtime.self_check(model.image_encoder, encoder))
         decoder = None
         if hasattr(model, "mask_decoder") and hasattr(model, "prompt_encoder"):  # SAM-1 family
             decoder_path = onnx_runtime.ensure_decoder_onnx(model, weights)
             decoder = onnx_runtime.OnnxBoxDecoder(decoder_path)
-            decoder_checked = decoder_path.with_suffix(".check.json")
-            if not decoder_checked.is_file():
-                diff = onnx_runtime.decoder_self_check(model, decoder)
-                decoder_checked.write_text(json.dumps({"max_abs_diff": diff}) + "\n")
+            _check_once(decoder_path, lambda: onnx_runtime.decoder_self_check(model, decoder))
     except (ImportError, ValueError, RuntimeError, OSError, TypeError) as e:
         if runtime == "onnx":
             raise SamlabelError(
@@ -155,6 +150,13 @@ def select_runtime(runtime: str, *, model, weights: Path, device: torch.device):
     model.image_encoder = encoder
     LOGGER.info("SAM image encoder%s run on ONNX Runtime (%s)", " and decoder" if decoder else "", path.name)
     return "onnx", decoder
+
+
+def _check_once(export: Path, check) -> None:
+    """Run ``check`` (raises on a bad export) unless ``export`` already passed; record the result atomically."""
+    record = export.with_suffix(".check.json")
+    if not record.is_file():
+        fsio.write_text(record, json.dumps({"max_abs_diff": check()}) + "\n")
 
 
 class Upsampler:
