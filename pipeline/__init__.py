@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline import threads  # noqa: F401  (first: reads OMP_NUM_THREADS before Ultralytics changes it)
 from pipeline.api import convert, label
 from pipeline.config import Settings, load_settings
 from pipeline.errors import SamlabelError

@@ -1,0 +1,33 @@
+"""Model stages keep every CPU even though importing Ultralytics sets OMP_NUM_THREADS=1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import os, pipeline, ultralytics, torch
+from pipeline.threads import default_threads, torch_threads
+from ultralytics.utils.torch_utils import select_device
+select_device("cpu")  # sets torch to cpu_count - 1 threads
+with torch_threads():
+    inside = torch.get_num_threads()
+print(default_threads(), inside, os.environ.get("OMP_NUM_THREADS"))
+"""
+
+
+def _probe(**env: str) -> list[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SAMLABEL_THREADS")}
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env}, capture_output=True, text=True, check=True)
+    return out.stdout.split()[-3:]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs sched_getaffinity")
+def test_threads_survive_the_ultralytics_import():
+    cpus = str(len(os.sched_getaffinity(0)))
+    assert _probe() == [cpus, cpus, "1"]  # Ultralytics wrote OMP_NUM_THREADS=1; we keep every CPU
+    assert _probe(OMP_NUM_THREADS="1")[:2] == ["1", "1"]  # the user's own setting is honoured
+    assert _probe(OMP_NUM_THREADS="1", SAMLABEL_THREADS="3")[:2] == ["3", "3"]
