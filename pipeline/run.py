@@ -12,12 +12,13 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def run_dataset(
         stage_seconds: Counter = Counter()
         with open(journal_path, "a", encoding="utf-8") as journal:
             bar = tqdm(
-                todo,
+                total=len(todo),
                 unit="img",
                 desc=command,
                 disable=not progress,
@@ -115,12 +116,20 @@ def run_dataset(
                 # always images/s (tqdm would switch to s/img below one image per second)
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
             )
+
+            def finish(item: ImageItem, loaded) -> None:  # writer thread: files, then the journal line
+                record = _finish(item, loaded, out, names, settings, stage_seconds)
+                journal.write(json.dumps(record, ensure_ascii=False) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+                bar.update()
+
             try:
-                for item in bar:
-                    record = _process(item, out, names, settings, detector, segmenter, stage_seconds)
-                    journal.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    journal.flush()
-                    os.fsync(journal.fileno())
+                with _Stages(prefetch=PREFETCH) as stages:
+                    for item, loaded in stages.read(todo, lambda it: _read(it, stage_seconds)):
+                        if not isinstance(loaded, dict):  # a dict is the record of a skipped image
+                            loaded = _infer(item, loaded, detector, segmenter, stage_seconds)
+                        stages.write(finish, item, loaded)
             except KeyboardInterrupt:
                 LOGGER.error("interrupted: %d images are saved; run the same command again to resume", bar.n)
                 raise
@@ -143,16 +152,70 @@ def run_dataset(
     return RunResult(out=out, report=report)
 
 
-def _process(item, out, names, settings, detector, segmenter, seconds) -> dict:
-    """Read, detect, segment and write one image; return its journal record."""
-    record = {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path)}
+#: Images read ahead of the model, and finished images waiting for their files: bounds the memory a run holds
+#: (at most the image in the model, ``PREFETCH`` being read and ``PREFETCH`` + 1 being written).
+PREFETCH = 1
+
+
+class _Stages:
+    """Overlap reading and writing with the model work, which stays on the calling thread.
+
+    ``read`` yields ``(item, fn(item))`` in order while a thread reads up to ``prefetch`` images
+    ahead; ``write`` hands a finished image to a second thread (at most ``prefetch`` waiting). The
+    writer's errors are raised in the caller; on exit, every image handed over is written first, so
+    an interrupted run keeps everything it finished.
+    """
+
+    def __init__(self, prefetch: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.prefetch = prefetch
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="samlabel-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="samlabel-write")
+        self._pending: deque = deque()
+
+    def read(self, items: Sequence[ImageItem], fn: Callable) -> Iterator[tuple[ImageItem, object]]:
+        it = iter(items)
+        ahead = deque((item, self._reader.submit(fn, item)) for item in itertools.islice(it, self.prefetch))
+        while ahead:
+            item, future = ahead.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                ahead.append((nxt, self._reader.submit(fn, nxt)))
+            yield item, future.result()
+
+    def write(self, fn: Callable, *args) -> None:
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self.prefetch):
+            self._pending.popleft().result()  # raises the writer's error here
+        self._pending.append(self._writer.submit(fn, *args))
+
+    def __enter__(self) -> _Stages:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)  # finish what was handed over, even when interrupted
+        while self._pending:
+            future = self._pending.popleft()
+            if exc[0] is None:
+                future.result()
+
+
+def _read(item: ImageItem, seconds: Counter):
+    """The decoded image, or the journal record of an image that cannot be read."""
     t = time.perf_counter()
     try:
         image = load_image(item.path)
     except ImageReadError as e:
         LOGGER.warning("skipped %s", e)
-        return {**record, "status": "skipped", "reason": str(e)}
+        return {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path),
+                "status": "skipped", "reason": str(e)}  # fmt: skip
     seconds["read"] += time.perf_counter() - t
+    return image
+
+
+def _infer(item: ImageItem, image, detector, segmenter, seconds: Counter):
+    """Detect (unless the item carries its instances) and segment what has no mask: (image, instances)."""
     instances = item.instances(image.hw) if callable(item.instances) else item.instances
     if instances is None:
         t = time.perf_counter()
@@ -164,6 +227,15 @@ def _process(item, out, names, settings, detector, segmenter, seconds) -> dict:
             raise SamlabelError("instances need masks but no segmenter was given")
         instances = segmenter(image.rgb, instances)
         seconds["segment"] += time.perf_counter() - t
+    return image, instances
+
+
+def _finish(item, loaded, out, names, settings, seconds) -> dict:
+    """Write one image's files (image, label file) and return its journal record."""
+    if isinstance(loaded, dict):
+        return loaded
+    image, instances = loaded
+    record = {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path)}
     t = time.perf_counter()
     hw = image.hw
     lines, annotations, dropped = [], [], []

@@ -197,3 +197,42 @@ def test_low_score_instances_are_kept_and_listed_for_review(image_folder, tmp_pa
     review = report["low_score_instances"]["instances"]
     assert len(review) == 8 and {r["mask_score"] for r in review} == {0.1}
     assert {r["class"] for r in review} <= {"ball", "cube", "cone"}
+
+
+def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_folder, tmp_path, monkeypatch):
+    """While the model works on image k, image k+1 is already read (never more), and files land in the background."""
+    import threading
+    import time
+
+    from pipeline import run
+
+    loads, seen = [], []
+    real_load = run.load_image
+
+    def counting_load(path):
+        loads.append(threading.current_thread().name)
+        return real_load(path)
+
+    class SlowSegmenter(FakeSegmenter):
+        def __call__(self, rgb, instances):
+            time.sleep(0.05)  # the reader has time to get ahead, if it reads ahead at all
+            seen.append(len(loads))
+            return super().__call__(rgb, instances)
+
+    writers = []
+    real_write = run.write_label_file
+
+    def recording_write(*a, **k):
+        writers.append(threading.current_thread().name)
+        return real_write(*a, **k)
+
+    monkeypatch.setattr(run, "load_image", counting_load)
+    monkeypatch.setattr(run, "write_label_file", recording_write)
+    out = tmp_path / "ds"
+    label(image_folder, out, detector=FakeDetector(), segmenter=SlowSegmenter(), progress=False)
+    n = len(seen)
+    assert n == 6 and all(name.startswith("samlabel-read") for name in loads)
+    # at call k (0-based) images 0..k and exactly one more are read: overlap, and a bound on memory
+    assert seen == [min(k + 1 + run.PREFETCH, n) for k in range(n)]
+    assert len(writers) == n and all(name.startswith("samlabel-write") for name in writers)
+    assert_valid(out)
