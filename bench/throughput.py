@@ -123,6 +123,42 @@ def encoder_seconds(sam: Path, device: str, runtime: str, repeats: int = 3) -> f
     return timed(lambda: seg.encode(rgb), repeats)
 
 
+def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: int, work: Path) -> dict[str, float]:
+    """Seconds per image of each part of a convert run: the SAM stage split into encoder, decoder and
+    upsampling (timed on the Segmenter directly), reading and writing from the run's report."""
+    from pipeline import convert
+    from pipeline.images import load_image
+    from pipeline.segment import Segmenter, Upsampler
+
+    seg = Segmenter(str(sam), device=device, runtime=runtime)
+    paths = sorted((data / "images").iterdir())
+    parts = {"encoder": 0.0, f"decoder ({boxes} boxes)": 0.0, "upsampling": 0.0}
+    for p in paths:
+        rgb = load_image(p).rgb
+        hw = rgb.shape[:2]
+        lines = np.loadtxt(data / "labels" / (p.stem + ".txt"), ndmin=2)[:, 1:]
+        xyxy = np.hstack([lines[:, :2] - lines[:, 2:] / 2, lines[:, :2] + lines[:, 2:] / 2]) * [640, 480, 640, 480]
+        t0 = time.perf_counter()
+        features = seg.encode(rgb)
+        t1 = time.perf_counter()
+        logits, _ = seg.decode(features, xyxy, hw)
+        t2 = time.perf_counter()
+        up = Upsampler(hw)
+        for lg in logits:
+            up(lg, threshold=seg.threshold)
+        t3 = time.perf_counter()
+        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            parts[key] += dt / len(paths)
+    out = work / "profile"
+    shutil.rmtree(out, ignore_errors=True)
+    report = convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False).report
+    stages = report["timings"]["stage_seconds"]
+    parts["read (in a thread)"] = stages.get("read", 0.0) / len(paths)
+    parts["polygons + files (in a thread)"] = stages.get("write", 0.0) / len(paths)
+    parts["end to end"] = 1 / report["timings"]["images_per_second"]
+    return parts
+
+
 def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[float, float, float]:
     """(max |logit diff|, max |score diff|, min IoU of non-empty masks) of ``runtime`` vs PyTorch."""
     from pipeline.images import load_image
@@ -185,6 +221,7 @@ def main() -> None:
                 t = bench_label(data, det, sam, args.device, r, args.boxes, work)
                 rows.append(("label", f"samlabel label --runtime {r}", n / t, ua / t))
         enc = {r: encoder_seconds(sam, args.device, r) for r in runtimes}
+        profile = per_image_profile(sam, data, args.device, runtimes[-1], args.boxes, work)
         agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -201,6 +238,10 @@ def main() -> None:
         frac = f"{100 * gflop / enc[r] / CPU_PEAK_GFLOPS:.0f}%" if gflop and args.device == "cpu" else "n/a"
         dl, ds, iou = agree[r]
         print(f"| {r} | {enc[r]:.3f} | {frac} | {dl:.2e} | {ds:.2e} | {iou:.4f} |")
+    print(f"\nwhere the time goes (convert, --runtime {runtimes[-1]}, seconds per image):\n")
+    print("| part | s/image |\n|---|---:|")
+    for part, sec in profile.items():
+        print(f"| {part} | {sec:.3f} |")
 
 
 if __name__ == "__main__":
