@@ -53,7 +53,7 @@ class Settings:
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
     )
     sam_batch: int = _opt(
-        0, "boxes per SAM decoder call; 0 = auto (4 on CPU, where small chunks are ~1.8x faster per box; 32 on GPU)"
+        0, "boxes per SAM decoder call; 0 = auto (8 with the ONNX box decoder, 4 with PyTorch on CPU, 32 on GPU)"
     )
     runtime: str = _opt(
         "auto",
