@@ -117,11 +117,14 @@ def run_dataset(
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
             )
 
+            saved = [0]  # images whose journal line is written (the bar does not count when disabled)
+
             def finish(item: ImageItem, loaded) -> None:  # writer thread: files, then the journal line
                 record = _finish(item, loaded, out, names, settings, stage_seconds)
                 journal.write(json.dumps(record, ensure_ascii=False) + "\n")
                 journal.flush()
                 os.fsync(journal.fileno())
+                saved[0] += 1
                 bar.update()
 
             try:
@@ -131,7 +134,7 @@ def run_dataset(
                             loaded = _infer(item, loaded, detector, segmenter, stage_seconds)
                         stages.write(finish, item, loaded)
             except KeyboardInterrupt:
-                LOGGER.error("interrupted: %d images are saved; run the same command again to resume", bar.n)
+                LOGGER.error("interrupted: %d images are saved; run the same command again to resume", saved[0])
                 raise
             except OSError as e:
                 raise SamlabelError(
@@ -169,6 +172,8 @@ class _Stages:
     def __init__(self, prefetch: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.prefetch = prefetch
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="samlabel-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="samlabel-write")

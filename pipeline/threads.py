@@ -14,8 +14,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# The user's value, not the one Ultralytics writes on import (unknowable once Ultralytics is imported).
-_OMP_BEFORE_ULTRALYTICS = None if "ultralytics" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+# The user's value, not the one Ultralytics writes on import. Ultralytics writes "1" only when the variable is
+# unset, so once it is imported any other value is still the user's, and "1" is taken as Ultralytics'.
+_OMP_BEFORE_ULTRALYTICS = os.environ.get("OMP_NUM_THREADS")
+if "ultralytics" in sys.modules and _OMP_BEFORE_ULTRALYTICS == "1":
+    _OMP_BEFORE_ULTRALYTICS = None
 
 
 def default_threads() -> int:

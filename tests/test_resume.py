@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,8 @@ sys.exit(main(["label", {str(many_images)!r}, "--out", {str(out)!r}, "-q"]))
     assert "run the same command again to resume" in err and "Traceback" not in err
     done = _journal_lines(out)
     assert 3 <= done < 40
+    said = re.search(r"interrupted: (\d+) images are saved", err)
+    assert said and int(said.group(1)) == done  # the count is right even with the progress bar off (-q)
 
 
 def test_disk_full_mid_run_is_a_clear_error_and_resumable(many_images, tmp_path, monkeypatch):
