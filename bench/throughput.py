@@ -52,6 +52,12 @@ def make_images(root: Path, n: int, boxes: int, seed: int = 0) -> None:
     (root / "classes.txt").write_text("thing\n")
 
 
+def label_boxes(data: Path, image: Path) -> np.ndarray:
+    """The YOLO boxes of one ``make_images`` image as (N, 4) xyxy pixels."""
+    lines = np.loadtxt(data / "labels" / (image.stem + ".txt"), ndmin=2)[:, 1:]
+    return np.hstack([lines[:, :2] - lines[:, 2:] / 2, lines[:, :2] + lines[:, 2:] / 2]) * [640, 480, 640, 480]
+
+
 def timed(fn, repeats: int = 2) -> float:
     """Best of ``repeats`` runs (the machine is shared; the minimum is the least disturbed)."""
     best = float("inf")
@@ -136,8 +142,7 @@ def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: i
     for p in paths:
         rgb = load_image(p).rgb
         hw = rgb.shape[:2]
-        lines = np.loadtxt(data / "labels" / (p.stem + ".txt"), ndmin=2)[:, 1:]
-        xyxy = np.hstack([lines[:, :2] - lines[:, 2:] / 2, lines[:, :2] + lines[:, 2:] / 2]) * [640, 480, 640, 480]
+        xyxy = label_boxes(data, p)
         t0 = time.perf_counter()
         features = seg.encode(rgb)
         t1 = time.perf_counter()
@@ -170,8 +175,7 @@ def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[f
     for img_path in sorted((data / "images").iterdir())[:3]:
         rgb = load_image(img_path).rgb
         hw = rgb.shape[:2]
-        lines = np.loadtxt(data / "labels" / (img_path.stem + ".txt"), ndmin=2)[:, 1:]
-        xyxy = np.hstack([lines[:, :2] - lines[:, 2:] / 2, lines[:, :2] + lines[:, 2:] / 2]) * [640, 480, 640, 480]
+        xyxy = label_boxes(data, img_path)
         (l1, s1), (l2, s2) = (s.decode(s.encode(rgb), xyxy, hw) for s in (ref, fast))
         d_logit = max(d_logit, (l1 - l2).abs().max().item())
         d_score = max(d_score, (s1 - s2).abs().max().item())

@@ -213,10 +213,14 @@ def _read(item: ImageItem, seconds: Counter):
         image = load_image(item.path)
     except ImageReadError as e:
         LOGGER.warning("skipped %s", e)
-        return {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path),
-                "status": "skipped", "reason": str(e)}  # fmt: skip
+        return {**_record(item), "status": "skipped", "reason": str(e)}
     seconds["read"] += time.perf_counter() - t
     return image
+
+
+def _record(item: ImageItem) -> dict:
+    """The fields every journal record of ``item`` starts with."""
+    return {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path)}
 
 
 def _infer(item: ImageItem, image, detector, segmenter, seconds: Counter):
@@ -240,7 +244,7 @@ def _finish(item, loaded, out, names, settings, seconds) -> dict:
     if isinstance(loaded, dict):
         return loaded
     image, instances = loaded
-    record = {"rel": item.rel, "name": item.name, "split": item.split, "source": str(item.path)}
+    record = _record(item)
     t = time.perf_counter()
     hw = image.hw
     lines, annotations, dropped = [], [], []
