@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.masks import (
     SIMPLIFY_TOLERANCE,
+    join_rings,
     mask_iou,
     mask_to_polygons,
     mask_to_rle,
@@ -57,6 +58,47 @@ def test_two_part_mask_gives_two_polygons_and_one_merged_polygon():
         [3.25, 3.25], [3.25, 3.75], [5.75, 3.75], [5.75, 2.25], [4.25, 2.25], [4.25, 2.75],
     ]  # fmt: skip
     assert mask_iou(polygons_to_mask([merged], m.shape), m) == 1.0
+
+
+def _fragmented_mask(seed: int = 0) -> np.ndarray:
+    """A mask like SAM's on noise: hundreds of specks and holes inside a few large blobs."""
+    rng = np.random.default_rng(seed)
+    noise = cv2.resize(rng.standard_normal((48, 64)).astype(np.float32), (320, 240), interpolation=cv2.INTER_LINEAR)
+    return (noise + 0.3 * rng.standard_normal((240, 320)).astype(np.float32)) > 0.2
+
+
+def test_fragmented_mask_round_trips_exactly():
+    m = _fragmented_mask()
+    count, _ = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+    inverse, _ = cv2.connectedComponents((~m).astype(np.uint8), connectivity=4)
+    assert count - 1 > 100 and inverse - 1 > 100  # the case that used to take minutes: many parts and holes
+    parts = mask_to_polygons(CropMask.from_full(m))
+    assert len(parts) == count - 1
+    assert mask_iou(polygons_to_mask(parts, m.shape), m) == 1.0
+    merged = merge_polygons(parts)
+    assert len(merged) == sum(len(p) for p in parts) + 2 * (len(parts) - 1)
+    assert mask_iou(polygons_to_mask([merged], m.shape), m) == 1.0
+
+
+def test_bridges_are_the_shortest_spanning_tree():
+    m = np.zeros((6, 20), bool)
+    m[0:5, 0:6] = True  # A, the largest: sides 5.5 and 4.5
+    m[1:3, 12:14] = True  # B: sides 1.5, 6.5 px right of A
+    m[1:3, 17:19] = True  # C: sides 1.5, 3.5 px right of B, 11.5 px right of A
+    merged = merge_polygons(mask_to_polygons(CropMask.from_full(m)))
+    steps = np.hypot(*np.diff(np.vstack([merged, merged[:1]]), axis=0).T)  # the ring closes on itself
+    # the sides of A, and two bridges each walked there and back: A-B between nearest corners
+    # (6.5 across, 1 down) and B-C (3.5 across); no A-C bridge (>= 11.5)
+    expected = [3.5, 3.5, 4.5, 4.5, 5.5, 5.5, np.hypot(6.5, 1.0), np.hypot(6.5, 1.0)]
+    assert np.sort(steps[steps > 1.5]).tolist() == pytest.approx(expected)
+    assert mask_iou(polygons_to_mask([merged], m.shape), m) == 1.0
+
+
+def test_join_rings_without_a_triangulation():
+    # all vertices on one line: no Delaunay triangulation exists, the rings are still joined
+    rings = [np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]), np.array([[9.0, 0.0], [8.0, 0.0], [7.0, 0.0]])]
+    joined = join_rings(rings)
+    assert joined.tolist() == [[0, 0], [1, 0], [2, 0], [7, 0], [9, 0], [8, 0], [7, 0], [2, 0]]
 
 
 def test_hole_is_kept_in_polygon_form():
