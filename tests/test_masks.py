@@ -67,7 +67,10 @@ def _fragmented_mask(seed: int = 0) -> np.ndarray:
     return (noise + 0.3 * rng.standard_normal((240, 320)).astype(np.float32)) > 0.2
 
 
-def test_fragmented_mask_round_trips_exactly():
+@pytest.mark.parametrize("candidates", [None, 64])  # 64: bridges chosen among every k-th vertex of long outlines
+def test_fragmented_mask_round_trips_exactly(candidates, monkeypatch):
+    if candidates:
+        monkeypatch.setattr("pipeline.masks.BRIDGE_CANDIDATES", candidates)
     m = _fragmented_mask()
     count, _ = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
     inverse, _ = cv2.connectedComponents((~m).astype(np.uint8), connectivity=4)
