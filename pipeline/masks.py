@@ -137,7 +137,9 @@ def join_rings(rings: list[np.ndarray]) -> np.ndarray:
     # Candidates: every vertex, or on very long outlines every k-th (a bridge then ends within k vertices of
     # the nearest pair): triangulating costs ~8 us a vertex.
     stride = -(-len(points) // BRIDGE_CANDIDATES)
-    pick = np.concatenate([s + np.arange(0, n, max(1, min(stride, n // 3))) for s, n in zip(starts, sizes)])
+    pick = np.concatenate(
+        [s + np.arange(0, n, max(1, min(stride, n // 3))) for s, n in zip(starts, sizes, strict=True)]
+    )
     a, b = _delaunay_pairs(points[pick])
     connect(pick[a], pick[b])
     for ring in range(1, len(rings)):  # rings the triangulation missed (degenerate input): nearest vertex
