@@ -10,12 +10,36 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    """Permissions of a new file under this process's umask (``0o644`` under the usual ``022``).
+
+    ``mkstemp`` creates its file readable by the owner only and a rename keeps that, so finished files
+    get this mode instead: a dataset is shared, served and uploaded by other users and tools.
+    """
+    try:  # Linux: read without changing it (os.umask can only be read by setting it, racing other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, else removed."""
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, else removed.
+
+    The finished file has the permissions any new file gets under the umask (see ``_file_mode``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _MODE)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

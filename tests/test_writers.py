@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +107,22 @@ def test_write_coco_loads_in_pycocotools(tmp_path):
     assert np.array_equal(coco.annToMask(coco.anns[1]).astype(bool), mask.full((4, 6)))
     assert json.loads(path.read_text())["categories"] == categories(["x", "y"])
     assert [p.name for p in tmp_path.iterdir()] == ["_annotations.coco.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_finished_files_get_the_umask_permissions(tmp_path, umask):
+    # Temporary files are private (mkstemp: 0600); the finished dataset must not be.
+    script = (
+        "import os, sys; os.umask(int(sys.argv[1], 8))\n"
+        "from pathlib import Path\n"
+        "from pipeline import fsio\n"
+        "out = Path(sys.argv[2])\n"
+        "fsio.write_text(out / 'a.txt', 'x')\n"
+        "fsio.copy_file(out / 'a.txt', out / 'b.txt')\n"
+        "print(oct(os.stat(out / 'a.txt').st_mode & 0o777), oct(os.stat(out / 'b.txt').st_mode & 0o777))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, oct(umask)[2:], str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    expected = oct(0o666 & ~umask)
+    assert done.stdout.split() == [expected, expected]
