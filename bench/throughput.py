@@ -7,8 +7,12 @@ Rows:
   convert  samlabel convert (each runtime)          vs ultralytics.data.converter.yolo_bbox2segment
   label    samlabel label   (each runtime)          vs ultralytics.data.annotator.auto_annotate
 Each time is end to end (models loaded, images read, files written), the best of two runs after
-one warm-up run that also builds the cached ONNX export. The checkpoints are the real architectures with random weights
-(see tests/checkpoints.py): speed and shapes are real, masks are not meaningful.
+one warm-up run that also builds the cached ONNX export. Every tool runs on n images and on 2n
+images (the same n plus n more): "images/s, n images" is n over the first time, what a short run
+gets; "steady" is n over the difference of the two, the rate of a long run once the models are
+loaded (start-up costs cancel out); "start-up s" is what the fixed costs come to (2 t_n - t_2n).
+The checkpoints are the real architectures with random weights (see tests/checkpoints.py): speed
+and shapes are real, masks are not meaningful.
 
 Agreement with the PyTorch reference (Ultralytics' SAM predictor, same boxes): max abs difference
 of the low-resolution mask logits and of the scores, and mask IoU where masks are non-empty, on a
@@ -32,7 +36,31 @@ from _models import make_sam_checkpoint, make_yolo_checkpoint
 from PIL import Image
 
 ENCODER_GFLOP = {"mobile_sam": 77.5}  # per 1024x1024 input, the issue's measurement
-CPU_PEAK_GFLOPS = 190.0  # measured matmul peak of the 2-core AVX2 CI machine
+
+
+def cpu_peak_gflops() -> float:
+    """This machine's float32 matmul rate with the threads the pipeline uses (best of 2048^3 and 4096^3)."""
+    from pipeline.threads import torch_threads
+
+    best = 0.0
+    with torch_threads():
+        for n in (2048, 4096):
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            a @ b
+            best = max(best, 2 * n**3 / timed(lambda a=a, b=b: a @ b, 3) / 1e9)
+    return best
+
+
+def cpu_name() -> str:
+    """CPU model and widest vector unit, from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({isa})"
 
 
 def make_images(root: Path, n: int, boxes: int, seed: int = 0) -> None:
@@ -68,56 +96,45 @@ def timed(fn, repeats: int = 2) -> float:
     return best
 
 
-def bench_convert(data: Path, sam: Path, device: str, runtime: str, work: Path) -> float:
+def run_convert(data: Path, out: Path, sam: Path, device: str, runtime: str, **_) -> None:
     from pipeline import convert
 
-    def run():
-        out = work / f"conv-{runtime}"
-        shutil.rmtree(out, ignore_errors=True)
-        convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False)
-
-    run()  # warm-up: builds the ONNX cache, loads libraries
-    return timed(run)
+    convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False)
 
 
-def bench_yolo_bbox2segment(data: Path, sam: Path, device: str, work: Path) -> float:
+def run_yolo_bbox2segment(data: Path, out: Path, sam: Path, device: str, **_) -> None:
     from ultralytics.data.converter import yolo_bbox2segment
 
-    def run():
-        out = work / "ul-seg"
-        shutil.rmtree(out, ignore_errors=True)
-        for cache in data.glob("*.cache"):
-            cache.unlink()
-        yolo_bbox2segment(str(data / "images"), save_dir=str(out), sam_model=str(sam), device=device)
-
-    run()
-    return timed(run)
+    for cache in data.glob("*.cache"):
+        cache.unlink()
+    yolo_bbox2segment(str(data / "images"), save_dir=str(out), sam_model=str(sam), device=device)
 
 
-def bench_label(data: Path, det: Path, sam: Path, device: str, runtime: str, boxes: int, work: Path) -> float:
+def run_label(data: Path, out: Path, sam: Path, device: str, runtime: str, det: Path, boxes: int) -> None:
     from pipeline import label
 
-    def run():
-        out = work / f"label-{runtime}"
-        shutil.rmtree(out, ignore_errors=True)
-        label(data / "images", out, detector=str(det), segmenter=str(sam), device=device, runtime=runtime,
-              max_det=boxes, progress=False)  # fmt: skip
-
-    run()
-    return timed(run)
+    label(data / "images", out, detector=str(det), segmenter=str(sam), device=device, runtime=runtime,
+          max_det=boxes, progress=False)  # fmt: skip
 
 
-def bench_auto_annotate(data: Path, det: Path, sam: Path, device: str, boxes: int, work: Path) -> float:
+def run_auto_annotate(data: Path, out: Path, sam: Path, device: str, det: Path, boxes: int, **_) -> None:
     from ultralytics.data.annotator import auto_annotate
 
-    def run():
-        out = work / "ul-auto"
-        shutil.rmtree(out, ignore_errors=True)
-        auto_annotate(data=str(data / "images"), det_model=str(det), sam_model=str(sam), device=device,
-                      max_det=boxes, output_dir=str(out))  # fmt: skip
+    auto_annotate(data=str(data / "images"), det_model=str(det), sam_model=str(sam), device=device,
+                  max_det=boxes, output_dir=str(out))  # fmt: skip
 
-    run()
-    return timed(run)
+
+def measure(run, small: Path, big: Path, work: Path, **kwargs) -> tuple[float, float]:
+    """Best-of-two end-to-end seconds of ``run`` on the ``small`` and the ``big`` (twice as many images) data,
+    after one warm-up run on ``small`` (it builds the ONNX cache and loads the libraries)."""
+    out = work / "out"
+
+    def once(data: Path) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        run(data, out, **kwargs)
+
+    once(small)
+    return timed(lambda: once(small)), timed(lambda: once(big))
 
 
 def encoder_seconds(sam: Path, device: str, runtime: str, repeats: int = 3) -> float:
@@ -212,34 +229,43 @@ def main() -> None:
         make_images(data, args.images, args.boxes)
 
         n = args.images
-        rows = []
-        ul = bench_yolo_bbox2segment(data, sam, args.device, work)
-        rows.append(("convert", "ultralytics yolo_bbox2segment", n / ul, 1.0))
+        small = data  # the first n images of big, with their labels
+        big = work / "data2"
+        make_images(big, 2 * n, args.boxes)
+        rows = []  # (job, tool, seconds for n images, seconds for 2n images)
+        common = dict(sam=sam, device=args.device, det=det, boxes=args.boxes, work=work)
+        rows.append(("convert", "ultralytics yolo_bbox2segment", *measure(run_yolo_bbox2segment, small, big, **common)))
         for r in runtimes:
-            t = bench_convert(data, sam, args.device, r, work)
-            rows.append(("convert", f"samlabel convert --runtime {r}", n / t, ul / t))
+            t = measure(run_convert, small, big, runtime=r, **common)
+            rows.append(("convert", f"samlabel convert --runtime {r}", *t))
         if not args.skip_label:
-            ua = bench_auto_annotate(data, det, sam, args.device, args.boxes, work)
-            rows.append(("label", "ultralytics auto_annotate", n / ua, 1.0))
+            rows.append(("label", "ultralytics auto_annotate", *measure(run_auto_annotate, small, big, **common)))
             for r in runtimes:
-                t = bench_label(data, det, sam, args.device, r, args.boxes, work)
-                rows.append(("label", f"samlabel label --runtime {r}", n / t, ua / t))
+                t = measure(run_label, small, big, runtime=r, **common)
+                rows.append(("label", f"samlabel label --runtime {r}", *t))
         enc = {r: encoder_seconds(sam, args.device, r) for r in runtimes}
         profile = per_image_profile(sam, data, args.device, runtimes[-1], args.boxes, work)
         agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
+        peak = cpu_peak_gflops() if args.device == "cpu" else None
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"device {args.device}; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n")  # fmt: skip
-    print("| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
-    for job, tool, ips, ratio in rows:
-        print(f"| {job} | {tool} | {ips:.3f} | {ratio:.2f}x |")
+    print(f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs, device {args.device}"
+          + (f" (float32 matmul peak {peak:.0f} GFLOP/s)" if peak else "")
+          + f"; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n")  # fmt: skip
+    print(f"| job | tool | images/s, {n} images | speed-up | images/s, steady | speed-up | start-up s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    base: dict[str, tuple[float, float]] = {}
+    for job, tool, t1, t2 in rows:
+        steady = n / (t2 - t1)  # the extra n images of the big run: start-up costs cancel out
+        b1, b2 = base.setdefault(job, (n / t1, steady))
+        print(f"| {job} | {tool} | {n / t1:.3f} | {n / t1 / b1:.2f}x | {steady:.3f} | {steady / b2:.2f}x "
+              f"| {max(2 * t1 - t2, 0.0):.1f} |")  # fmt: skip
     print(
         "\n| runtime | encoder s/image | % of CPU FLOP limit | max abs logit diff | max abs score diff | min mask IoU |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for r in runtimes:
         gflop = ENCODER_GFLOP.get(args.sam)
-        frac = f"{100 * gflop / enc[r] / CPU_PEAK_GFLOPS:.0f}%" if gflop and args.device == "cpu" else "n/a"
+        frac = f"{100 * gflop / enc[r] / peak:.0f}%" if gflop and peak else "n/a"
         dl, ds, iou = agree[r]
         print(f"| {r} | {enc[r]:.3f} | {frac} | {dl:.2e} | {ds:.2e} | {iou:.4f} |")
     print(f"\nwhere the time goes (convert, --runtime {runtimes[-1]}, seconds per image):\n")
