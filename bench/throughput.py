@@ -7,12 +7,8 @@ Rows:
   convert  samlabel convert (each runtime)          vs ultralytics.data.converter.yolo_bbox2segment
   label    samlabel label   (each runtime)          vs ultralytics.data.annotator.auto_annotate
 Each time is end to end (models loaded, images read, files written), the best of two runs after
-one warm-up run that also builds the cached ONNX export. Every tool runs on n images and on 2n
-images (the same n plus n more): "images/s, n images" is n over the first time, what a short run
-gets; "steady" is n over the difference of the two, the rate of a long run once the models are
-loaded (start-up costs cancel out); "start-up s" is what the fixed costs come to (2 t_n - t_2n).
-The checkpoints are the real architectures with random weights (see tests/checkpoints.py): speed
-and shapes are real, masks are not meaningful.
+one warm-up run that also builds the cached ONNX export. The checkpoints are the real architectures
+with random weights (see tests/checkpoints.py): speed and shapes are real, masks are not meaningful.
 
 Agreement with the PyTorch reference (Ultralytics' SAM predictor, same boxes): max abs difference
 of the low-resolution mask logits and of the scores, and mask IoU where masks are non-empty, on a
@@ -124,17 +120,17 @@ def run_auto_annotate(data: Path, out: Path, sam: Path, device: str, det: Path, 
                   max_det=boxes, output_dir=str(out))  # fmt: skip
 
 
-def measure(run, small: Path, big: Path, work: Path, **kwargs) -> tuple[float, float]:
-    """Best-of-two end-to-end seconds of ``run`` on the ``small`` and the ``big`` (twice as many images) data,
-    after one warm-up run on ``small`` (it builds the ONNX cache and loads the libraries)."""
+def measure(run, data: Path, work: Path, **kwargs) -> float:
+    """Best-of-two end-to-end seconds of ``run`` on ``data``, after one warm-up run (it builds the ONNX
+    cache and loads the libraries)."""
     out = work / "out"
 
-    def once(data: Path) -> None:
+    def once() -> None:
         shutil.rmtree(out, ignore_errors=True)
         run(data, out, **kwargs)
 
-    once(small)
-    return timed(lambda: once(small)), timed(lambda: once(big))
+    once()
+    return timed(once)
 
 
 def encoder_seconds(sam: Path, device: str, runtime: str, repeats: int = 3) -> float:
@@ -229,20 +225,15 @@ def main() -> None:
         make_images(data, args.images, args.boxes)
 
         n = args.images
-        small = data  # the first n images of big, with their labels
-        big = work / "data2"
-        make_images(big, 2 * n, args.boxes)
-        rows = []  # (job, tool, seconds for n images, seconds for 2n images)
+        rows = []  # (job, tool, seconds)
         common = dict(sam=sam, device=args.device, det=det, boxes=args.boxes, work=work)
-        rows.append(("convert", "ultralytics yolo_bbox2segment", *measure(run_yolo_bbox2segment, small, big, **common)))
+        rows.append(("convert", "ultralytics yolo_bbox2segment", measure(run_yolo_bbox2segment, data, **common)))
         for r in runtimes:
-            t = measure(run_convert, small, big, runtime=r, **common)
-            rows.append(("convert", f"samlabel convert --runtime {r}", *t))
+            rows.append(("convert", f"samlabel convert --runtime {r}", measure(run_convert, data, runtime=r, **common)))
         if not args.skip_label:
-            rows.append(("label", "ultralytics auto_annotate", *measure(run_auto_annotate, small, big, **common)))
+            rows.append(("label", "ultralytics auto_annotate", measure(run_auto_annotate, data, **common)))
             for r in runtimes:
-                t = measure(run_label, small, big, runtime=r, **common)
-                rows.append(("label", f"samlabel label --runtime {r}", *t))
+                rows.append(("label", f"samlabel label --runtime {r}", measure(run_label, data, runtime=r, **common)))
         enc = {r: encoder_seconds(sam, args.device, r) for r in runtimes}
         profile = per_image_profile(sam, data, args.device, runtimes[-1], args.boxes, work)
         agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
@@ -251,14 +242,10 @@ def main() -> None:
     print(f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs, device {args.device}"
           + (f" (float32 matmul peak {peak:.0f} GFLOP/s)" if peak else "")
           + f"; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n")  # fmt: skip
-    print(f"| job | tool | images/s, {n} images | speed-up | images/s, steady | speed-up | start-up s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    base: dict[str, tuple[float, float]] = {}
-    for job, tool, t1, t2 in rows:
-        steady = n / (t2 - t1)  # the extra n images of the big run: start-up costs cancel out
-        b1, b2 = base.setdefault(job, (n / t1, steady))
-        print(f"| {job} | {tool} | {n / t1:.3f} | {n / t1 / b1:.2f}x | {steady:.3f} | {steady / b2:.2f}x "
-              f"| {max(2 * t1 - t2, 0.0):.1f} |")  # fmt: skip
+    print("| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
+    base: dict[str, float] = {}
+    for job, tool, seconds in rows:
+        print(f"| {job} | {tool} | {n / seconds:.3f} | {base.setdefault(job, seconds) / seconds:.2f}x |")
     print(
         "\n| runtime | encoder s/image | % of CPU FLOP limit | max abs logit diff | max abs score diff | min mask IoU |"
     )

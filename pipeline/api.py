@@ -60,6 +60,8 @@ def label(
         )
     LOGGER.info("found %d images in %s", len(items), ", ".join(map(str, sources)))
     check_writable(out)
+    if detector is None or segmenter is None:
+        check_device(cfg.device)
     if detector is None:
         from pipeline.detect import Detector
 
@@ -132,6 +134,8 @@ def convert(
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
     _refuse_overlap(Path(src), Path(out))
+    if images is not None:
+        _refuse_overlap(Path(images), Path(out), flag="--images")
     check_writable(out)
     ds = read_dataset(
         src,
@@ -146,8 +150,12 @@ def convert(
         LOGGER.warning("%s: %s (%s)", problem["where"], problem["problem"], problem["action"])
     if not ds.items:
         raise SamlabelError(f"{src}: no labeled images to convert ({len(ds.unlabeled)} images without labels)")
-    needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.instances.objects)
-    if segmenter is None and needs_sam:
+    if segmenter is None:
+        # Built on first use: images whose source masks are kept never load SAM, while a source mask that
+        # turns out unusable on its image (an RLE made for another size) is redone from its box.
+        needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.instances.objects)
+        if needs_sam:
+            check_device(cfg.device)
         segmenter = _LazySegmenter(cfg)
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
@@ -168,14 +176,27 @@ def convert(
     )
 
 
-def _refuse_overlap(src: Path, out: Path) -> None:
-    """The output folder must not be, contain, or lie inside the source dataset."""
+def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:
+    """The output folder must not be, contain, or lie inside the source dataset (or its image folder)."""
     a, b = src.resolve(), out.resolve()
     if a.is_file() and a.suffix.lower() == ".zip":
         return  # read from the archive; extracted inside the output folder
     root = a.parent if a.is_file() else a
     if b == root or b in root.parents or root in b.parents:
-        raise SamlabelError(f"--out {out} overlaps the source {src}; write the dataset to a folder outside it")
+        raise SamlabelError(f"--out {out} overlaps {flag} {src}; write the dataset to a folder outside it")
+
+
+def check_device(device: str | None) -> None:
+    """Fail now, in one line, on a ``--device`` this machine does not have (not mid-run with a trace)."""
+    if device in (None, "", "cpu"):
+        return
+    from ultralytics.utils.torch_utils import select_device
+
+    try:
+        select_device(device, verbose=False)
+    except Exception as e:  # noqa: BLE001 - Ultralytics raises ValueError, torch may raise others
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SamlabelError(f"--device {device}: not usable here ({first}); use --device cpu or a valid GPU") from None
 
 
 class _LazySegmenter:

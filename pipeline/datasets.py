@@ -60,6 +60,8 @@ class SourceLabels:
 
     objects: list[SourceObject] = field(default_factory=list)
     resegment: bool = False
+    #: (H, W) the source says the image has (COCO's height/width); None where the format does not say.
+    declared_hw: tuple[int, int] | None = None
 
     def __call__(self, hw: tuple[int, int]) -> Instances:
         """Instances in pixels of an image of size ``hw``; source masks kept unless ``resegment``."""
@@ -329,15 +331,19 @@ def _labeled(pairs, split, names, problems, root, prefix, label_of) -> list[Imag
 def _read_yolo_file(path: Path, nc: int, problems: Problems, root: Path) -> SourceLabels:
     labels = SourceLabels()
     where_file = _rel(path, root)
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    # utf-8-sig: a byte-order mark (Windows editors) must not cost the first line
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
         values = line.split()
         if not values:
             continue
         where = f"{where_file}:{number}"
         try:
-            cls = int(values[0])
+            number_cls = float(values[0])  # "1" or "1.0": Ultralytics reads class ids as floats
+            cls = int(number_cls)
+            if cls != number_cls:
+                raise ValueError(values[0])
             coords = np.array([float(v) for v in values[1:]], dtype=np.float64)
-        except ValueError:
+        except (ValueError, OverflowError):
             problems.add(where, f"malformed line {line.strip()[:60]!r}", "skipped")
             continue
         if not np.isfinite(coords).all():
@@ -407,8 +413,7 @@ def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *
             coco = json.loads(json_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SamlabelError(f"{json_path}: not a readable COCO json ({e})") from None
-        cats = sorted(coco.get("categories", []), key=lambda c: c["id"])
-        cats = _drop_roboflow_supercategory(cats, coco)
+        cats = _drop_roboflow_supercategory(_categories(coco, json_path), coco)
         split_names = [str(c["name"]) for c in cats]
         if names is None:
             names = split_names
@@ -419,6 +424,26 @@ def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *
     if not names:
         raise SamlabelError(f"{kind}: no categories")
     return SourceDataset(kind=f"{kind} ({', '.join(str(p) for p, _ in splits.values())})", names=names, items=items)
+
+
+def _categories(coco, json_path: Path) -> list[dict]:
+    """The json's categories sorted by id; a structure that cannot be read right is refused in one line."""
+    if not isinstance(coco, dict):
+        raise SamlabelError(f"{json_path}: not a COCO json (the top level is a {type(coco).__name__}, not an object)")
+    cats = coco.get("categories", [])
+    if not isinstance(cats, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("id"), (int, str)) and "name" in c for c in cats
+    ):
+        raise SamlabelError(f"{json_path}: 'categories' must be a list of objects, each with an id and a name")
+    seen: dict = {}
+    for c in cats:
+        if c["id"] in seen:
+            raise SamlabelError(
+                f"{json_path}: category id {c['id']!r} is used by both {seen[c['id']]!r} and {c['name']!r}; "
+                "give each category its own id"
+            )
+        seen[c["id"]] = c["name"]
+    return sorted(cats, key=lambda c: (isinstance(c["id"], str), c["id"]))
 
 
 def _drop_roboflow_supercategory(cats: list[dict], coco: dict) -> list[dict]:
@@ -434,8 +459,12 @@ def _drop_roboflow_supercategory(cats: list[dict], coco: dict) -> list[dict]:
 def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Problems) -> list[ImageItem]:
     where_json = json_path.name if json_path.parent == root else str(json_path)
     images: dict[int, dict] = {}
-    for img in coco.get("images", []):
-        iid = img.get("id")
+    listed = coco.get("images", [])
+    for index, img in enumerate(listed if isinstance(listed, list) else []):
+        iid = img.get("id") if isinstance(img, dict) else None
+        if not isinstance(iid, (int, str)) or isinstance(iid, bool):
+            problems.add(f"{where_json}: image #{index}", "not an object with a number or string id", "skipped")
+            continue
         if iid in images:
             problems.add(f"{where_json}: image {iid}", "duplicate image id", "second entry ignored")
             continue
@@ -448,6 +477,9 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
         if not isinstance(ann, dict):
             problems.add(where, "not an object", "skipped")
             continue
+        if not all(isinstance(ann.get(k), (int, str, type(None))) for k in ("id", "image_id", "category_id")):
+            problems.add(where, "id, image_id or category_id is not a number or string", "skipped")
+            continue
         if aid is not None and aid in seen_ann:
             problems.add(where, "duplicate annotation id", "skipped")
             continue
@@ -459,6 +491,9 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
         if ann.get("category_id") not in cat_to_class:
             problems.add(where, f"unknown category id {ann.get('category_id')}", "skipped")
             continue
+        if ann.get("iscrowd") in (1, True):  # a region of many objects, not one instance
+            problems.add(where, "crowd annotation (iscrowd 1)", "skipped, as Ultralytics' convert_coco does")
+            continue
         source_id = aid if isinstance(aid, int) and not isinstance(aid, bool) else index
         try:
             obj = _coco_object({**ann, "id": source_id}, img, cat_to_class[ann["category_id"]], where, problems)
@@ -469,6 +504,7 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             per_image[img["id"]].objects.append(obj)
     pairs = []
     labels_by_rel = {}
+    left_out = set()  # listed in the json but refused: not to be taken for an unlabeled image either
     for iid, img in sorted(images.items(), key=lambda kv: str(kv[1].get("file_name"))):
         name = str(img.get("file_name", ""))
         where = f"{where_json}: image {iid}"
@@ -480,7 +516,8 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             problems.add(where, f"file_name {name!r} listed twice", "second entry ignored")
             continue
         if not _positive_size(img):
-            problems.add(where, "no width/height", "skipped")
+            problems.add(where, "no width/height", "image left out")
+            left_out.add(rel)
             continue
         path = root / rel
         if not path.is_file():
@@ -488,9 +525,10 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             continue
         pairs.append((path, rel))
         labels_by_rel[rel] = per_image[iid]
+        per_image[iid].declared_hw = (round(float(img["height"])), round(float(img["width"])))
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if _is_image_file(p) and rel not in labels_by_rel:
+        if _is_image_file(p) and rel not in labels_by_rel and rel not in left_out:
             pairs.append((p, rel))  # on disk but not in the json: unlabeled
     return [_with(it, labels_by_rel.get(it.rel.split("/", 1)[1])) for it in _plan_split(pairs, split)]
 

@@ -39,10 +39,10 @@ class Detector:
         path = resolve_weights(weights, flag="--detector")
         try:
             self.model = YOLO(str(path), task="detect")
+            own = [str(self.model.names[i]) for i in sorted(self.model.names)]  # loads the file, if YOLO did not
         except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types inside Ultralytics
             raise SamlabelError(f"--detector {weights}: cannot load it as Ultralytics weights ({e})") from None
         self._kwargs = dict(conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device=device, verbose=False)
-        own = [str(self.model.names[i]) for i in sorted(self.model.names)]
         self._keep: list[int] | None = None
         self._to_dataset_id: np.ndarray | None = None
         if not classes:

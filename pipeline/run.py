@@ -267,6 +267,9 @@ def _finish(item, loaded, out, names, settings, seconds) -> dict:
         )
         ann["source_id"] = int(instances.source_id[i])
         annotations.append(ann)
+    declared = getattr(item.instances, "declared_hw", None)
+    if declared is not None and tuple(declared) != tuple(hw):
+        record["source_problems"] = [_size_mismatch(item, declared, hw)]
     split_dir = out / item.split
     export_image(item.path, image, split_dir / "images" / item.name, link=settings.link)
     if "yolo" in settings.formats:
@@ -280,6 +283,16 @@ def _finish(item, loaded, out, names, settings, seconds) -> dict:
         "rotated": image.rotated,
         "annotations": annotations,
         "dropped": dropped,
+    }
+
+
+def _size_mismatch(item: ImageItem, declared: tuple[int, int], hw: tuple[int, int]) -> dict:
+    """The source-problem record of labels made for another image size than the file's (after EXIF rotation)."""
+    return {
+        "where": str(item.path),
+        "problem": f"labels are for a {declared[1]}x{declared[0]} image, the file is {hw[1]}x{hw[0]} "
+        "(width x height, upright)",
+        "action": "coordinates scaled to the file's size; masks made for the other size redone by SAM from their box",
     }
 
 
@@ -431,6 +444,7 @@ def _journal_index(path: Path, wanted: set[str]) -> dict[str, tuple[int, dict]]:
                     if a.get("mask_score", 1.0) < REVIEW_SCORE
                 ]
                 summary["dropped"] = rec.get("dropped", [])
+                summary["source_problems"] = rec.get("source_problems", [])
                 index[rec["rel"]] = (offset, summary)
             offset += len(raw)
     return index
@@ -440,7 +454,7 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
     journal_path = out / STATE_DIR / "journal.jsonl"
     index = _journal_index(journal_path, wanted)
     by_split: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    skipped, dropped, review = [], [], []
+    skipped, dropped, review, found_late = [], [], [], []
     per_class: dict[str, Counter] = defaultdict(Counter)
     for _rel, (offset, s) in sorted(index.items()):
         if s["status"] != "ok":
@@ -450,15 +464,12 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
         per_class[s["split"]].update(names[c] for c in s["classes"])
         image = f"{s['split']}/images/{s['name']}"
         dropped += [{"image": image, **d} for d in s["dropped"]]
+        found_late += s.get("source_problems", [])
         review += [{"image": image, "class": names[r.pop("class_id")], **r} for r in s["review"]]
     splits = [s for s in SPLITS if by_split.get(s)]
-    # No "path" key: Ultralytics then resolves the split folders against data.yaml's own folder.
-    data = {"nc": len(names), "names": list(names)}
-    yaml_splits = {"train": "train", "val": "valid", "test": "test"}
-    for key, split in yaml_splits.items():
-        if split in splits:
-            data[key] = f"{split}/images"
-    fsio.write_text(out / "data.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    data_yaml = _data_yaml(names, splits)
+    if splits:
+        fsio.write_text(out / "data.yaml", yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True))
     if "coco" in settings.formats:
         for split in splits:
             entries = sorted(by_split[split])
@@ -480,9 +491,42 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
         **prelude,
         "timings": timings,
     }
+    if found_late:  # what only the image files showed (sizes), after what reading the source showed
+        report["source_problems"] = list(prelude.get("source_problems", [])) + found_late
+    missing = [k for k in ("train", "val") if k in data_yaml and not data_yaml[k].startswith(_YAML_SPLITS[k])]
+    if splits and missing:
+        report["data_yaml_note"] = (
+            f"no {' or '.join(missing)} images: data.yaml points {' and '.join(missing)} at "
+            f"{data_yaml[missing[0]].split('/')[0]} (Ultralytics needs both train and val)"
+        )
+        LOGGER.warning("%s", report["data_yaml_note"])
     text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
     fsio.write_text(out / "report.json", text + "\n")
+    if not splits:
+        raise SamlabelError(
+            f"no image could be written to {out}: all {len(skipped)} were skipped (reasons in {out / 'report.json'})"
+        )
     return json.loads(text)
+
+
+_YAML_SPLITS = {"train": "train", "val": "valid", "test": "test"}  # data.yaml key -> split folder
+
+
+def _data_yaml(names: Sequence[str], splits: list[str]) -> dict:
+    """data.yaml for the splits that have images. Ultralytics needs both ``train`` and ``val``: a missing one
+    points at the other split (as Roboflow does), so a dataset that is all train still trains and validates.
+
+    There is no ``path`` key: Ultralytics then resolves the split folders against data.yaml's own folder.
+    """
+    data = {"nc": len(names), "names": list(names)}
+    if not splits:
+        return data
+    folders = {key: f"{split}/images" for key, split in _YAML_SPLITS.items() if split in splits}
+    data["train"] = folders.get("train") or folders.get("val") or folders["test"]
+    data["val"] = folders.get("val") or folders.get("train") or folders["test"]
+    if "test" in folders:
+        data["test"] = folders["test"]
+    return data
 
 
 def _coco_images(journal_path: Path, entries: list[tuple[str, int]]) -> Iterator[tuple[dict, list[dict]]]:

@@ -43,7 +43,7 @@ class Segmenter:
             )
         try:
             model = build_sam(str(path))
-        except (RuntimeError, KeyError, OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types (pickle, zip, torch)
             raise SamlabelError(f"--segmenter {weights}: cannot load it as SAM weights ({e})") from None
         predictor_cls = SAM2Predictor if "sam2" in path.stem else Predictor
         self.predictor = predictor_cls(overrides=dict(device=device, imgsz=SAM_INPUT, conf=0.0, verbose=False))

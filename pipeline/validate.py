@@ -25,7 +25,11 @@ def validate(out: str | Path) -> list[str]:
     """
     out = Path(out)
     problems: list[str] = []
-    names = _check_data_yaml(out, problems)
+    try:
+        names = _check_data_yaml(out, problems)
+    except Exception as e:  # noqa: BLE001 - a file too malformed to check is itself the finding
+        problems.append(f"data.yaml: cannot be checked ({type(e).__name__}: {e})")
+        names = []
     hashes: dict[str, list[str]] = defaultdict(list)
     for split in SPLITS:
         images_dir = out / split / "images"
@@ -34,8 +38,8 @@ def validate(out: str | Path) -> list[str]:
         images = {p.name: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         for name, p in images.items():
             hashes[hashlib.sha256(p.read_bytes()).hexdigest()].append(f"{split}/images/{name}")
-        yolo_counts = _check_labels(out, split, images, names, problems)
-        coco_counts = _check_coco(out, split, images, names, problems)
+        yolo_counts = _guarded(f"{split}/labels", _check_labels, out, split, images, names, problems)
+        coco_counts = _guarded(f"{split}/_annotations.coco.json", _check_coco, out, split, images, names, problems)
         if yolo_counts is not None and coco_counts is not None:
             for name in images:
                 if yolo_counts.get(name, 0) != coco_counts.get(name, 0):
@@ -49,6 +53,15 @@ def validate(out: str | Path) -> list[str]:
     return problems
 
 
+def _guarded(what: str, check, out, split, images, names, problems: list[str]):
+    """Run one check; a file too malformed for it to read is reported as a problem, not raised."""
+    try:
+        return check(out, split, images, names, problems)
+    except Exception as e:  # noqa: BLE001 - whatever the malformed content makes fail
+        problems.append(f"{what}: cannot be checked ({type(e).__name__}: {e})")
+        return None
+
+
 def _check_data_yaml(out: Path, problems: list[str]) -> list[str]:
     path = out / "data.yaml"
     if not path.is_file():
@@ -56,8 +69,11 @@ def _check_data_yaml(out: Path, problems: list[str]) -> list[str]:
         return []
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         problems.append(f"data.yaml: not valid YAML ({e})")
+        return []
+    if not isinstance(data, dict):
+        problems.append(f"data.yaml: expected a mapping of keys (names, train, val ...), got a {type(data).__name__}")
         return []
     names = data.get("names", [])
     if isinstance(names, dict):

@@ -120,6 +120,31 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, me
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "make, flags, message",
+    [
+        (None, ["--device", "99"], "--device 99: not usable here"),  # no machine has GPU 99
+        (lambda d: (d / "text.pt").write_text("not weights"), ["--detector", "text.pt"], "--detector text.pt: cannot"),
+        (lambda d: (d / "mobile_sam.pt").write_bytes(b"\x80junk"), ["--segmenter", "mobile_sam.pt"], "--segmenter"),
+    ],
+    ids=["device", "detector-file", "segmenter-file"],
+)
+def test_bad_device_or_weights_file_exits_2_with_one_line(
+    tmp_path, image_folder, weights, capsys, make, flags, message
+):
+    det, sam = weights
+    if make:
+        make(tmp_path)
+    args = {"--detector": str(det), "--segmenter": str(sam)}
+    args.update({flags[0]: str(tmp_path / flags[1]) if make else flags[1]})
+    argv = ["label", str(image_folder), "--out", str(tmp_path / "o"), *[x for kv in args.items() for x in kv]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("samlabel: error:")]
+    assert message.replace("text.pt", str(tmp_path / "text.pt")) in line
+
+
 def test_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["label", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2

@@ -125,13 +125,15 @@ def test_yolo_bad_input_is_reported_with_file_and_line(tmp_path):
     src = roboflow_yolo(tmp_path / "src")
     labels = src / "train" / "labels"
     (labels / "a_jpg.rf.1.txt").write_text(
-        "0 0.5 0.5 0.2 0.2\n"  # 1: fine
+        "\ufeff0 0.5 0.5 0.2 0.2\n"  # 1: fine, after a byte-order mark
         "zero 0.5 0.5 0.2 0.2\n"  # 2: malformed
         "7 0.5 0.5 0.2 0.2\n"  # 3: unknown class id
         "1 0.95 0.5 0.2 0.2\n"  # 4: partly outside -> clipped
         "1 1.5 0.5 0.2 0.2\n"  # 5: empty after clipping
         "2 0.5 0.5 0 0.2\n"  # 6: zero size
         "2 0.5 0.5\n"  # 7: wrong value count
+        "1.0 0.5 0.5 0.3 0.3\n"  # 8: fine, a class id written as a float (as Ultralytics accepts)
+        "1.5 0.5 0.5 0.3 0.3\n"  # 9: malformed: no such class id
     )
     (labels / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     (src / "train" / "labels" / "b_jpg.rf.2.txt").unlink()  # an unlabeled image
@@ -145,11 +147,13 @@ def test_yolo_bad_input_is_reported_with_file_and_line(tmp_path):
         (f"{f}:5", "box empty after clipping to the image", "skipped"),
         (f"{f}:6", "box of zero or negative size", "skipped"),
         (f"{f}:7", "expected 4 box values or >= 6 polygon values, got 2", "skipped"),
+        (f"{f}:9", "malformed line '1.5 0.5 0.5 0.3 0.3'", "skipped"),
         ("train/labels/orphan.txt", "label file without an image", "ignored"),
     }
     assert report["unlabeled_images"] == ["train/b_jpg.rf.2.jpg"]
     assert "b_jpg.rf.2.jpg" not in coco_by_image(out, "train")  # left out by default
-    assert [a["source_id"] for a in coco_by_image(out, "train")["a_jpg.rf.1.jpg"]] == [1]
+    anns = coco_by_image(out, "train")["a_jpg.rf.1.jpg"]
+    assert [(a["source_id"], a["category_id"] - 1) for a in anns] == [(1, 0), (8, 1)]
     # the clipped box (line 4) was kept as a prompt; its region has no object, so its mask is empty: reported
     assert [(d["source_id"], d["reason"]) for d in report["dropped_instances"]] == [(4, "empty mask")]
 
@@ -249,6 +253,16 @@ def test_out_overlapping_the_source_is_refused_and_nothing_is_deleted(tmp_path):
     assert _counts_source(src) == 5
 
 
+def test_out_inside_the_image_folder_of_a_bare_coco_json_is_refused(tmp_path):
+    json_path, images, _ = coco_polygons_with_two_part_object(tmp_path / "src")
+    elsewhere = tmp_path / "json" / json_path.name  # the json apart from its images
+    elsewhere.parent.mkdir()
+    shutil.copy(json_path, elsewhere)
+    with pytest.raises(SamlabelError, match="overlaps --images"):
+        convert(elsewhere, images / "seg", images=images, progress=False, segmenter=NoSam())
+    assert not (images / "seg").exists()
+
+
 def _counts_source(src):
     return sum(1 for s in ("train", "valid", "test") for _ in (src / s / "images").iterdir())
 
@@ -276,10 +290,77 @@ def test_malformed_coco_annotations_never_stop_the_run(tmp_path):
         {"image_id": 0, "category_id": 1, "segmentation": flat, "bbox": [10, 10, 30, 30]},  # flat polygon, no id
         {"image_id": 0, "category_id": 1, "bbox": "oops"},  # malformed
         {"image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "segmentation": [["x"]]},  # malformed
+        {"id": 300, "image_id": [0], "category_id": 1, "bbox": [1, 2, 3, 4]},  # a list for an id
     ]
     coco["images"].append({"id": 77, "file_name": "a_jpg.rf.1.jpg"})  # listed twice
+    coco["images"] += ["b.jpg", {"id": [5], "file_name": "c.jpg"}]  # not an object; a list for an id
     path.write_text(json.dumps(coco))
     report = _convert(src, tmp_path / "out").report
     problems = {p["problem"].split(" (")[0] for p in report["source_problems"]}
     assert "malformed annotation" in problems and "file_name 'a_jpg.rf.1.jpg' listed twice" in problems
+    assert {"id, image_id or category_id is not a number or string", "not an object with a number or string id"} <= (
+        problems
+    )
     assert sum(report["images"].values()) == 5
+
+
+def test_coco_crowd_and_sizeless_images_are_left_out(tmp_path):
+    src = roboflow_coco(tmp_path / "src")
+    path = src / "train" / "_annotations.coco.json"
+    coco = json.loads(path.read_text())
+    first = coco["annotations"][0]
+    coco["annotations"].append({**first, "id": 900, "iscrowd": 1})  # a crowd region: not one instance
+    sizeless = coco["images"][0]
+    del sizeless["width"]
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    report = _convert(src, out, keep_unlabeled=True).report
+    j = "_annotations.coco.json"
+    assert _problems(report) >= {
+        (f"{j}: annotation 900", "crowd annotation", "skipped, as Ultralytics' convert_coco does"),
+        (f"{j}: image {sizeless['id']}", "no width/height", "image left out"),
+    }
+    # not taken for an unlabeled image either: it is not in the dataset at all
+    assert all(sizeless["file_name"] not in u for u in report["unlabeled_images"])
+    assert not list(out.glob(f"*/images/{sizeless['file_name']}"))
+    assert 900 not in [a.get("source_id") for anns in coco_by_image(out, "train").values() for a in anns]
+
+
+def test_coco_size_that_is_not_the_files_is_reported_and_sam_redoes_its_rles(tmp_path, monkeypatch):
+    src = roboflow_coco(tmp_path / "src", polygons=True)  # every object has a mask: SAM is not needed ...
+    path = src / "train" / "_annotations.coco.json"
+    coco = json.loads(path.read_text())
+    img = coco["images"][0]
+    img["height"], img["width"] = 2 * img["height"], 2 * img["width"]  # the file is half that size
+    h, w = img["height"], img["width"]
+    for ann in coco["annotations"]:
+        if ann["image_id"] == img["id"]:  # an exact RLE, for the size the json claims
+            ann["segmentation"] = {"size": [h, w], "counts": [0, h * w]}
+            ann["bbox"] = [0, 0, w, h]
+    path.write_text(json.dumps(coco))
+    sam = FakeSegmenter()
+    monkeypatch.setattr("pipeline.segment.Segmenter", lambda *a, **k: sam)  # what --segmenter would load
+    report = convert(src, tmp_path / "out", progress=False).report  # no segmenter object: built when needed
+    assert sam.calls == 1  # ... except for the image whose RLEs were made for another size
+    [problem] = [p for p in report["source_problems"] if p["where"].endswith(img["file_name"])]
+    assert (
+        problem["problem"] == f"labels are for a {w}x{h} image, the file is {w // 2}x{h // 2} (width x height, upright)"
+    )
+    assert _counts(tmp_path / "out") == expected_counts()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda coco: [coco], "not a COCO json (the top level is a list"),
+        (lambda coco: {**coco, "categories": [{"id": 1}]}, "each with an id and a name"),
+        (lambda coco: {**coco, "categories": coco["categories"] + [{"id": 1, "name": "again"}]}, "id 1 is used by"),
+    ],
+    ids=["list", "nameless-category", "duplicate-category-id"],
+)
+def test_unreadable_coco_structure_is_one_clear_error(tmp_path, change, message):
+    src = roboflow_coco(tmp_path / "src")
+    path = src / "train" / "_annotations.coco.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    with pytest.raises(SamlabelError, match=message.replace("(", r"\(")):
+        convert(src, tmp_path / "out", progress=False, segmenter=FakeSegmenter())

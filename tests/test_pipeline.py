@@ -236,3 +236,27 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
     assert seen == [min(k + 1 + run.PREFETCH, n) for k in range(n)]
     assert len(writers) == n and all(name.startswith("samlabel-write") for name in writers)
     assert_valid(out)
+
+
+def test_one_split_still_gives_a_trainable_data_yaml(image_folder, tmp_path):
+    """Ultralytics needs train and val: with every image in train, val points at train and the report says so."""
+    out = tmp_path / "ds"
+    result = _label(image_folder, out, split="train=1")
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert (data["train"], data["val"]) == ("train/images", "train/images") and "test" not in data
+    assert "no val images" in result.report["data_yaml_note"]
+    labels = ultralytics_segment_labels(out)  # check_det_dataset accepts it
+    assert len(labels["val"]) == len(labels["train"]) == 6
+
+
+def test_no_readable_image_is_an_error_with_a_report(tmp_path):
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"not a jpeg")
+    (src / "b.png").write_bytes(b"")
+    out = tmp_path / "ds"
+    with pytest.raises(SamlabelError, match="no image could be written"):
+        label(src, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(s["source"] for s in report["skipped_images"]) == [str(src / "a.jpg"), str(src / "b.png")]
+    assert not (out / "data.yaml").exists()

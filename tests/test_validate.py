@@ -51,6 +51,10 @@ def _first_label(out):
         (lambda out: _edit_coco(out, lambda c: c["annotations"][1].update(id=1)), "duplicate id"),
         (lambda out: _edit_coco(out, lambda c: c["annotations"][0].update(bbox=[0, 0, 0, 5])), "bbox"),
         (lambda out: (out / "data.yaml").write_text("names: [a, b]\nnc: 3\n"), "nc is 3 but 2 names"),
+        # too malformed to check: reported, never a stack trace
+        (lambda out: (out / "data.yaml").write_text("- a\n- b\n"), "data.yaml: expected a mapping"),
+        (lambda out: _edit_coco(out, lambda c: c["images"][0].pop("height")), "cannot be checked (KeyError"),
+        (lambda out: _edit_coco(out, lambda c: c["annotations"][0].update(bbox=None)), "cannot be checked"),
     ],
 )
 def test_each_problem_is_reported(dataset, break_it, message):
