@@ -210,6 +210,7 @@ class _LazySegmenter:
         if self._stage is None:
             from pipeline.segment import Segmenter
 
+            check_device(self._cfg.device)
             self._stage = Segmenter(
                 self._cfg.segmenter, device=self._cfg.device, batch=self._cfg.sam_batch, runtime=self._cfg.runtime
             )

@@ -215,7 +215,15 @@ def _read(item: ImageItem, seconds: Counter):
         LOGGER.warning("skipped %s", e)
         return {**_record(item), "status": "skipped", "reason": str(e)}
     seconds["read"] += time.perf_counter() - t
+    if min(image.hw) < MIN_SIDE:
+        reason = f"{item.path}: {image.hw[1]}x{image.hw[0]} pixels; Ultralytics drops images under {MIN_SIDE} px a side"
+        LOGGER.warning("skipped %s", reason)
+        return {**_record(item), "status": "skipped", "reason": reason}
     return image
+
+
+#: Smallest image side kept: Ultralytics' dataset loader drops smaller images (and their labels) as corrupt.
+MIN_SIDE = 10
 
 
 def _record(item: ImageItem) -> dict:

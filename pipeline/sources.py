@@ -70,6 +70,7 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
         SamlabelError: a source matches nothing that exists.
     """
     found: dict[Path, str] = {}
+    linked: dict[Path, bool] = {}  # whether the name kept for a file is a symlink's
     excluded = exclude.resolve() if exclude is not None else None
     labels = _source_labels(sources)
     for source, label in zip(sources, labels, strict=True):
@@ -99,7 +100,9 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
             if not _utf8(rel):
                 LOGGER.warning("%s: file name is not valid UTF-8, skipped (rename it to include it)", p)
                 continue
-            found.setdefault(real, f"{label}/{rel}" if label else rel)
+            # One file reached by several names is labeled once, under its own name rather than a symlink's.
+            if real not in found or (linked[real] and not p.is_symlink()):
+                found[real], linked[real] = (f"{label}/{rel}" if label else rel), p.is_symlink()
     return sorted(((p, rel) for p, rel in found.items()), key=lambda pr: (pr[1], str(pr[0])))
 
 

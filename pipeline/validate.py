@@ -38,6 +38,7 @@ def validate(out: str | Path) -> list[str]:
         images = {p.name: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         for name, p in images.items():
             hashes[hashlib.sha256(p.read_bytes()).hexdigest()].append(f"{split}/images/{name}")
+            _check_image_size(f"{split}/images/{name}", p, problems)
         yolo_counts = _guarded(f"{split}/labels", _check_labels, out, split, images, names, problems)
         coco_counts = _guarded(f"{split}/_annotations.coco.json", _check_coco, out, split, images, names, problems)
         if yolo_counts is not None and coco_counts is not None:
@@ -51,6 +52,20 @@ def validate(out: str | Path) -> list[str]:
         if len({p.split("/")[0] for p in paths}) > 1:
             problems.append(f"same image in several splits: {', '.join(paths)}")
     return problems
+
+
+def _check_image_size(where: str, path: Path, problems: list[str]) -> None:
+    """Ultralytics' dataset loader drops images under 10 px a side as corrupt, with their labels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as e:
+        problems.append(f"{where}: not a readable image ({e})")
+        return
+    if min(w, h) < 10:
+        problems.append(f"{where}: {w}x{h} pixels; Ultralytics drops images under 10 px a side when training")
 
 
 def _guarded(what: str, check, out, split, images, names, problems: list[str]):
@@ -82,9 +97,14 @@ def _check_data_yaml(out: Path, problems: list[str]) -> list[str]:
         problems.append("data.yaml: no class names")
     if "nc" in data and data["nc"] != len(names):
         problems.append(f"data.yaml: nc is {data['nc']} but {len(names)} names are listed")
+    base = Path(str(data.get("path") or "."))
+    base = base if base.is_absolute() else out / base
     for key in ("train", "val", "test"):
-        if key in data and not (out / str(data[key])).is_dir():
-            problems.append(f"data.yaml: {key}: {data[key]} is not a folder")
+        for folder in data[key] if isinstance(data.get(key), list) else [data.get(key)] if data.get(key) else []:
+            # resolved as Ultralytics' check_det_dataset does: against `path`, with its "../" fallback
+            folder = str(folder)
+            if not (base / folder).exists() and not (folder.startswith("../") and (base / folder[3:]).exists()):
+                problems.append(f"data.yaml: {key}: {folder} is not a folder")
     return [str(n) for n in names]
 
 

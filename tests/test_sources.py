@@ -58,6 +58,12 @@ def test_symlink_loop_terminates(tmp_path):
     assert [rel for _, rel in find_images([tmp_path])] == ["a/x.jpg"]
 
 
+def test_a_file_and_a_symlink_to_it_give_one_image_under_the_files_name(tmp_path):
+    _touch(tmp_path, "plain.jpg")
+    os.symlink(tmp_path / "plain.jpg", tmp_path / "link.jpg")  # sorts first, yet is not the file's name
+    assert [rel for _, rel in find_images([tmp_path])] == ["plain.jpg"]
+
+
 def test_output_names_unique_even_for_shared_stems(tmp_path):
     _touch(tmp_path, "x.jpg", "x.png", "a/x.jpg", "b/x.jpg", "a_y.jpg", "a/y.jpg", "solo.jpg", "ü ber.jpg")
     items = plan_items(find_images([tmp_path]), {"train": 1.0})

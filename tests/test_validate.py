@@ -63,6 +63,24 @@ def test_each_problem_is_reported(dataset, break_it, message):
     assert any(message in p for p in problems), problems
 
 
+def test_image_ultralytics_would_drop_is_reported(dataset):
+    from PIL import Image
+
+    Image.new("RGB", (64, 5)).save(dataset / "train" / "images" / "sub_deeper_c.png")  # had no objects
+    assert any("64x5 pixels; Ultralytics drops images under 10 px" in p for p in validate(dataset))
+
+
+def test_split_paths_resolve_as_ultralytics_resolves_them(dataset):
+    # Roboflow writes paths relative to the dataset's parent; Ultralytics retries them without "../"
+    (dataset / "data.yaml").write_text("names: [ball, cube, cone]\nnc: 3\ntrain: ../train/images\nval: train/images\n")
+    assert validate(dataset) == []
+    (dataset / "data.yaml").write_text("names: [ball, cube, cone]\nnc: 3\ntrain: ../nowhere/images\nval: x/images\n")
+    assert [p for p in validate(dataset) if p.startswith("data.yaml")] == [
+        "data.yaml: train: ../nowhere/images is not a folder",
+        "data.yaml: val: x/images is not a folder",
+    ]
+
+
 def test_same_image_in_two_splits(dataset):
     (dataset / "valid" / "images").mkdir(parents=True)
     shutil.copy(dataset / "train" / "images" / "sub_deeper_c.png", dataset / "valid" / "images" / "c2.png")
