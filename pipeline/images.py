@@ -21,6 +21,9 @@ IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 #: (Pillow itself refuses anything above twice its 89.5-megapixel warning limit).
 MAX_PIXELS = 178_000_000
 
+#: Smallest image side a dataset keeps: Ultralytics' loader drops smaller images (and their labels) as corrupt.
+MIN_SIDE = 10
+
 _EXIF_ORIENTATION = 0x0112
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import ImageReadError, SamlabelError
-from pipeline.images import export_image, load_image
+from pipeline.images import MIN_SIDE, export_image, load_image
 from pipeline.masks import mask_to_polygons, merge_polygons
 from pipeline.sources import SPLITS
 from pipeline.types import ImageItem, Instances
@@ -220,10 +220,6 @@ def _read(item: ImageItem, seconds: Counter):
         LOGGER.warning("skipped %s", reason)
         return {**_record(item), "status": "skipped", "reason": reason}
     return image
-
-
-#: Smallest image side kept: Ultralytics' dataset loader drops smaller images (and their labels) as corrupt.
-MIN_SIDE = 10
 
 
 def _record(item: ImageItem) -> dict:

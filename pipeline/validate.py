@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pycocotools import mask as mask_utils
 
-from pipeline.images import IMAGE_SUFFIXES
+from pipeline.images import IMAGE_SUFFIXES, MIN_SIDE
 from pipeline.sources import SPLITS
 
 
@@ -55,7 +55,7 @@ def validate(out: str | Path) -> list[str]:
 
 
 def _check_image_size(where: str, path: Path, problems: list[str]) -> None:
-    """Ultralytics' dataset loader drops images under 10 px a side as corrupt, with their labels."""
+    """Ultralytics' dataset loader drops images under ``MIN_SIDE`` px a side as corrupt, with their labels."""
     from PIL import Image
 
     try:
@@ -64,8 +64,8 @@ def _check_image_size(where: str, path: Path, problems: list[str]) -> None:
     except (OSError, ValueError) as e:
         problems.append(f"{where}: not a readable image ({e})")
         return
-    if min(w, h) < 10:
-        problems.append(f"{where}: {w}x{h} pixels; Ultralytics drops images under 10 px a side when training")
+    if min(w, h) < MIN_SIDE:
+        problems.append(f"{where}: {w}x{h} pixels; Ultralytics drops images under {MIN_SIDE} px a side when training")
 
 
 def _guarded(what: str, check, out, split, images, names, problems: list[str]):
