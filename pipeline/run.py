@@ -497,7 +497,7 @@ def _finalize(out, names, settings, state, wanted, timings, prelude) -> dict:
     }
     if found_late:  # what only the image files showed (sizes), after what reading the source showed
         report["source_problems"] = list(prelude.get("source_problems", [])) + found_late
-    missing = [k for k in ("train", "val") if k in data_yaml and not data_yaml[k].startswith(_YAML_SPLITS[k])]
+    missing = [k for k in ("train", "val") if _YAML_SPLITS[k] not in splits]
     if splits and missing:
         report["data_yaml_note"] = (
             f"no {' or '.join(missing)} images: data.yaml points {' and '.join(missing)} at "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections import defaultdict
@@ -37,8 +38,9 @@ def validate(out: str | Path) -> list[str]:
             continue
         images = {p.name: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         for name, p in images.items():
-            hashes[hashlib.sha256(p.read_bytes()).hexdigest()].append(f"{split}/images/{name}")
-            _check_image_size(f"{split}/images/{name}", p, problems)
+            data = p.read_bytes()  # read once: hashed, and its header checked
+            hashes[hashlib.sha256(data).hexdigest()].append(f"{split}/images/{name}")
+            _check_image_size(f"{split}/images/{name}", data, problems)
         yolo_counts = _guarded(f"{split}/labels", _check_labels, out, split, images, names, problems)
         coco_counts = _guarded(f"{split}/_annotations.coco.json", _check_coco, out, split, images, names, problems)
         if yolo_counts is not None and coco_counts is not None:
@@ -54,12 +56,12 @@ def validate(out: str | Path) -> list[str]:
     return problems
 
 
-def _check_image_size(where: str, path: Path, problems: list[str]) -> None:
+def _check_image_size(where: str, data: bytes, problems: list[str]) -> None:
     """Ultralytics' dataset loader drops images under ``MIN_SIDE`` px a side as corrupt, with their labels."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
     except (OSError, ValueError) as e:
         problems.append(f"{where}: not a readable image ({e})")
