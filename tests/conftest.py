@@ -66,7 +66,11 @@ def draw_scene(hw=(120, 160), discs=((40, 40, 15), (110, 70, 22)), base=30) -> n
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Nested folder with mixed .jpg/.JPG/.png, a grayscale image, a shared stem and a junk file."""
-    root = tmp_path / "photos"
+    return make_photos(tmp_path / "photos")
+
+
+def make_photos(root: Path) -> Path:
+    """Write the ``image_folder`` scenes under ``root`` and return it."""
     (root / "sub" / "deeper").mkdir(parents=True)
     (root / ".hidden").mkdir()
     scenes = {
