@@ -13,7 +13,7 @@ from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
-from pipeline.sources import find_images, parse_split, plan_items
+from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 
 LOGGER = logging.getLogger(__name__)
 
@@ -129,8 +129,6 @@ def convert(
         segmenter: weights (path or name, as ``--segmenter``), or a ready stage object.
         **settings: fields of ``pipeline.config.Settings`` (``link=True``, ``coco_masks="rle"`` ...).
     """
-    from pipeline.datasets import read_dataset
-
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
     _refuse_overlap(Path(src), Path(out))
@@ -142,25 +140,24 @@ def convert(
         images=images,
         names=names,
         keep_unlabeled=cfg.keep_unlabeled,
-        resegment=cfg.resegment,
         extract_to=Path(out) / ".samlabel" / "source",
     )
     LOGGER.info("detected %s", ds.describe())
     for problem in ds.problems:
-        LOGGER.warning("%s: %s (%s)", problem["where"], problem["problem"], problem["action"])
+        LOGGER.warning("%s: %s (%s)", problem.where, problem.problem, problem.action)
     if not ds.items:
         raise SamlabelError(f"{src}: no labeled images to convert ({len(ds.unlabeled)} images without labels)")
     if segmenter is None:
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
-        needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.instances.objects)
+        needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
         if needs_sam:
             check_device(cfg.device)
         segmenter = _LazySegmenter(cfg)
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
-        "source_problems": ds.problems,
-        "unlabeled_images": ds.unlabeled,
+        "source_problems": [p.to_dict() for p in ds.problems],
+        "unlabeled_images": list(ds.unlabeled),
     }
     return run_dataset(
         ds.items,
@@ -223,7 +220,7 @@ def _labels_digest(ds) -> str:
     h = hashlib.sha256()
     for it in ds.items:
         h.update(it.rel.encode())
-        for o in it.instances.objects:
+        for o in it.labels.objects:
             h.update(repr((o.class_id, [round(v, 6) for v in o.xyxy_n], o.source_id, o.rle)).encode())
             for poly in o.polygons_n:
                 h.update(np.round(poly, 6).tobytes())

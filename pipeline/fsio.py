@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def _file_mode() -> int:
@@ -73,3 +73,13 @@ def link_file(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             os.symlink(Path(src).resolve(), tmp)
+
+
+def safe_relative(name: str) -> str | None:
+    """``name`` as a clean relative POSIX path, or None if absolute or escaping its root."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if any(p == ".." for p in parts):
+        return None
+    return "/".join(p for p in parts if p != ".")

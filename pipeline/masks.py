@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from pipeline.formats import coco
 from pipeline.types import CropMask
 
 #: Default simplification tolerance in pixels. The outline runs a quarter pixel inside the mask's edge,
@@ -219,12 +220,7 @@ def mask_to_rle(mask: CropMask, hw: tuple[int, int]) -> dict:
 def rle_to_mask(rle: dict) -> CropMask:
     """Decode a COCO RLE (compressed str/bytes counts or uncompressed list counts) to a ``CropMask``."""
     h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        encoded = mask_utils.frPyObjects(rle, h, w)
-    else:
-        encoded = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return CropMask.from_full(mask_utils.decode(encoded).astype(bool))
+    return CropMask.from_full(mask_utils.decode(coco.to_rle(rle, h, w)).astype(bool))
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

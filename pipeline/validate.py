@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 from pycocotools import mask as mask_utils
 
+from pipeline.errors import SamlabelError
+from pipeline.formats import coco as coco_format
+from pipeline.formats import data_yaml, yolo
+from pipeline.formats.data_yaml import SPLITS
 from pipeline.images import IMAGE_SUFFIXES, MIN_SIDE
-from pipeline.sources import SPLITS
 
 
 def validate(out: str | Path) -> list[str]:
@@ -42,7 +44,7 @@ def validate(out: str | Path) -> list[str]:
             hashes[hashlib.sha256(data).hexdigest()].append(f"{split}/images/{name}")
             _check_image_size(f"{split}/images/{name}", data, problems)
         yolo_counts = _guarded(f"{split}/labels", _check_labels, out, split, images, names, problems)
-        coco_counts = _guarded(f"{split}/_annotations.coco.json", _check_coco, out, split, images, names, problems)
+        coco_counts = _guarded(f"{split}/{coco_format.ROBOFLOW_NAME}", _check_coco, out, split, images, names, problems)
         if yolo_counts is not None and coco_counts is not None:
             for name in images:
                 if yolo_counts.get(name, 0) != coco_counts.get(name, 0):
@@ -92,22 +94,20 @@ def _check_data_yaml(out: Path, problems: list[str]) -> list[str]:
     if not isinstance(data, dict):
         problems.append(f"data.yaml: expected a mapping of keys (names, train, val ...), got a {type(data).__name__}")
         return []
-    names = data.get("names", [])
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
-    if not names:
-        problems.append("data.yaml: no class names")
+    try:
+        names = data_yaml.parse_names(data.get("names"), "data.yaml")
+    except SamlabelError as e:
+        problems.append(str(e))
+        names = []
     if "nc" in data and data["nc"] != len(names):
         problems.append(f"data.yaml: nc is {data['nc']} but {len(names)} names are listed")
-    base = Path(str(data.get("path") or "."))
-    base = base if base.is_absolute() else out / base
-    for key in ("train", "val", "test"):
-        for folder in data[key] if isinstance(data.get(key), list) else [data.get(key)] if data.get(key) else []:
+    base = data_yaml.base_dir(data, out)
+    for key, _split, entries in data_yaml.split_entries(data):
+        for folder in entries:
             # resolved as Ultralytics' check_det_dataset does: against `path`, with its "../" fallback
-            folder = str(folder)
-            if not (base / folder).exists() and not (folder.startswith("../") and (base / folder[3:]).exists()):
+            if not any(c.exists() for c in data_yaml.split_candidates(folder, base, base)):
                 problems.append(f"data.yaml: {key}: {folder} is not a folder")
-    return [str(n) for n in names]
+    return names
 
 
 def _check_labels(out, split, images, names, problems) -> dict[str, int] | None:
@@ -132,25 +132,25 @@ def _check_labels(out, split, images, names, problems) -> dict[str, int] | None:
 
 
 def _check_label_line(where: str, line: str, nc: int, problems: list[str]) -> None:
-    values = line.split()
-    if not values:
-        return
     try:
-        cls, coords = int(values[0]), [float(v) for v in values[1:]]
-    except ValueError:
-        problems.append(f"{where}: not numbers")
+        parsed = yolo.parse_line(line)
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
         return
+    if parsed is None:
+        return
+    cls, coords = parsed
     if not 0 <= cls < nc:
         problems.append(f"{where}: class id {cls} outside 0..{nc - 1}")
     if len(coords) < 6 or len(coords) % 2:
         problems.append(f"{where}: a polygon needs an even number (>= 6) of coordinates, got {len(coords)}")
-    if any(not (0.0 <= v <= 1.0) or math.isnan(v) for v in coords):
+    if ((coords < 0) | (coords > 1)).any():
         problems.append(f"{where}: coordinates outside [0, 1]")
 
 
 def _check_coco(out, split, images, names, problems) -> dict[str, int] | None:
-    path = out / split / "_annotations.coco.json"
-    where = f"{split}/_annotations.coco.json"
+    path = out / split / coco_format.ROBOFLOW_NAME
+    where = f"{split}/{coco_format.ROBOFLOW_NAME}"
     if not path.is_file():
         return None
     try:
@@ -192,28 +192,22 @@ def _check_coco(out, split, images, names, problems) -> dict[str, int] | None:
 def _check_geometry(where: str, ann: dict, h: int, w: int, problems: list[str]) -> None:
     seg = ann.get("segmentation")
     if isinstance(seg, list):
-        for poly in seg:
+        for poly in seg if not seg or isinstance(seg[0], list) else [seg]:
             if len(poly) < 6 or len(poly) % 2:
                 problems.append(f"{where}: polygon with {len(poly)} coordinates")
                 return
             xs, ys = poly[0::2], poly[1::2]
             if min(xs) < 0 or min(ys) < 0 or max(xs) > w or max(ys) > h:
                 problems.append(f"{where}: polygon outside the {w}x{h} image")
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if seg else None
-    elif isinstance(seg, dict):
-        if list(seg.get("size", [])) != [h, w]:
-            problems.append(f"{where}: RLE size {seg.get('size')} is not the image's [{h}, {w}]")
-            return
-        counts = seg["counts"]
-        rle = (
-            mask_utils.frPyObjects(seg, h, w)
-            if isinstance(counts, list)
-            else {"size": [h, w], "counts": counts.encode()}
-        )
-    else:
+    elif not coco_format.is_rle(seg):
         problems.append(f"{where}: no segmentation")
         return
-    raster_area = int(mask_utils.area(rle)) if rle is not None else 0
+    try:
+        rle = coco_format.to_rle(seg, h, w)
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
+        return
+    raster_area = int(mask_utils.area(rle))
     if raster_area == 0:
         problems.append(f"{where}: empty mask")
     area = ann.get("area", 0)

@@ -9,8 +9,8 @@ import numpy as np
 import yaml
 from pycocotools.coco import COCO
 
+from pipeline.formats.yolo import read_label_file
 from pipeline.masks import polygons_to_mask
-from pipeline.writers.yolo_seg import read_label_file
 
 
 def splits_of(out: Path) -> list[str]:

@@ -202,38 +202,45 @@ def test_low_score_instances_are_kept_and_listed_for_review(image_folder, tmp_pa
 def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_folder, tmp_path, monkeypatch):
     """While the model works on image k, image k+1 is already read (never more), and files land in the background."""
     import threading
-    import time
 
-    from pipeline import run
+    from pipeline.formats import yolo
+    from pipeline.run import loop
 
     loads, seen = [], []
-    real_load = run.load_image
+    loaded = threading.Condition()
+    real_load = loop.load_image
 
     def counting_load(path):
-        loads.append(threading.current_thread().name)
-        return real_load(path)
+        image = real_load(path)
+        with loaded:
+            loads.append(threading.current_thread().name)
+            loaded.notify_all()
+        return image
 
-    class SlowSegmenter(FakeSegmenter):
+    n = 6
+
+    class WaitingSegmenter(FakeSegmenter):
         def __call__(self, rgb, instances):
-            time.sleep(0.05)  # the reader has time to get ahead, if it reads ahead at all
-            seen.append(len(loads))
+            k = len(seen)
+            with loaded:  # wait (an event, not a sleep) until the reader is as far ahead as it may go
+                assert loaded.wait_for(lambda: len(loads) >= min(k + 1 + loop.PREFETCH, n), timeout=30)
+                seen.append(len(loads))
             return super().__call__(rgb, instances)
 
     writers = []
-    real_write = run.write_label_file
+    real_write = yolo.write_label_file
 
     def recording_write(*a, **k):
         writers.append(threading.current_thread().name)
         return real_write(*a, **k)
 
-    monkeypatch.setattr(run, "load_image", counting_load)
-    monkeypatch.setattr(run, "write_label_file", recording_write)
+    monkeypatch.setattr(loop, "load_image", counting_load)
+    monkeypatch.setattr(yolo, "write_label_file", recording_write)
     out = tmp_path / "ds"
-    label(image_folder, out, detector=FakeDetector(), segmenter=SlowSegmenter(), progress=False)
-    n = len(seen)
-    assert n == 6 and all(name.startswith("samlabel-read") for name in loads)
+    label(image_folder, out, detector=FakeDetector(), segmenter=WaitingSegmenter(), progress=False)
+    assert len(seen) == n and all(name.startswith("samlabel-read") for name in loads)
     # at call k (0-based) images 0..k and exactly one more are read: overlap, and a bound on memory
-    assert seen == [min(k + 1 + run.PREFETCH, n) for k in range(n)]
+    assert seen == [min(k + 1 + loop.PREFETCH, n) for k in range(n)]
     assert len(writers) == n and all(name.startswith("samlabel-write") for name in writers)
     assert_valid(out)
 

@@ -8,98 +8,52 @@ the upright image whatever its size turns out to be.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import yaml
 
 from pipeline.errors import SamlabelError
+from pipeline.formats import coco as coco_format
+from pipeline.formats import data_yaml, yolo
+from pipeline.formats.data_yaml import SPLITS
+from pipeline.fsio import safe_relative
 from pipeline.images import IMAGE_SUFFIXES
-from pipeline.masks import polygons_to_mask, rle_to_mask
-from pipeline.sources import SPLITS, plan_items
-from pipeline.types import CropMask, ImageItem, Instances
+from pipeline.masks import rle_to_mask
+from pipeline.sources.archive import safe_extract
+from pipeline.sources.folders import plan_items
+from pipeline.types import ImageItem, Problem, SourceLabels, SourceObject
 
 LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SourceObject:
-    """One labeled object of a source dataset, in coordinates normalised to its image.
+class SourceDataset:
+    """What was found in the source: images with their labels, class names, and every problem met.
 
     Attributes:
-        class_id: index into the dataset's names.
-        xyxy_n: (x_min, y_min, x_max, y_max) in [0, 1].
-        polygons_n: outline parts, float (K, 2) normalised (x, y); empty for a box-only object.
-        rle: a COCO RLE (absolute, for an image of ``rle["size"]``), or ``None``.
-        source_id: YOLO line number or COCO annotation id.
+        kind: what was recognised, for logs and the report.
+        names: class names in class-id order.
+        items: images to convert; each has ``labels`` (an empty ``SourceLabels`` for a kept unlabeled image).
+        problems: every problem met while reading, in reading order.
+        unlabeled: ``rel`` of the images that have no label file.
     """
-
-    class_id: int
-    xyxy_n: tuple[float, float, float, float]
-    polygons_n: tuple[np.ndarray, ...] = ()
-    rle: dict | None = None
-    source_id: int = 0
-
-    @property
-    def has_mask(self) -> bool:
-        return bool(self.polygons_n) or self.rle is not None
-
-
-@dataclass
-class SourceLabels:
-    """The objects of one image; ``to_instances`` places them on the image once its size is known."""
-
-    objects: list[SourceObject] = field(default_factory=list)
-    resegment: bool = False
-    #: (H, W) the source says the image has (COCO's height/width); None where the format does not say.
-    declared_hw: tuple[int, int] | None = None
-
-    def __call__(self, hw: tuple[int, int]) -> Instances:
-        """Instances in pixels of an image of size ``hw``; source masks kept unless ``resegment``."""
-        if not self.objects:
-            return Instances.empty()
-        h, w = hw
-        scale = np.array([w, h, w, h], dtype=np.float64)
-        masks = []
-        for o in self.objects:
-            if self.resegment or not o.has_mask:
-                masks.append(None)
-            elif o.rle is not None and list(o.rle["size"]) == [h, w]:
-                masks.append(rle_to_mask(o.rle))
-            elif o.polygons_n:
-                masks.append(CropMask.from_full(polygons_to_mask([p * [w, h] for p in o.polygons_n], hw)))
-            else:  # an RLE made for another image size: let SAM redo it from the box
-                masks.append(None)
-        return Instances(
-            xyxy=np.array([o.xyxy_n for o in self.objects]) * scale,
-            class_id=[o.class_id for o in self.objects],
-            masks=tuple(masks),
-            source_id=[o.source_id for o in self.objects],
-        )
-
-
-@dataclass
-class SourceDataset:
-    """What was found in the source: images with labels, names, and every problem met."""
 
     kind: str
     names: list[str]
     items: list[ImageItem]
-    problems: list[dict] = field(default_factory=list)
-    unlabeled: list[str] = field(default_factory=list)
+    problems: tuple[Problem, ...] = ()
+    unlabeled: tuple[str, ...] = ()
 
     def describe(self) -> str:
         splits = Counter(it.split for it in self.items)
-        n_obj = sum(len(it.instances.objects) for it in self.items if isinstance(it.instances, SourceLabels))
+        n_obj = sum(len(it.labels.objects) for it in self.items if it.labels is not None)
         return (
             f"{self.kind}: {len(self.names)} classes, "
             + ", ".join(f"{s} {splits[s]} images" for s in SPLITS if splits[s])
@@ -108,10 +62,19 @@ class SourceDataset:
 
 
 class Problems(list):
-    """A list of ``{"where", "problem", "action"}`` records."""
+    """The ``Problem`` records met while reading, in order."""
 
     def add(self, where: str, problem: str, action: str) -> None:
-        self.append({"where": where, "problem": problem, "action": action})
+        self.append(Problem(where, problem, action))
+
+
+@dataclass
+class _Found:
+    """What a layout reader found, before unlabeled images are sorted out."""
+
+    kind: str
+    names: list[str]
+    items: list[ImageItem] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- entry
@@ -123,7 +86,6 @@ def read_dataset(
     images: str | Path | None = None,
     names: Sequence[str] | None = None,
     keep_unlabeled: bool = False,
-    resegment: bool = False,
     extract_to: Path | None = None,
 ) -> SourceDataset:
     """Detect the layout of ``src`` and read it.
@@ -133,7 +95,6 @@ def read_dataset(
         images: image folder for a bare COCO json.
         names: class names for a bare images/ + labels/ pair without classes.txt.
         keep_unlabeled: keep images that have no label file (as images without objects).
-        resegment: send every object to SAM, even those with a polygon or RLE.
         extract_to: where a .zip is extracted (inside the output folder).
 
     Raises:
@@ -145,25 +106,24 @@ def read_dataset(
             raise SamlabelError("a .zip source needs a folder to extract into")
         src = safe_extract(src, extract_to)
     problems = Problems()
-    ds = _detect_and_read(src, images, names, problems)
-    labeled = []
-    for it in ds.items:
-        if it.instances is None:
-            ds.unlabeled.append(it.rel)
+    found = _detect_and_read(src, images, names, problems)
+    items, unlabeled = [], []
+    for it in found.items:
+        if it.labels is None:
+            unlabeled.append(it.rel)
             if not keep_unlabeled:
                 continue
-            it = ImageItem(path=it.path, rel=it.rel, name=it.name, split=it.split, instances=SourceLabels())
-        it.instances.resegment = resegment
-        labeled.append(it)
-    ds.items = labeled
-    ds.problems = list(problems)
-    if ds.unlabeled:
+            it = it.with_labels(SourceLabels())
+        items.append(it)
+    if unlabeled:
         action = "kept without objects" if keep_unlabeled else "left out (use --keep-unlabeled to keep them)"
-        LOGGER.warning("%d images have no label file: %s", len(ds.unlabeled), action)
-    return ds
+        LOGGER.warning("%d images have no label file: %s", len(unlabeled), action)
+    return SourceDataset(
+        kind=found.kind, names=found.names, items=items, problems=tuple(problems), unlabeled=tuple(unlabeled)
+    )
 
 
-def _detect_and_read(src: Path, images, names, problems: Problems) -> SourceDataset:
+def _detect_and_read(src: Path, images, names, problems: Problems) -> _Found:
     if src.is_file() and src.suffix.lower() in (".yaml", ".yml"):
         return read_yolo_yaml(src, problems)
     if src.is_file() and src.suffix.lower() == ".json":
@@ -176,9 +136,9 @@ def _detect_and_read(src: Path, images, names, problems: Problems) -> SourceData
         if (src / name).is_file():
             return read_yolo_yaml(src / name, problems)
     coco_splits = {
-        s: (src / folder / "_annotations.coco.json", src / folder)
+        s: (src / folder / coco_format.ROBOFLOW_NAME, src / folder)
         for s, folder in _split_folders(src)
-        if (src / folder / "_annotations.coco.json").is_file()
+        if (src / folder / coco_format.ROBOFLOW_NAME).is_file()
     }
     if coco_splits:
         return read_coco_splits(coco_splits, problems, kind="Roboflow COCO export")
@@ -196,76 +156,40 @@ def _split_folders(root: Path) -> list[tuple[str, str]]:
     folders = [f for f in ("train", "valid", "val", "test") if (root / f).is_dir()]
     if "valid" in folders and "val" in folders:
         raise SamlabelError(f"{root}: both valid/ and val/ exist; merge or rename one of them")
-    return [("valid" if f == "val" else f, f) for f in folders]
+    return [(data_yaml.canonical_split(f), f) for f in folders]
 
 
 # ---------------------------------------------------------------------------------------------- YOLO
 
 
-def read_yolo_yaml(path: Path, problems: Problems) -> SourceDataset:
+def read_yolo_yaml(path: Path, problems: Problems) -> _Found:
     """An Ultralytics or Roboflow data.yaml: names (list or dict) and split folders."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise SamlabelError(f"{path}: cannot read it ({e})") from None
-    names = _names(data.get("names"), path)
-    base = path.parent
-    if data.get("path"):
-        p = Path(str(data["path"]))
-        base = p if p.is_absolute() else (path.parent / p)
+    if not isinstance(data, dict):
+        raise SamlabelError(f"{path}: expected a mapping (names, train, val ...), got a {type(data).__name__}")
+    names = data_yaml.parse_names(data.get("names"), path)
+    base = data_yaml.base_dir(data, path.parent)
     items: list[ImageItem] = []
     found = []
-    for key, split in (("train", "train"), ("val", "valid"), ("valid", "valid"), ("test", "test")):
-        if not data.get(key) or any(it.split == split for it in items):
-            continue
-        entries = data[key] if isinstance(data[key], list) else [data[key]]
+    for key, split, entries in data_yaml.split_entries(data):
         for index, entry in enumerate(entries):
-            images_dir = _resolve_split_dir(str(entry), base, path.parent)
+            images_dir = data_yaml.resolve_split_dir(entry, base, path.parent)
             if images_dir is None:
                 problems.add(f"{path.name}: {key}", f"{entry} not found", "split skipped")
                 continue
-            labels_dir = _labels_dir_for(images_dir)
+            labels_dir = yolo.labels_dir_for(images_dir)
             prefix = f"{index}-{images_dir.name}" if len(entries) > 1 else ""  # several folders in one split
             items += _yolo_items(images_dir, labels_dir, split, names, problems, root=path.parent, prefix=prefix)
             found.append(f"{split}={images_dir}")
     if not items:
         raise SamlabelError(f"{path}: none of its splits (train/val/test) point to an existing image folder")
-    return SourceDataset(kind=f"YOLO dataset ({path}; {'; '.join(found)})", names=names, items=items)
+    return _Found(kind=f"YOLO dataset ({path}; {'; '.join(found)})", names=names, items=items)
 
 
-def _names(raw, where) -> list[str]:
-    if isinstance(raw, dict):
-        keys = sorted(int(k) for k in raw)
-        if keys != list(range(len(keys))):
-            raise SamlabelError(f"{where}: names ids must be 0..N-1, got {keys}")
-        return [str(raw[k] if k in raw else raw[str(k)]) for k in keys]
-    if isinstance(raw, list) and raw:
-        return [str(n) for n in raw]
-    raise SamlabelError(f"{where}: no class names (expected 'names:' as a list or an id: name mapping)")
-
-
-def _resolve_split_dir(entry: str, base: Path, yaml_dir: Path) -> Path | None:
-    """Where a data.yaml split entry points. Roboflow writes ``../train/images`` beside data.yaml."""
-    p = Path(entry)
-    candidates = [p] if p.is_absolute() else [base / p, yaml_dir / p]
-    if not p.is_absolute() and entry.startswith("../"):
-        candidates.append(yaml_dir / entry[3:])
-    for c in candidates:
-        if c.is_dir() or (c.is_file() and c.suffix == ".txt"):  # a folder, or a .txt list of image paths
-            return Path(os.path.normpath(c.absolute()))  # not resolve(): a symlinked images/ keeps its name
-    return None
-
-
-def _labels_dir_for(images_dir: Path) -> Path:
-    parts = list(images_dir.parts)
-    if "images" in parts:
-        i = len(parts) - 1 - parts[::-1].index("images")
-        parts[i] = "labels"
-        return Path(*parts)
-    return images_dir.parent / "labels"
-
-
-def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems) -> SourceDataset:
+def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems) -> _Found:
     """A bare ``images/`` + ``labels/`` pair; names from ``names`` or a classes.txt beside them."""
     if not names:
         for candidate in (images_dir.parent / "classes.txt", labels_dir / "classes.txt"):
@@ -277,7 +201,7 @@ def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems
             f"{images_dir.parent}: an images/ + labels/ pair needs class names: add --names a,b,c or a classes.txt"
         )
     items = _yolo_items(images_dir, labels_dir, "train", list(names), problems, root=images_dir.parent)
-    return SourceDataset(kind=f"YOLO images/labels pair ({images_dir.parent})", names=list(names), items=items)
+    return _Found(kind=f"YOLO images/labels pair ({images_dir.parent})", names=list(names), items=items)
 
 
 def _yolo_items(
@@ -297,7 +221,7 @@ def _yolo_items(
                 pairs.append((p, _rel(p, images_dir.parent)))
         pairs = [(p, rel) for p, rel in pairs if p.is_file()]
         return _labeled(
-            pairs, split, names, problems, root, prefix, lambda p: _labels_dir_for(p.parent) / f"{p.stem}.txt"
+            pairs, split, names, problems, root, prefix, lambda p: yolo.labels_dir_for(p.parent) / f"{p.stem}.txt"
         )
     else:
         pairs = sorted(
@@ -305,10 +229,8 @@ def _yolo_items(
             key=lambda pr: pr[1],
         )
     rel_of = {p: rel for p, rel in pairs}
-    items = _labeled(
-        pairs, split, names, problems, root, prefix, lambda p: labels_dir / Path(rel_of[p]).with_suffix(".txt")
-    )
-    used = {(labels_dir / Path(rel).with_suffix(".txt")).resolve() for rel in rel_of.values()}
+    items = _labeled(pairs, split, names, problems, root, prefix, lambda p: yolo.label_path(labels_dir, rel_of[p]))
+    used = {yolo.label_path(labels_dir, rel).resolve() for rel in rel_of.values()}
     if labels_dir.is_dir():
         for lf in sorted(labels_dir.rglob("*.txt")):
             if lf.resolve() not in used and lf.name != "classes.txt":
@@ -324,31 +246,24 @@ def _labeled(pairs, split, names, problems, root, prefix, label_of) -> list[Imag
     for it in _plan_split(pairs, split):
         label_file = label_of(it.path)
         labels = _read_yolo_file(label_file, len(names), problems, root) if label_file.is_file() else None
-        items.append(_with(it, labels))
+        items.append(it.with_labels(labels))
     return items
 
 
 def _read_yolo_file(path: Path, nc: int, problems: Problems, root: Path) -> SourceLabels:
-    labels = SourceLabels()
+    objects = []
     where_file = _rel(path, root)
     # utf-8-sig: a byte-order mark (Windows editors) must not cost the first line
     for number, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
-        values = line.split()
-        if not values:
-            continue
         where = f"{where_file}:{number}"
         try:
-            number_cls = float(values[0])  # "1" or "1.0": Ultralytics reads class ids as floats
-            cls = int(number_cls)
-            if cls != number_cls:
-                raise ValueError(values[0])
-            coords = np.array([float(v) for v in values[1:]], dtype=np.float64)
-        except (ValueError, OverflowError):
-            problems.add(where, f"malformed line {line.strip()[:60]!r}", "skipped")
+            parsed = yolo.parse_line(line)
+        except ValueError as e:
+            problems.add(where, str(e), "skipped")
             continue
-        if not np.isfinite(coords).all():
-            problems.add(where, "non-finite coordinates", "skipped")
+        if parsed is None:
             continue
+        cls, coords = parsed
         if not 0 <= cls < nc:
             problems.add(where, f"class id {cls} outside 0..{nc - 1}", "skipped")
             continue
@@ -359,14 +274,13 @@ def _read_yolo_file(path: Path, nc: int, problems: Problems, root: Path) -> Sour
                 continue
             obj = _box_object(cls, (xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2), (), number, where, problems)
         elif len(coords) >= 6 and len(coords) % 2 == 0:
-            poly = coords.reshape(-1, 2)
-            obj = _polygon_object(cls, [poly], number, where, problems)
+            obj = _polygon_object(cls, [coords.reshape(-1, 2)], number, where, problems)
         else:
             problems.add(where, f"expected 4 box values or >= 6 polygon values, got {len(coords)}", "skipped")
             continue
         if obj is not None:
-            labels.objects.append(obj)
-    return labels
+            objects.append(obj)
+    return SourceLabels(objects=tuple(objects))
 
 
 def _box_object(cls, xyxy, polygons, source_id, where, problems) -> SourceObject | None:
@@ -404,16 +318,13 @@ def _polygon_object(cls, polys, source_id, where, problems) -> SourceObject | No
 # ---------------------------------------------------------------------------------------------- COCO
 
 
-def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *, kind: str) -> SourceDataset:
+def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *, kind: str) -> _Found:
     """COCO json files, one per split, each with the folder its ``file_name`` entries are relative to."""
     names: list[str] | None = None
     items: list[ImageItem] = []
     for split, (json_path, root) in splits.items():
-        try:
-            coco = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SamlabelError(f"{json_path}: not a readable COCO json ({e})") from None
-        cats = _drop_roboflow_supercategory(_categories(coco, json_path), coco)
+        coco = coco_format.load(json_path)
+        cats = coco_format.drop_roboflow_supercategory(coco_format.parse_categories(coco, json_path), coco)
         split_names = [str(c["name"]) for c in cats]
         if names is None:
             names = split_names
@@ -423,37 +334,7 @@ def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *
         items += _coco_items(coco, json_path, root, split, cat_to_class, problems)
     if not names:
         raise SamlabelError(f"{kind}: no categories")
-    return SourceDataset(kind=f"{kind} ({', '.join(str(p) for p, _ in splits.values())})", names=names, items=items)
-
-
-def _categories(coco, json_path: Path) -> list[dict]:
-    """The json's categories sorted by id; a structure that cannot be read right is refused in one line."""
-    if not isinstance(coco, dict):
-        raise SamlabelError(f"{json_path}: not a COCO json (the top level is a {type(coco).__name__}, not an object)")
-    cats = coco.get("categories", [])
-    if not isinstance(cats, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("id"), (int, str)) and "name" in c for c in cats
-    ):
-        raise SamlabelError(f"{json_path}: 'categories' must be a list of objects, each with an id and a name")
-    seen: dict = {}
-    for c in cats:
-        if c["id"] in seen:
-            raise SamlabelError(
-                f"{json_path}: category id {c['id']!r} is used by both {seen[c['id']]!r} and {c['name']!r}; "
-                "give each category its own id"
-            )
-        seen[c["id"]] = c["name"]
-    return sorted(cats, key=lambda c: (isinstance(c["id"], str), c["id"]))
-
-
-def _drop_roboflow_supercategory(cats: list[dict], coco: dict) -> list[dict]:
-    """Roboflow exports a category 0 named after the project, parent of all others and never used."""
-    if len(cats) > 1 and cats[0]["id"] == 0:
-        used = {a.get("category_id") for a in coco.get("annotations", [])}
-        parents = {c.get("supercategory") for c in cats[1:]}
-        if 0 not in used and cats[0]["name"] in parents:
-            return cats[1:]
-    return cats
+    return _Found(kind=f"{kind} ({', '.join(str(p) for p, _ in splits.values())})", names=names, items=items)
 
 
 def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Problems) -> list[ImageItem]:
@@ -469,7 +350,7 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             problems.add(f"{where_json}: image {iid}", "duplicate image id", "second entry ignored")
             continue
         images[iid] = img
-    per_image: dict[int, SourceLabels] = {iid: SourceLabels() for iid in images}
+    per_image: dict[int, list[SourceObject]] = {iid: [] for iid in images}
     seen_ann: set = set()
     for index, ann in enumerate(coco.get("annotations", [])):
         aid = ann.get("id") if isinstance(ann, dict) else None
@@ -501,14 +382,14 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             problems.add(where, f"malformed annotation ({type(e).__name__}: {e})", "skipped")
             continue
         if obj is not None:
-            per_image[img["id"]].objects.append(obj)
+            per_image[img["id"]].append(obj)
     pairs = []
     labels_by_rel = {}
     left_out = set()  # listed in the json but refused: not to be taken for an unlabeled image either
     for iid, img in sorted(images.items(), key=lambda kv: str(kv[1].get("file_name"))):
         name = str(img.get("file_name", ""))
         where = f"{where_json}: image {iid}"
-        rel = _safe_relative(name)
+        rel = safe_relative(name)
         if rel is None:
             problems.add(where, f"file_name {name!r} is absolute or escapes the image folder", "refused")
             continue
@@ -524,13 +405,13 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             problems.add(where, f"image file {name!r} not found in {root}", "skipped")
             continue
         pairs.append((path, rel))
-        labels_by_rel[rel] = per_image[iid]
-        per_image[iid].declared_hw = (round(float(img["height"])), round(float(img["width"])))
+        declared_hw = (round(float(img["height"])), round(float(img["width"])))
+        labels_by_rel[rel] = SourceLabels(objects=tuple(per_image[iid]), declared_hw=declared_hw)
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
         if _is_image_file(p) and rel not in labels_by_rel and rel not in left_out:
             pairs.append((p, rel))  # on disk but not in the json: unlabeled
-    return [_with(it, labels_by_rel.get(it.rel.split("/", 1)[1])) for it in _plan_split(pairs, split)]
+    return [it.with_labels(labels_by_rel.get(it.rel.split("/", 1)[1])) for it in _plan_split(pairs, split)]
 
 
 def _positive_size(img: dict) -> bool:
@@ -548,15 +429,12 @@ def _coco_object(ann, img, cls, where, problems: Problems) -> SourceObject | Non
     seg = ann.get("segmentation")
     polys: list[np.ndarray] = []
     rle = None
-    if isinstance(seg, list) and seg and not isinstance(seg[0], list):
-        seg = [seg]  # a single flat polygon, as some tools write it
     if isinstance(seg, list) and seg:
-        polys = [
-            np.asarray(p, dtype=np.float64).reshape(-1, 2) / [w, h] for p in seg if len(p) >= 6 and len(p) % 2 == 0
-        ]
-        if len(polys) != len(seg):
+        parts, bad = coco_format.parse_polygons(seg)
+        polys = [p / [w, h] for p in parts]
+        if bad:
             problems.add(where, "polygon part with fewer than 3 points or an odd count", "part dropped")
-    elif isinstance(seg, dict) and "counts" in seg:
+    elif coco_format.is_rle(seg):
         if list(seg.get("size", [])) != [int(h), int(w)]:
             problems.add(where, f"RLE size {seg.get('size')} is not the image's [{int(h)}, {int(w)}]", "box used")
         else:
@@ -581,16 +459,6 @@ def _coco_object(ann, img, cls, where, problems: Problems) -> SourceObject | Non
     return _box_object(cls, (x / w, y / h, (x + bw) / w, (y + bh) / h), (), ann.get("id", 0), where, problems)
 
 
-def _safe_relative(name: str) -> str | None:
-    """``name`` as a clean relative POSIX path, or None if absolute or escaping its root."""
-    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return None
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if any(p == ".." for p in parts):
-        return None
-    return "/".join(p for p in parts if p != ".")
-
-
 # ------------------------------------------------------------------------------------------- helpers
 
 
@@ -598,10 +466,6 @@ def _plan_split(pairs, split: str) -> list[ImageItem]:
     """Unique output names within ``split``; the item's identity ``rel`` is prefixed with the split."""
     items = plan_items(pairs, {split: 1.0})
     return [ImageItem(path=it.path, rel=f"{split}/{it.rel}", name=it.name, split=split) for it in items]
-
-
-def _with(item: ImageItem, labels: SourceLabels | None) -> ImageItem:
-    return ImageItem(path=item.path, rel=item.rel, name=item.name, split=item.split, instances=labels)
 
 
 def _is_image_file(p: Path) -> bool:
@@ -613,44 +477,3 @@ def _rel(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
-
-
-# ----------------------------------------------------------------------------------------------- zip
-
-
-def safe_extract(archive: Path, target: Path) -> Path:
-    """Extract ``archive`` into ``target``, refusing entries that would land outside it.
-
-    The archive goes to ``target/<hash of the archive>/``, reused when a resumed run finds it complete.
-
-    Returns:
-        The folder holding the dataset: the extraction folder, or its single top-level folder.
-
-    Raises:
-        SamlabelError: not a zip, or an entry with an absolute path, ``..`` or a symlink.
-    """
-    digest = hashlib.sha256()
-    with open(archive, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    root = (target / digest.hexdigest()[:16]).resolve()
-    if not (root / ".complete").is_file():  # a resumed run reuses a finished extraction
-        _extract(archive, root)
-    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else root
-
-
-def _extract(archive: Path, root: Path) -> None:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise SamlabelError(f"{archive}: not a readable zip ({e})") from None
-    root.mkdir(parents=True, exist_ok=True)
-    with zf:
-        for info in zf.infolist():
-            dest = (root / info.filename).resolve()
-            is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-            if _safe_relative(info.filename) is None or (dest != root and root not in dest.parents) or is_link:
-                raise SamlabelError(f"{archive}: entry {info.filename!r} would land outside the target; refusing")
-        zf.extractall(root)
-    (root / ".complete").write_text("")

@@ -8,10 +8,19 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from pipeline.masks import mask_to_polygons, merge_polygons
+from pipeline.formats import data_yaml
+from pipeline.formats.coco import categories, to_annotation, to_rle, to_segmentation, write_coco
+from pipeline.formats.yolo import labels_dir_for, parse_line, read_label_file, write_label_file
+from pipeline.formats.yolo import to_line as to_yolo_line
+from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.types import CropMask
-from pipeline.writers.coco import categories, to_coco_annotation, write_coco
-from pipeline.writers.yolo_seg import read_label_file, to_yolo_line, write_label_file
+
+
+def to_coco_annotation(*, class_id, mask, polygons, hw, encoding="polygon", **kw):
+    """The annotation the run writes for one mask (its segmentation as polygons or RLE)."""
+    rle = mask_to_rle(mask, hw) if encoding == "rle" else None
+    seg = to_segmentation(polygons if rle is None else None, rle)
+    return to_annotation(class_id=class_id, segmentation=seg, area=mask.area, mask_xyxy=mask.xyxy, **kw)
 
 
 def _two_part():
@@ -126,3 +135,75 @@ def test_finished_files_get_the_umask_permissions(tmp_path, umask):
     )
     expected = oct(0o666 & ~umask)
     assert done.stdout.split() == [expected, expected]
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("", None),  # blank: no object
+        ("2 0.5 0.5 0.2 0.2", (2, [0.5, 0.5, 0.2, 0.2])),  # a box line
+        ("1.0 0.1 0.2 0.3 0.4 0.5 0.6", (1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),  # "1.0": Ultralytics reads ids as numbers
+    ],
+)
+def test_yolo_parse_line(line, expected):
+    got = parse_line(line)
+    assert got is None if expected is None else (got[0], got[1].tolist()) == expected
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("a 0.1 0.2", "malformed line"),  # not a number
+        ("1.5 0.1 0.2 0.3 0.4", "malformed line"),  # class id not whole
+        ("0 nan 0.2 0.3 0.4", "non-finite"),  # NaN coordinate
+    ],
+)
+def test_yolo_parse_line_errors(line, message):
+    with pytest.raises(ValueError, match=message):
+        parse_line(line)
+
+
+def test_labels_dir_follows_ultralytics_rule(tmp_path):
+    assert labels_dir_for(tmp_path / "images" / "train") == tmp_path / "labels" / "train"
+    assert labels_dir_for(tmp_path / "images" / "x" / "images") == tmp_path / "images" / "x" / "labels"
+    assert labels_dir_for(tmp_path / "pics") == tmp_path / "labels"
+
+
+@pytest.mark.parametrize(
+    "seg",
+    [
+        [[1, 1, 4, 1, 4, 3, 1, 3]],  # polygon parts
+        [1, 1, 4, 1, 4, 3, 1, 3],  # one flat polygon, as some tools write it
+        {"size": [4, 6], "counts": [7, 2, 2, 2, 11]},  # uncompressed RLE
+    ],
+)
+def test_to_rle_reads_every_segmentation_kind(seg):
+    from pycocotools import mask as mask_utils
+
+    assert int(mask_utils.area(to_rle(seg, 4, 6))) > 0
+
+
+def test_to_rle_refuses_an_rle_of_another_size():
+    with pytest.raises(ValueError, match="RLE size"):
+        to_rle({"size": [5, 6], "counts": "02207OI100"}, 4, 6)
+
+
+@pytest.mark.parametrize(
+    "splits, expected",
+    [
+        (["train", "valid"], {"train": "train/images", "val": "valid/images"}),  # the usual pair
+        (["train"], {"train": "train/images", "val": "train/images"}),  # val points at train
+        (["valid", "test"], {"train": "valid/images", "val": "valid/images", "test": "test/images"}),
+    ],
+)
+def test_data_yaml_always_has_train_and_val(splits, expected):
+    data = data_yaml.to_data_yaml(["a", "b"], splits)
+    assert data == {"nc": 2, "names": ["a", "b"], **expected}
+    assert (data_yaml.missing_note(data, splits) is None) == ("train" in splits and "valid" in splits)
+
+
+def test_data_yaml_names_and_split_names():
+    assert data_yaml.parse_names({1: "b", 0: "a"}, "x") == ["a", "b"]
+    assert data_yaml.canonical_split("val") == "valid" and data_yaml.canonical_split("test") == "test"
+    entries = data_yaml.split_entries({"train": "t", "val": ["v1", "v2"], "valid": "ignored"})
+    assert entries == [("train", "train", ["t"]), ("val", "valid", ["v1", "v2"])]

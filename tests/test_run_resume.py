@@ -130,7 +130,7 @@ sys.exit(main(["label", {str(many_images)!r}, "--out", {str(out)!r}, "-q"]))
 
 
 def test_disk_full_mid_run_is_a_clear_error_and_resumable(many_images, tmp_path, monkeypatch):
-    import pipeline.writers.yolo_seg as yolo_seg
+    import pipeline.formats.yolo as yolo_seg
 
     out = tmp_path / "ds"
     real = yolo_seg.fsio.write_text

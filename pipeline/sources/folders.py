@@ -1,4 +1,4 @@
-"""Find input images, give each a unique output name and a deterministic split."""
+"""Image folders: find input images, give each a unique output name and a deterministic split."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pipeline.errors import SamlabelError
+from pipeline.formats.data_yaml import SPLITS, canonical_split
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.types import ImageItem
 
 LOGGER = logging.getLogger(__name__)
-
-#: Split names in the order they are listed in data.yaml; ``val`` is accepted as ``valid``.
-SPLITS = ("train", "valid", "test")
 
 
 def parse_split(spec: str | dict[str, float]) -> dict[str, float]:
@@ -35,7 +33,7 @@ def parse_split(spec: str | dict[str, float]) -> dict[str, float]:
             except ValueError:
                 pairs[name.strip()] = float("nan")
         spec = pairs
-    fractions = {("valid" if k == "val" else k): float(v) for k, v in spec.items()}
+    fractions = {canonical_split(k): float(v) for k, v in spec.items()}
     bad = [k for k in fractions if k not in SPLITS]
     if bad or any(not v >= 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
         raise SamlabelError(

@@ -1,0 +1,158 @@
+"""The end of a run: data.yaml, the COCO files and report.json, assembled from the journal's records."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline import fsio
+from pipeline.config import Settings
+from pipeline.errors import SamlabelError
+from pipeline.formats import coco
+from pipeline.formats.data_yaml import SPLITS, missing_note, to_data_yaml
+from pipeline.run.outputs import coco_annotations
+from pipeline.run.state import Journal
+from pipeline.types import ImageRecord, Instances
+
+LOGGER = logging.getLogger(__name__)
+
+#: Instances whose SAM score (predicted IoU) is below this are listed in report.json for review.
+REVIEW_SCORE = 0.5
+
+
+@dataclass
+class _Tally:
+    """What the report needs of every image, gathered in one pass over the journal (no masks kept)."""
+
+    names: Sequence[str]
+    offsets: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    per_class: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    skipped: list[dict] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    review: list[dict] = field(default_factory=list)
+    problems: list[dict] = field(default_factory=list)
+
+    def add(self, offset: int, r: ImageRecord) -> None:
+        if r.status != "ok":
+            self.skipped.append({"source": r.source, "reason": r.reason})
+            return
+        self.offsets[r.split].append((r.name, offset))
+        self.per_class[r.split].update(self.names[c] for c in r.instances.class_id)
+        image = f"{r.split}/images/{r.name}"
+        self.dropped += [
+            {"image": image, **describe(r.dropped, i, self.names), "reason": reason}
+            for i, reason in enumerate(r.dropped_reasons)
+        ]
+        self.problems += [p.to_dict() for p in r.problems]
+        inst = r.instances
+        low = np.flatnonzero(inst.mask_score < REVIEW_SCORE)  # NaN (no SAM score) is never low
+        self.review += [
+            {"image": image, "class": self.names[int(inst.class_id[i])], "source_id": int(inst.source_id[i]),
+             "mask_score": round(float(inst.mask_score[i]), 6)}
+            for i in low
+        ]  # fmt: skip
+
+
+def describe(instances: Instances, i: int, names: Sequence[str]) -> dict:
+    """An instance as report.json lists it: class name, source id, prompt box, scores where known."""
+    c = int(instances.class_id[i])
+    out = {"class": names[c] if 0 <= c < len(names) else c, "source_id": int(instances.source_id[i])}
+    out["box_xyxy"] = [round(float(v), 2) for v in instances.xyxy[i]]
+    for key in ("confidence", "mask_score"):
+        value = float(getattr(instances, key)[i])
+        if not np.isnan(value):
+            out[key] = round(value, 6)
+    return out
+
+
+def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[str], timings, prelude) -> dict:
+    """Write data.yaml, the COCO files (when asked for) and report.json from the newest record of each image.
+
+    Raises:
+        SamlabelError: no image at all could be written (report.json is written first, with the reasons).
+    """
+    journal = Journal(out)
+    newest: dict[str, tuple[int, ImageRecord]] = {}
+    for offset, record in journal.records():
+        if record.rel in wanted:
+            newest[record.rel] = (offset, _light(record))
+    tally = _Tally(names)
+    for _rel, (offset, record) in sorted(newest.items()):
+        tally.add(offset, record)
+    splits = [s for s in SPLITS if tally.offsets.get(s)]
+    data_yaml = to_data_yaml(names, splits)
+    if splits:
+        fsio.write_text(out / "data.yaml", yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True))
+    if "coco" in settings.formats:
+        for split in splits:
+            coco.write_coco(
+                out / split / coco.ROBOFLOW_NAME,
+                names=names,
+                images=_coco_images(journal, sorted(tally.offsets[split])),
+            )
+    per_class = tally.per_class
+    report = {
+        "command": state["command"],
+        "names": list(names),
+        "settings": state["settings"],
+        "images": {s: len(tally.offsets[s]) for s in splits},
+        "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
+        "instances_total": sum(sum(c.values()) for c in per_class.values()),
+        "skipped_images": tally.skipped,
+        "dropped_instances": tally.dropped,
+        "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
+        **prelude,
+        "timings": timings,
+    }
+    if tally.problems:  # what only the image files showed (sizes), after what reading the source showed
+        report["source_problems"] = list(prelude.get("source_problems", [])) + tally.problems
+    note = missing_note(data_yaml, splits)
+    if note:
+        report["data_yaml_note"] = note
+        LOGGER.warning("%s", note)
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    fsio.write_text(out / "report.json", text + "\n")
+    if not splits:
+        raise SamlabelError(
+            f"no image could be written to {out}: all {len(tally.skipped)} were skipped "
+            f"(reasons in {out / 'report.json'})"
+        )
+    return json.loads(text)
+
+
+def _light(record: ImageRecord) -> ImageRecord:
+    """The record without its segmentations and masks, which the report does not need (bounded memory)."""
+    if record.status != "ok":
+        return record
+    from dataclasses import replace
+
+    inst = record.instances.replace(masks=(None,) * len(record.instances))
+    return replace(record, instances=inst, segmentations=(None,) * len(inst))
+
+
+def _coco_images(journal: Journal, entries: list[tuple[str, int]]) -> Iterator[tuple[dict, list[dict]]]:
+    with open(journal.path, "rb") as f:
+        for name, offset in entries:
+            r = journal.read_at(f, offset)
+            image = {"file_name": name, "height": r.hw[0], "width": r.hw[1], "source": r.source}
+            yield image, coco_annotations(r)
+
+
+def log_summary(out: Path, report: dict) -> None:
+    t = report["timings"]
+    LOGGER.info(
+        "%s: %s images, %d instances; %d images skipped, %d instances without a usable mask (see report.json)%s",
+        out,
+        dict(report["images"]),
+        report["instances_total"],
+        len(report["skipped_images"]),
+        len(report["dropped_instances"]),
+        f"; {t['images_per_second']} images/s" if t["images_per_second"] else "",
+    )

@@ -1,0 +1,190 @@
+"""A run's state in ``DIR/.samlabel/``: the lock, the fingerprint of inputs and settings, the journal.
+
+The journal (``journal.jsonl``) holds one line per finished image, its ``ImageRecord`` as JSON,
+appended (flushed and synced) after the image's files are in place. A run started again on the same
+DIR with the same fingerprint skips what the journal lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from pipeline import fsio
+from pipeline.config import Settings
+from pipeline.errors import SamlabelError
+from pipeline.formats.data_yaml import SPLITS
+from pipeline.types import ImageItem, ImageRecord
+
+STATE_DIR = ".samlabel"
+#: Version of the state and journal layout. 2: journal lines are ``ImageRecord`` JSON (1: COCO annotations).
+FORMAT_VERSION = 2
+
+#: Settings that change how a run goes, not what it writes: a resume may change them.
+NOT_FINGERPRINTED = ("device", "sam_batch", "runtime", "cache_dir")
+
+
+def fingerprint(command: str, settings: Settings, names: Sequence[str], items: Sequence[ImageItem], extra) -> str:
+    """A hash of everything that decides a dataset's content: two runs with the same one write the same files."""
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_FINGERPRINTED}
+    payload = {
+        "version": FORMAT_VERSION,
+        "command": command,
+        "settings": relevant,
+        "names": list(names),
+        "items": [[it.rel, it.name, it.split, _size(it.path)] for it in items],
+        "extra": extra or {},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def check_writable(out: str | Path) -> None:
+    """Create ``out`` if needed and prove it can be written, before any slow work starts.
+
+    Raises:
+        SamlabelError: it cannot be created or written.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".samlabel-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+
+
+def refuse_foreign(out: Path, overwrite: bool) -> None:
+    """A folder that holds files not written by samlabel is only written into with ``overwrite``."""
+    ours = (out / STATE_DIR / "state.json").is_file()
+    if not ours and any(p.name != STATE_DIR for p in out.iterdir()) and not overwrite:
+        raise SamlabelError(
+            f"{out} is not empty and was not written by samlabel; choose a new --out or pass --overwrite"
+        )
+
+
+def prepare(out: Path, *, command: str, settings: Settings, fingerprint: str, names, overwrite: bool) -> dict:
+    """The state of the run in ``out``: the existing one when the fingerprint matches (resume), else a new one.
+
+    Raises:
+        SamlabelError: ``out`` holds another run's dataset and ``overwrite`` is False.
+    """
+    state_path = out / STATE_DIR / "state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if state.get("fingerprint") == fingerprint and not overwrite:
+            return state
+        if not overwrite:
+            older = state.get("version") != FORMAT_VERSION
+            raise SamlabelError(
+                f"{out} holds a dataset from a run with other inputs or settings"
+                + (" (written by another samlabel version)" if older else "")
+                + "; refusing to mix two runs. Choose a new --out, or pass --overwrite to replace it"
+            )
+    if overwrite:
+        clear(out)
+    state = {
+        "version": FORMAT_VERSION,
+        "command": command,
+        "fingerprint": fingerprint,
+        "settings": dataclasses.asdict(settings),
+        "names": list(names),
+    }
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    fsio.write_text(state_path, json.dumps(state, indent=2, default=str) + "\n")
+    return state
+
+
+def clear(out: Path) -> None:
+    """Remove what a previous run wrote (only samlabel's own layout, nothing else)."""
+    state = out / STATE_DIR
+    keep = ("source", "lock")  # extracted inputs, and the lock this run holds
+    doomed = [p for p in state.iterdir() if p.name not in keep] if state.is_dir() else []
+    for p in [*doomed, *(out / name for name in (*SPLITS, "data.yaml", "report.json"))]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold ``DIR/.samlabel/lock`` for the block; a second run on the same folder is refused, not interleaved."""
+    (out / STATE_DIR).mkdir(exist_ok=True)
+    with open(out / STATE_DIR / "lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SamlabelError(f"another samlabel run is writing to {out}; wait for it to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class Journal:
+    """The append-only record of finished images (``DIR/.samlabel/journal.jsonl``)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STATE_DIR / "journal.jsonl"
+
+    def drop_torn_tail(self) -> None:
+        """Cut a last line left half-written by a killed run, so new records start on a line of their own."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def done(self) -> set[str]:
+        """``rel`` of every image with a complete record."""
+        return {rec.rel for _, rec in self.records()}
+
+    def records(self) -> Iterator[tuple[int, ImageRecord]]:
+        """(byte offset, record) of each complete line, oldest first; a torn last line is ignored."""
+        if not self.path.is_file():
+            return
+        with open(self.path, "rb") as f:
+            offset = 0
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    record = ImageRecord.from_json(json.loads(raw))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    record = None  # a line from an interrupted write of an older run: skipped
+                if record is not None:
+                    yield offset, record
+                offset += len(raw)
+
+    def read_at(self, f, offset: int) -> ImageRecord:
+        """The record at ``offset`` of the open journal file ``f``."""
+        f.seek(offset)
+        return ImageRecord.from_json(json.loads(f.readline()))
+
+    @contextlib.contextmanager
+    def appender(self) -> Iterator:
+        """A function that appends one record durably (written, flushed and synced before it returns)."""
+        with open(self.path, "a", encoding="utf-8") as f:
+
+            def append(record: ImageRecord) -> None:
+                f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+            yield append
