@@ -61,6 +61,18 @@ class Detector:
             self._to_dataset_id = np.full(len(own), -1, dtype=np.int64)
             self._to_dataset_id[self._keep] = np.arange(len(classes))
             self.names = list(classes)
+        self._set_up_predictor()
+
+    def _set_up_predictor(self) -> None:
+        """Run once on a blank image now, so that Ultralytics sets its predictor up here and not in the first call.
+
+        Setting up the predictor calls ``select_device``, which sets PyTorch's thread count (to 1 on a 2-core
+        machine). Inside the first image's call that made the first image of every run (the first after a
+        resume too) run at another thread count than the rest, and the detector's boxes depend on it where
+        confidences are near-tied. Set up here, every image runs at ``torch_threads()``'s count.
+        """
+        with torch_threads():
+            self.model.predict(np.zeros((32, 32, 3), dtype=np.uint8), classes=self._keep, **self._kwargs)
 
     @property
     def is_world(self) -> bool:

@@ -23,7 +23,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) -> Path:
+def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6, exact: bool = True) -> Path:
     """Write a random-weight YOLOv8n detection checkpoint loadable with ``ultralytics.YOLO(str(path))``.
 
     The model is built by ``ultralytics.nn.tasks.DetectionModel`` from the packaged ``yolov8n.yaml`` with
@@ -42,6 +42,9 @@ def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) ->
         path: Destination ``.pt`` file; parent directories are created.
         names: Class names, index ``i`` becoming class id ``i``; must be non-empty.
         score: Confidence of the stride-8 level; must satisfy ``0 < score < 0.98``.
+        exact: False keeps the random weights of the rigged convs (only their biases are set): confidences
+            then vary a little with the image around ``score``, near-tied as an untrained model's are, so
+            results are sensitive to the order of floating-point sums (thread count, batching).
 
     Returns:
         The path written.
@@ -63,7 +66,8 @@ def make_yolo_checkpoint(path: Path, names: list[str], *, score: float = 0.6) ->
         for i, branch in enumerate(model.model[-1].cv3):
             logit = _logit(score + 0.01 * i)
             conv = branch[-1]
-            conv.weight.zero_()
+            if exact:
+                conv.weight.zero_()
             conv.bias.fill_(logit - 8.0)
             conv.bias[i % len(names)] = logit
     path = Path(path)
@@ -140,6 +144,20 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
                 conv.bias.zero_()
         if getattr(decoder, "pred_obj_scores", False):
             _set_last_linear(decoder.pred_obj_score_head, 10.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def make_plain_sam_checkpoint(path: Path, *, seed: int = 1) -> Path:
+    """A SAM / SAM2 state dict with seeded random weights and nothing rigged: masks and scores depend on the
+    image and the prompt (meaningless, but different prompts give different answers)."""
+    from ultralytics.models.sam import build as sam_build
+
+    path = Path(path)
+    with torch.random.fork_rng(devices=[]), mock.patch.object(sam_build, "_load_checkpoint", lambda m, _c: m):
+        torch.manual_seed(seed)
+        model = sam_build.build_sam(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
