@@ -1,6 +1,6 @@
 """Measure a labeled dataset against ground truth: COCO mask and box AP, per-instance mask and boundary IoU.
 
-Both sides are datasets ``pipeline.datasets`` reads (samlabel's output, a data.yaml / YOLO-seg
+Both sides are datasets ``pipeline.sources`` reads (samlabel's output, a data.yaml / YOLO-seg
 dataset, a Roboflow COCO export, a bare COCO json with its images). Images are paired by source
 path (samlabel records each image's original path as ``source`` in its COCO files) or else by file
 name; classes are paired by name. Images are processed one at a time and masks are kept as crops
@@ -27,6 +27,7 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.errors import SamlabelError
+from pipeline.sources import read_dataset
 from pipeline.types import CropMask, Instances
 
 #: How prediction scores (which rank detections for AP) are made; also in the result as ``"score"``.
@@ -143,7 +144,7 @@ def evaluate(
             skipped.append({"image": g.rel, "reason": problem})
             continue
         d = boundary_dilation(hw, ratio=boundary_ratio)
-        acc.add(image_id, g.rel, hw, d, pred=p.labels(hw), gt=g.labels(hw), scores=p.scores)
+        acc.add(image_id, g.rel, hw, d, pred=p.labels.to_instances(hw), gt=g.labels.to_instances(hw), scores=p.scores)
     image_stats["skipped"] = len(skipped)
     image_stats["skipped_examples"] = skipped[:_EXAMPLES]
     result = acc.result()
@@ -161,25 +162,23 @@ def evaluate(
 
 
 def _load(src: str | Path, *, images: str | Path | None = None, names: Sequence[str] | None = None) -> EvalSet:
-    """Read a dataset through ``pipeline.datasets`` (the only use of its API in this module).
+    """Read a dataset through ``pipeline.sources`` (the only use of its API in this module).
 
     A folder with COCO files per split (samlabel's output, a Roboflow COCO export) and a COCO json
     are read through their COCO files: exact masks, and the ``source`` and scores kept beside them.
     """
-    from pipeline.datasets import read_dataset
-
     src = Path(src)
     if src.suffix.lower() == ".zip":
         raise SamlabelError(f"{src}: extract the zip first and evaluate the folder")
     coco_files = _coco_files(src, images)
     if not coco_files:
         ds = read_dataset(src, images=images, names=names, keep_unlabeled=True)
-        found = [EvalImage(path=it.path, rel=it.rel, name=it.name, source=None, labels=it.instances) for it in ds.items]
-        return EvalSet(names=list(ds.names), images=_once(found), problems=list(ds.problems))
+        found = [EvalImage(path=it.path, rel=it.rel, name=it.name, source=None, labels=it.labels) for it in ds.items]
+        return EvalSet(names=list(ds.names), images=_once(found), problems=[q.to_dict() for q in ds.problems])
     all_names, out, problems = None, [], []
     for json_path, root in coco_files:
         ds = read_dataset(json_path, images=root, keep_unlabeled=True)
-        problems += ds.problems
+        problems += [q.to_dict() for q in ds.problems]
         if all_names is not None and list(ds.names) != all_names:
             raise SamlabelError(f"{json_path}: categories {list(ds.names)} differ from another split's {all_names}")
         all_names = list(ds.names)
@@ -193,7 +192,7 @@ def _load(src: str | Path, *, images: str | Path | None = None, names: Sequence[
                     rel=prefix + file_name,
                     name=it.name,
                     source=sources.get(file_name),
-                    labels=it.instances,
+                    labels=it.labels,
                     scores=scores.get(file_name, {}),
                 )
             )
