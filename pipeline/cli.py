@@ -1,4 +1,4 @@
-"""Command line: ``samlabel label|convert|validate``. The only module that parses arguments or sets up logging."""
+"""Command line: ``samlabel label|convert|validate|report|evaluate``. The only module that parses arguments or sets up logging."""
 
 from __future__ import annotations
 
@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", parents=[common], help="check a dataset's consistency; exit 1 on problems")
     p.add_argument("dir", metavar="DIR", help="dataset folder (data.yaml, <split>/images, labels, COCO files)")
+
+    p = sub.add_parser("report", parents=[common], help="(re)build DIR/report.html, the picture report of a dataset")
+    p.add_argument("dir", metavar="DIR", help="dataset folder written by samlabel (or any Roboflow-layout dataset)")
+
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="masks and boxes of PRED against ground truth GT: AP, mask IoU, boundary IoU"
+    )
+    p.add_argument("pred", metavar="PRED", help="predicted dataset: samlabel output, COCO json, YOLO-seg / data.yaml")
+    p.add_argument("--gt", required=True, metavar="GT", help="ground-truth dataset (any layout convert reads)")
+    p.add_argument("--images", metavar="DIR", help="image folder of PRED when it is a bare COCO json")
+    p.add_argument("--gt-images", metavar="DIR", help="image folder of GT when it is a bare COCO json")
+    p.add_argument("--match-iou", type=float, default=0.5, help="mask IoU from which a prediction matches [0.5]")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser
 
 
@@ -108,12 +121,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "validate":
             return _validate(args.dir)
+        elif args.command == "report":
+            from pathlib import Path
+
+            from pipeline.report import write_report_html
+
+            print(write_report_html(Path(args.dir)))
+        elif args.command == "evaluate":
+            return _evaluate(args)
     except SamlabelError as e:
         print(f"samlabel: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from pipeline import fsio
+    from pipeline.evaluate import evaluate, format_table
+
+    result = evaluate(args.pred, args.gt, pred_images=args.images, gt_images=args.gt_images, match_iou=args.match_iou)
+    print(format_table(result))
+    if args.json:
+        fsio.write_text(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
     return 0
 
 

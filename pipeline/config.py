@@ -20,6 +20,7 @@ LABEL, CONVERT = "label", "convert"
 BOTH = (LABEL, CONVERT)
 FORMATS = ("yolo", "coco")
 COCO_MASKS = ("polygon", "rle")
+MULTIMASK = ("off", "score", "box-fit")
 
 
 def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tuple | None = None) -> Any:
@@ -65,10 +66,23 @@ class Settings:
     )
     resegment: bool = _opt(False, "send objects that already have a polygon or RLE to SAM too", (CONVERT,))
     keep_unlabeled: bool = _opt(False, "keep images without a label file (as images without objects)", (CONVERT,))
+    multimask: str = _opt(
+        "off",
+        "ask SAM for 3 candidate masks per box and keep the best predicted IoU (score) or the one whose box "
+        "fits the prompt box best (box-fit); off = one mask",
+        choices=MULTIMASK,
+    )
+    drop_flags: tuple[str, ...] = _opt(
+        (), "comma-separated quality flags whose instances are left out of the label files (listed in report.json)"
+    )
+    thresholds: str = _opt(
+        "",
+        "quality flag thresholds to change, e.g. 'min_mask_score=0.6,max_outside_box=0.2' (see README)",
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("classes", "formats"):
+        for name in ("classes", "formats", "drop_flags"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -90,7 +104,39 @@ class Settings:
             raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
         if self.device is not None:
             set_(self, "device", str(self.device))
+        if self.multimask is False:  # YAML reads an unquoted `off` as false
+            set_(self, "multimask", "off")
+        if self.multimask not in MULTIMASK:
+            raise SamlabelError(f"multimask: expected one of {list(MULTIMASK)}, got {self.multimask!r}")
+        from pipeline.quality import FLAGS
+
+        unknown = [f for f in self.drop_flags if f not in FLAGS]
+        if unknown:
+            raise SamlabelError(f"drop_flags: unknown flag(s) {unknown}; the flags are {list(FLAGS)}")
+        if isinstance(self.thresholds, dict):  # YAML: a mapping
+            set_(self, "thresholds", ",".join(f"{k}={v}" for k, v in self.thresholds.items()))
+        self.quality_thresholds()  # validates
         parse_split(self.split)  # validates
+
+    def quality_thresholds(self):
+        """The ``QualityThresholds`` these settings give (defaults, changed by ``thresholds``)."""
+        from pipeline.quality import QualityThresholds
+
+        known = {f.name: f.type for f in dataclasses.fields(QualityThresholds)}
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in str(self.thresholds).split(","))):
+            name, _, value = part.partition("=")
+            name = name.strip().replace("-", "_")
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if name not in known or number is None:
+                raise SamlabelError(
+                    f"thresholds: bad entry {part!r}; expected name=number with names from {list(known)}"
+                )
+            values[name] = int(number) if name in ("max_parts", "min_area") else number
+        return QualityThresholds(**values)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""

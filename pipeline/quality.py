@@ -13,6 +13,7 @@ Signals (each an array with one value per instance, see :func:`compute_signals`)
 - ``parts``: connected parts of the mask (8-connectivity), ``largest_part``: the largest one's share.
 - ``overlap``: the largest mask IoU with another instance of the image, whatever its class.
 - ``area``: mask pixels.
+- ``overlap_with``: the index of the instance ``overlap`` was measured with (-1 when it overlaps none).
 
 A signal that cannot be defined is NaN (no SAM score, no stability given, the share of pixels of an
 empty mask), and a NaN never raises a flag.
@@ -30,7 +31,17 @@ import numpy as np
 from pipeline.types import CropMask
 
 #: Signal names, in the order :func:`compute_signals` returns them.
-SIGNALS = ("mask_score", "stability_score", "box_fit", "outside_box", "parts", "largest_part", "overlap", "area")
+SIGNALS = (
+    "mask_score",
+    "stability_score",
+    "box_fit",
+    "outside_box",
+    "parts",
+    "largest_part",
+    "overlap",
+    "area",
+    "overlap_with",
+)
 
 #: Flag names, in the order :func:`flag` lists them.
 FLAGS = ("empty", "low_score", "unstable", "leaks_box", "underfills_box", "fragmented", "duplicate", "tiny")
@@ -139,7 +150,8 @@ def compute_signals(
         stability: float (N,) stability scores (:func:`stability_score`); all NaN when omitted.
 
     Returns:
-        ``{name: array (N,)}`` for each name in ``SIGNALS``: ``parts`` and ``area`` int64, the rest float64.
+        ``{name: array (N,)}`` for each name in ``SIGNALS``: ``parts``, ``area`` and ``overlap_with`` int64,
+        the rest float64.
         ``outside_box`` counts pixel ``(r, c)`` inside the box when its centre ``(c + 0.5, r + 0.5)``
         lies in the closed box ``[x_min, x_max] x [y_min, y_max]``. ``parts`` uses 8-connectivity, so
         it equals the number of polygons the COCO writer emits (``mask_to_polygons`` traces
@@ -155,6 +167,7 @@ def compute_signals(
     h, w = int(hw[0]), int(hw[1])
     boxes = np.clip(xyxy, 0, [w, h, w, h])
     geoms = [_Geom.of(m, (h, w)) for m in masks]
+    overlap, partner = _overlaps(geoms)
     out = {
         "mask_score": mask_score,
         "stability_score": stability,
@@ -162,8 +175,9 @@ def compute_signals(
         "outside_box": np.full(n, np.nan),
         "parts": np.zeros(n, dtype=np.int64),
         "largest_part": np.full(n, np.nan),
-        "overlap": _overlaps(geoms),
+        "overlap": overlap,
         "area": np.array([g.area for g in geoms], dtype=np.int64),
+        "overlap_with": partner,
     }
     for i, g in enumerate(geoms):
         if g.area == 0:
@@ -174,7 +188,9 @@ def compute_signals(
     return out
 
 
-def flag(signals: dict[str, np.ndarray], thresholds: QualityThresholds | None = None) -> list[list[str]]:
+def flag(
+    signals: dict[str, np.ndarray], thresholds: QualityThresholds | None = None, *, rank: np.ndarray | None = None
+) -> list[list[str]]:
     """The flags of each instance, in ``FLAGS`` order; a NaN signal raises none.
 
     An empty mask gets exactly ``["empty"]``: every other flag describes a mask that exists.
@@ -182,6 +198,9 @@ def flag(signals: dict[str, np.ndarray], thresholds: QualityThresholds | None = 
     Args:
         signals: as :func:`compute_signals` returns.
         thresholds: where each flag starts (``QualityThresholds()`` when omitted).
+        rank: float (N,), higher is better (e.g. confidence x mask_score). Given, ``duplicate`` marks only
+            the worse of two overlapping instances (ties: the later one), so leaving duplicates out keeps
+            one of each pair; omitted, both are marked.
 
     Returns:
         One list of flag names per instance (empty when nothing is wrong).
@@ -189,6 +208,13 @@ def flag(signals: dict[str, np.ndarray], thresholds: QualityThresholds | None = 
     t = QualityThresholds() if thresholds is None else thresholds
     s = {k: np.asarray(v, dtype=np.float64) for k, v in signals.items()}
     empty = s["area"] == 0
+    duplicate = s["overlap"] > t.max_overlap
+    if rank is not None and "overlap_with" in signals:
+        rank = np.nan_to_num(np.asarray(rank, dtype=np.float64), nan=-np.inf)
+        other = np.asarray(signals["overlap_with"], dtype=np.int64)
+        idx = np.arange(len(other))
+        better = np.where(other >= 0, (rank[other] > rank) | ((rank[other] == rank) & (other < idx)), False)
+        duplicate &= better
     raised = {
         "empty": empty,
         "low_score": s["mask_score"] < t.min_mask_score,
@@ -196,7 +222,7 @@ def flag(signals: dict[str, np.ndarray], thresholds: QualityThresholds | None = 
         "leaks_box": s["outside_box"] > t.max_outside_box,
         "underfills_box": s["box_fit"] < t.min_box_fit,
         "fragmented": (s["largest_part"] < t.min_largest_part) | (s["parts"] > t.max_parts),
-        "duplicate": s["overlap"] > t.max_overlap,
+        "duplicate": duplicate,
         "tiny": s["area"] < t.min_area,
     }
     return [["empty"] if empty[i] else [name for name in FLAGS if raised[name][i]] for i in range(len(s["area"]))]
@@ -317,12 +343,14 @@ def _intersection(a: _Geom, b: _Geom) -> int:
     return int(np.count_nonzero(wa & wb))
 
 
-def _overlaps(geoms: list[_Geom]) -> np.ndarray:
-    """Each mask's largest IoU with another; only pairs whose tight boxes intersect are compared."""
+def _overlaps(geoms: list[_Geom]) -> tuple[np.ndarray, np.ndarray]:
+    """Each mask's largest IoU with another and that other's index (-1: none); only pairs whose tight boxes
+    intersect are compared."""
     n = len(geoms)
     out = np.zeros(n)
+    partner = np.full(n, -1, dtype=np.int64)
     if n < 2:
-        return out
+        return out, partner
     boxes = np.array([g.xyxy for g in geoms])
     nonempty = np.array([g.area > 0 for g in geoms])
     meets = (
@@ -337,5 +365,8 @@ def _overlaps(geoms: list[_Geom]) -> np.ndarray:
         inter = _intersection(geoms[i], geoms[j])
         if inter:
             iou = inter / (geoms[i].area + geoms[j].area - inter)
-            out[i], out[j] = max(out[i], iou), max(out[j], iou)
-    return out
+            if iou > out[i]:
+                out[i], partner[i] = iou, j
+            if iou > out[j]:
+                out[j], partner[j] = iou, i
+    return out, partner

@@ -395,14 +395,38 @@ def _instance_json(instances: Instances, i: int) -> dict:
         "confidence": _float_or_none(instances.confidence[i]),
         "mask_score": _float_or_none(instances.mask_score[i]),
         "mask": mask.to_json() if mask is not None else None,
-        "extras": {k: v[i].tolist() for k, v in instances.extras.items()},
+        "extras": {k: _json_value(v[i]) for k, v in instances.extras.items()},
     }
+
+
+def _json_value(value):
+    """One extras entry as JSON: numpy scalars as Python numbers, NaN as null, arrays and lists as lists."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def _extras_array(values: list) -> np.ndarray:
+    """Inverse of ``_json_value`` over N rows: numbers (null = NaN) as a numeric array, anything else as objects."""
+    if all(v is None or isinstance(v, (int, float)) for v in values):
+        floats = any(v is None or isinstance(v, float) for v in values)
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64 if floats else np.int64)
+    if (
+        all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in values)
+        and len({len(v) for v in values}) == 1
+    ):
+        return np.array(values)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _instances_from_json(rows: list[dict]) -> Instances:
     if not rows:
         return Instances.empty()
-    extras = {k: np.array([r["extras"][k] for r in rows]) for k in rows[0]["extras"]}
+    extras = {k: _extras_array([r["extras"][k] for r in rows]) for k in rows[0]["extras"]}
     nan = float("nan")
     return Instances(
         xyxy=np.array([r["xyxy"] for r in rows], dtype=np.float32),

@@ -18,6 +18,7 @@ from pipeline.report import size_bound, write_report_html
 from pipeline.report.scan import flagged_key, load_coco
 from pipeline.report.thumbs import Neighbours, Shape, encode_jpeg, render
 from pipeline.report.write import DatasetNotFoundError, ReportSettingsError
+from pipeline.run.outputs import QUALITY_FIELDS
 from tests.conftest import FakeDetector, FakeSegmenter, draw_scene, make_photos
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,8 +38,18 @@ def _label(tmp: Path, name: str, **settings) -> Path:
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> Path:
-    """A dataset as today's runs write it: no quality fields (6 images, 8 instances, 3 classes)."""
-    return _label(tmp_path_factory.mktemp("plain"), "ds")
+    """A dataset as runs before the quality signals wrote it: no quality fields (6 images, 8 instances, 3 classes)."""
+    out = _label(tmp_path_factory.mktemp("plain"), "ds")
+    for path in out.glob("*/_annotations.coco.json"):
+        coco = json.loads(path.read_text())
+        for ann in coco["annotations"]:
+            for key in (*QUALITY_FIELDS, "overlap_source_id"):
+                ann.pop(key, None)
+        path.write_text(json.dumps(coco))
+    report = json.loads((out / "report.json").read_text())
+    report.pop("quality")
+    (out / "report.json").write_text(json.dumps(report))
+    return out
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:

@@ -10,7 +10,33 @@ from pipeline.config import Settings
 from pipeline.formats import coco, yolo
 from pipeline.images import LoadedImage, export_image
 from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
+from pipeline.quality import compute_signals, flag
 from pipeline.types import ImageItem, ImageRecord, Instances, Problem
+
+#: The quality signals kept on each instance (``Instances.extras``) and written on its COCO annotation.
+QUALITY_FIELDS = ("stability_score", "box_fit", "outside_box", "parts", "largest_part", "overlap", "flags")
+
+
+def with_quality(instances: Instances, hw: tuple[int, int], settings: Settings) -> Instances:
+    """``instances`` with their quality signals and flags in ``extras`` (``pipeline.quality``).
+
+    The SAM stage may have put ``stability_score`` in ``extras`` already (it needs the logits); ``duplicate``
+    marks the worse of two overlapping instances (by confidence x mask score), so dropping duplicates keeps one.
+    """
+    s = compute_signals(
+        instances.masks,
+        instances.xyxy,
+        hw,
+        mask_score=instances.mask_score,
+        stability=instances.extras.get("stability_score"),
+    )
+    rank = np.nan_to_num(instances.confidence, nan=1.0) * np.nan_to_num(instances.mask_score, nan=1.0)
+    flags = np.empty(len(instances), dtype=object)
+    flags[:] = flag(s, settings.quality_thresholds(), rank=rank)
+    partner = s["overlap_with"]
+    overlap_id = np.where(partner >= 0, instances.source_id[np.maximum(partner, 0)], -1)
+    signals = {k: np.round(s[k], 4) if s[k].dtype.kind == "f" else s[k] for k in QUALITY_FIELDS[:-1]}
+    return instances.with_extras(**signals, overlap_source_id=overlap_id, flags=flags)
 
 
 def to_record(
@@ -18,21 +44,30 @@ def to_record(
 ) -> tuple[ImageRecord, list[str]]:
     """The record of one segmented image and its YOLO label lines.
 
-    Every instance is kept, in order, unless its mask has no polygon (empty or None): those are the
-    record's ``dropped`` instances, with the reason.
+    Every instance gets its quality signals and flags, and is kept, in order, unless its mask has no
+    polygon (empty or None) or it carries one of ``settings.drop_flags``: those are the record's
+    ``dropped`` instances, with the reason.
     """
     hw = image.hw
-    keep, segmentations, lines = [], [], []
+    instances = with_quality(instances, hw, settings)
+    keep, segmentations, lines, dropped, reasons = [], [], [], [], []
+    drop = set(settings.drop_flags)
     for i in range(len(instances)):
         mask = instances.masks[i]
+        flagged = [f for f in instances.extras["flags"][i] if f in drop]
+        if flagged:
+            dropped.append(i)
+            reasons.append(f"flagged {','.join(flagged)} (--drop-flags)")
+            continue
         parts = mask_to_polygons(mask, tolerance=settings.simplify) if mask is not None else []
         if not parts:
+            dropped.append(i)
+            reasons.append("empty mask")
             continue
         keep.append(i)
         lines.append(yolo.to_line(int(instances.class_id[i]), merge_polygons(parts), hw))
         rle = mask_to_rle(mask, hw) if settings.coco_masks == "rle" else None
         segmentations.append(coco.to_segmentation(parts if rle is None else None, rle))
-    dropped = np.setdiff1d(np.arange(len(instances)), keep)
     problems = ()
     declared = item.labels.declared_hw if item.labels is not None else None
     if declared is not None and tuple(declared) != tuple(hw):
@@ -46,8 +81,8 @@ def to_record(
         rotated=image.rotated,
         instances=instances[np.array(keep, dtype=np.int64)],
         segmentations=tuple(segmentations),
-        dropped=instances[dropped],
-        dropped_reasons=("empty mask",) * len(dropped),
+        dropped=instances[np.array(dropped, dtype=np.int64)],
+        dropped_reasons=tuple(reasons),
         problems=problems,
     )
     return record, lines
@@ -76,10 +111,21 @@ def coco_annotations(record: ImageRecord) -> list[dict]:
             confidence=float(inst.confidence[i]),
             mask_score=float(inst.mask_score[i]),
             source_id=int(inst.source_id[i]),
-            extras={k: v[i].tolist() for k, v in inst.extras.items()},
+            extras=_coco_extras(inst, i),
         )
         for i in range(len(inst))
     ]
+
+
+def _coco_extras(inst: Instances, i: int) -> dict:
+    """The extra annotation fields of instance ``i``: its quality signals (NaN ones left out) and any others."""
+    out = {}
+    for key, values in inst.extras.items():
+        value = values[i].tolist() if hasattr(values[i], "tolist") else values[i]
+        if isinstance(value, float) and np.isnan(value):
+            continue
+        out[key] = value
+    return out
 
 
 def _size_mismatch(item: ImageItem, declared: tuple[int, int], hw: tuple[int, int]) -> Problem:

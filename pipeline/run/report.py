@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter, defaultdict
@@ -17,11 +18,15 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco
 from pipeline.formats.data_yaml import SPLITS, missing_note, to_data_yaml
-from pipeline.run.outputs import coco_annotations
+from pipeline.quality import FLAGS
+from pipeline.run.outputs import QUALITY_FIELDS, coco_annotations
 from pipeline.run.state import Journal
 from pipeline.types import ImageRecord, Instances
 
 LOGGER = logging.getLogger(__name__)
+
+#: Signals listed with each flagged instance in report.json (besides its scores).
+SIGNAL_FIELDS = tuple(f for f in QUALITY_FIELDS if f != "flags")
 
 #: Instances whose SAM score (predicted IoU) is below this are listed in report.json for review.
 REVIEW_SCORE = 0.5
@@ -38,6 +43,9 @@ class _Tally:
     dropped: list[dict] = field(default_factory=list)
     review: list[dict] = field(default_factory=list)
     problems: list[dict] = field(default_factory=list)
+    flag_counts: Counter = field(default_factory=Counter)
+    class_flags: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    flagged: list[dict] = field(default_factory=list)
 
     def add(self, offset: int, r: ImageRecord) -> None:
         if r.status != "ok":
@@ -52,12 +60,48 @@ class _Tally:
         ]
         self.problems += [p.to_dict() for p in r.problems]
         inst = r.instances
+        self._add_flags(image, inst)
         low = np.flatnonzero(inst.mask_score < REVIEW_SCORE)  # NaN (no SAM score) is never low
         self.review += [
             {"image": image, "class": self.names[int(inst.class_id[i])], "source_id": int(inst.source_id[i]),
              "mask_score": round(float(inst.mask_score[i]), 6)}
             for i in low
         ]  # fmt: skip
+
+    def _add_flags(self, image: str, inst: Instances) -> None:
+        """Count the flags of the instances in the label files and list the flagged ones."""
+        flags = inst.extras.get("flags")
+        if flags is None:
+            return
+        for i, fl in enumerate(flags):
+            name = self.names[int(inst.class_id[i])]
+            self.class_flags[name]["instances"] += 1
+            if not fl:
+                continue
+            self.flag_counts.update(fl)
+            self.class_flags[name].update(fl)
+            self.class_flags[name]["flagged"] += 1
+            entry = {"image": image, "source_id": int(inst.source_id[i]), "class": name, "flags": list(fl)}
+            for key in (*SIGNAL_FIELDS, "mask_score", "confidence"):
+                value = (inst.extras[key] if key in inst.extras else getattr(inst, key))[i]
+                if value is not None and not (isinstance(value, float | np.floating) and np.isnan(value)):
+                    entry[key] = round(float(value), 6) if isinstance(value, float | np.floating) else int(value)
+            self.flagged.append(entry)
+
+    def quality(self, thresholds: dict) -> dict:
+        """report.json's ``quality`` section."""
+        flagged_total = sum(c["flagged"] for c in self.class_flags.values())
+        return {
+            "thresholds": thresholds,
+            "instances_flagged": flagged_total,
+            "flag_counts": {f: self.flag_counts[f] for f in FLAGS if self.flag_counts[f]},
+            "per_class": {
+                n: {k: self.class_flags[n][k] for k in ("instances", "flagged", *FLAGS) if self.class_flags[n][k]}
+                for n in self.names
+                if self.class_flags[n]["instances"]
+            },
+            "flagged": self.flagged,
+        }
 
 
 def describe(instances: Instances, i: int, names: Sequence[str]) -> dict:
@@ -69,6 +113,8 @@ def describe(instances: Instances, i: int, names: Sequence[str]) -> dict:
         value = float(getattr(instances, key)[i])
         if not np.isnan(value):
             out[key] = round(value, 6)
+    if "flags" in instances.extras and instances.extras["flags"][i]:
+        out["flags"] = list(instances.extras["flags"][i])
     return out
 
 
@@ -108,6 +154,7 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
         "skipped_images": tally.skipped,
         "dropped_instances": tally.dropped,
         "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
+        "quality": tally.quality(dataclasses.asdict(settings.quality_thresholds())),
         **prelude,
         "timings": timings,
     }
@@ -119,12 +166,24 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
         LOGGER.warning("%s", note)
     text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
     fsio.write_text(out / "report.json", text + "\n")
+    if splits:
+        _write_html(out)
     if not splits:
         raise SamlabelError(
             f"no image could be written to {out}: all {len(tally.skipped)} were skipped "
             f"(reasons in {out / 'report.json'})"
         )
     return json.loads(text)
+
+
+def _write_html(out: Path) -> None:
+    """report.html beside report.json; a failure there is logged, never costs the finished dataset."""
+    from pipeline.report import write_report_html
+
+    try:
+        write_report_html(out)
+    except (OSError, ValueError, SamlabelError) as e:
+        LOGGER.warning("report.html not written (%s); rebuild it with `samlabel report %s`", e, out)
 
 
 def _light(record: ImageRecord) -> ImageRecord:
