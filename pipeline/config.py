@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 
 from pipeline.errors import SamlabelError
+from pipeline.formats.coco import ENCODINGS as COCO_MASKS
 from pipeline.sources import parse_split
 
 LABEL, CONVERT = "label", "convert"
 BOTH = (LABEL, CONVERT)
 FORMATS = ("yolo", "coco")
-COCO_MASKS = ("polygon", "rle")
 MULTIMASK = ("off", "score", "box-fit")
 
 

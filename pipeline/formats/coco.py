@@ -211,12 +211,3 @@ def to_rle(seg: list | dict, h: int, w: int) -> dict:
             return mask_utils.frPyObjects(seg, h, w)
         return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     raise ValueError("no segmentation (neither polygons nor RLE)")
-
-
-def rle_json(rle: dict) -> dict:
-    """A pycocotools RLE made JSON-ready (``counts`` as str)."""
-    counts = rle["counts"]
-    return {
-        "size": [int(v) for v in rle["size"]],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
