@@ -27,6 +27,7 @@ def label(
     progress: bool = True,
     detector: Any = None,
     segmenter: Any = None,
+    discard_reviews: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Auto-label images: detector boxes become SAM box prompts; writes YOLO-seg + COCO to ``out``.
@@ -37,6 +38,7 @@ def label(
         config: YAML file of settings; keyword ``settings`` override it.
         overwrite: replace a dataset from a different run in ``out``.
         progress: show a progress bar.
+        discard_reviews: let ``overwrite`` replace a dataset with images checked in ``samlabel review``.
         detector: weights (path or name, as ``--detector``), or a ready stage object: a callable
             ``rgb -> Instances`` with a ``names`` attribute.
         segmenter: weights (path or name, as ``--segmenter``), or a ready stage object: a callable
@@ -88,6 +90,7 @@ def label(
         command="label",
         overwrite=overwrite,
         progress=progress,
+        discard_reviews=discard_reviews,
     )
 
 
@@ -109,6 +112,7 @@ def convert(
     overwrite: bool = False,
     progress: bool = True,
     segmenter: Any = None,
+    discard_reviews: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Turn a box (or polygon) dataset into a segmentation dataset; its own boxes prompt SAM.
@@ -127,6 +131,7 @@ def convert(
         overwrite: replace a dataset from a different run in ``out``.
         progress: show a progress bar.
         segmenter: weights (path or name, as ``--segmenter``), or a ready stage object.
+        discard_reviews: let ``overwrite`` replace a dataset with images checked in ``samlabel review``.
         **settings: fields of ``pipeline.config.Settings`` (``link=True``, ``coco_masks="rle"`` ...).
     """
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
@@ -168,6 +173,7 @@ def convert(
         command="convert",
         overwrite=overwrite,
         progress=progress,
+        discard_reviews=discard_reviews,
         fingerprint_extra={"source": ds.describe(), "labels": _labels_digest(ds)},
         prelude=prelude,
     )

@@ -1,4 +1,4 @@
-"""Command line: ``samlabel label|convert|validate|report|evaluate``. The only module that parses arguments or sets up logging."""
+"""Command line: ``samlabel label|convert|validate|report|evaluate|review``. The only module that parses arguments or sets up logging."""
 
 from __future__ import annotations
 
@@ -75,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-images", metavar="DIR", help="image folder of GT when it is a bare COCO json")
     p.add_argument("--match-iou", type=float, default=0.5, help="mask IoU from which a prediction matches [0.5]")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+    p = sub.add_parser(
+        "review", parents=[common], help="fix masks in the browser with SAM clicks (a local web app; prints its URL)"
+    )
+    p.add_argument("dir", metavar="DIR", help="dataset folder written by samlabel label / convert")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on [127.0.0.1]; 0.0.0.0 opens it to the network"
+    )
+    p.add_argument("--port", type=int, default=8765, help="port [8765]; 0 = any free port (the printed URL has it)")
+    p.add_argument(
+        "--no-browser", action="store_true", help="do not open a browser (it opens only where there is a display)"
+    )
+    p.add_argument("--segmenter", metavar="W", help="SAM weights for clicks [the dataset's --segmenter]")
+    p.add_argument(
+        "--sam-arch", metavar="ARCH", help="SAM architecture when the file name does not say (mobile_sam ...)"
+    )
+    p.add_argument("--device", metavar="D", help="cpu, 0, cuda:0 ... [the dataset's --device]")
+    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), help="SAM runtime [the dataset's --runtime]")
     return parser
 
 
@@ -82,6 +100,11 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (resumed if unfinished)")
     p.add_argument("--config", metavar="FILE", help="YAML settings file (see configs/); flags override it")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset from a different run in DIR")
+    p.add_argument(
+        "--discard-reviews",
+        action="store_true",
+        help="with --overwrite: also replace images checked in samlabel review",
+    )
     _add_settings(p, command)
 
 
@@ -103,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out,
                 config=args.config,
                 overwrite=args.overwrite,
+                discard_reviews=args.discard_reviews,
                 progress=not args.quiet,
                 **_settings_kwargs(args),
             )
@@ -116,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 names=args.names.split(",") if args.names else None,
                 config=args.config,
                 overwrite=args.overwrite,
+                discard_reviews=args.discard_reviews,
                 progress=not args.quiet,
                 **_settings_kwargs(args),
             )
@@ -129,6 +154,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(write_report_html(Path(args.dir)))
         elif args.command == "evaluate":
             return _evaluate(args)
+        elif args.command == "review":
+            from pipeline.review import serve
+
+            serve(
+                args.dir,
+                host=args.host,
+                port=args.port,
+                open_browser=not args.no_browser,
+                segmenter=args.segmenter,
+                sam_arch=args.sam_arch,
+                device=args.device,
+                runtime=args.runtime,
+                on_ready=lambda url: print(f"review: {url}", flush=True),
+            )
     except SamlabelError as e:
         print(f"samlabel: error: {e}", file=sys.stderr)
         return 2

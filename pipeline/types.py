@@ -316,6 +316,7 @@ class ImageRecord:
         segmentations: per instance, its COCO ``segmentation`` as written (polygons or RLE).
         dropped: instances left out of the label files; ``dropped_reasons`` says why, one per instance.
         problems: problems that only the image file showed (labels made for another image size).
+        reviewed: a person checked the image in ``samlabel review`` (False in records written before review existed).
     """
 
     rel: str
@@ -331,6 +332,7 @@ class ImageRecord:
     dropped: Instances = field(default_factory=Instances.empty)
     dropped_reasons: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()
+    reviewed: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in ("ok", "skipped"):
@@ -361,6 +363,8 @@ class ImageRecord:
         ]
         out["dropped"] = [{**_instance_json(self.dropped, i), "reason": r} for i, r in enumerate(self.dropped_reasons)]
         out["problems"] = [p.to_dict() for p in self.problems]
+        if self.reviewed:  # only then: records of runs without review keep their exact form
+            out["reviewed"] = True
         return out
 
     @classmethod
@@ -378,6 +382,7 @@ class ImageRecord:
             dropped=_instances_from_json(dropped),
             dropped_reasons=tuple(d["reason"] for d in dropped),
             problems=tuple(Problem(**p) for p in data["problems"]),
+            reviewed=bool(data.get("reviewed", False)),
         )
 
 

@@ -99,6 +99,21 @@ def write_coco(path: Path, *, names: Sequence[str], images: Iterable[tuple[dict,
     Returns:
         (number of images, number of annotations).
     """
+    texts = ((to_json_text(image), [to_json_text(a) for a in annotations]) for image, annotations in images)
+    return write_coco_texts(path, names=names, images=texts)
+
+
+def to_json_text(entry: dict) -> str:
+    """An image or annotation as ``write_coco_texts`` takes it (its JSON, without the ids the writer assigns)."""
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def write_coco_texts(path: Path, *, names: Sequence[str], images: Iterable[tuple[str, list[str]]]) -> tuple[int, int]:
+    """``write_coco`` for entries already in JSON (``to_json_text``): the same bytes, without encoding them again.
+
+    A caller that keeps the texts of a split (``samlabel review`` saving one image) rewrites the file at the
+    cost of copying it.
+    """
     n_images = n_anns = 0
     with fsio.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write('{"info": {"description": "samlabel"}, "licenses": [],\n"categories": ')
@@ -109,13 +124,11 @@ def write_coco(path: Path, *, names: Sequence[str], images: Iterable[tuple[dict,
             with open(ann_file, "w+", encoding="utf-8") as anns:
                 for image, annotations in images:
                     n_images += 1
-                    f.write(
-                        ("," if n_images > 1 else "") + "\n" + json.dumps({"id": n_images, **image}, ensure_ascii=False)
-                    )
+                    f.write(("," if n_images > 1 else "") + "\n" + _with_ids(image, f'"id": {n_images}'))
                     for a in annotations:
                         n_anns += 1
                         anns.write(("," if n_anns > 1 else "") + "\n")
-                        anns.write(json.dumps({"id": n_anns, "image_id": n_images, **a}, ensure_ascii=False))
+                        anns.write(_with_ids(a, f'"id": {n_anns}, "image_id": {n_images}'))
                 f.write('\n],\n"annotations": [')
                 anns.seek(0)
                 while chunk := anns.read(1 << 20):
@@ -124,6 +137,11 @@ def write_coco(path: Path, *, names: Sequence[str], images: Iterable[tuple[dict,
             ann_file.unlink(missing_ok=True)
         f.write("\n]}\n")
     return n_images, n_anns
+
+
+def _with_ids(text: str, ids: str) -> str:
+    """``json.dumps({"id": ..., **entry})`` from ``json.dumps(entry)``: the ids first, as the dict would have them."""
+    return "{" + ids + ("}" if text == "{}" else ", " + text[1:])
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -59,6 +59,7 @@ def run_dataset(
     progress: bool = True,
     fingerprint_extra: dict | None = None,
     prelude: dict | None = None,
+    discard_reviews: bool = False,
 ) -> RunResult:
     """Process every item into the dataset at ``out`` and write data.yaml, COCO files and report.json.
 
@@ -74,6 +75,7 @@ def run_dataset(
         progress: show a progress bar.
         fingerprint_extra: more inputs that must match for a resume (e.g. the source dataset).
         prelude: findings from before the run (e.g. source problems) merged into the report.
+        discard_reviews: let ``overwrite`` clear images checked in ``samlabel review`` (refused otherwise).
 
     Raises:
         SamlabelError: ``out`` cannot be written, or holds a different run and ``overwrite`` is False.
@@ -84,7 +86,13 @@ def run_dataset(
     with run_state.locked(out):  # before anything is checked or cleared: two runs never interleave
         fp = run_state.fingerprint(command, settings, names, items, fingerprint_extra)
         state = run_state.prepare(
-            out, command=command, settings=settings, fingerprint=fp, names=names, overwrite=overwrite
+            out,
+            command=command,
+            settings=settings,
+            fingerprint=fp,
+            names=names,
+            overwrite=overwrite,
+            discard_reviews=discard_reviews,
         )
         journal = run_state.Journal(out)
         journal.drop_torn_tail()

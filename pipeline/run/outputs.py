@@ -118,11 +118,11 @@ def coco_annotations(record: ImageRecord) -> list[dict]:
 
 
 def _coco_extras(inst: Instances, i: int) -> dict:
-    """The extra annotation fields of instance ``i``: its quality signals (NaN ones left out) and any others."""
+    """The extra annotation fields of instance ``i``: its quality signals and any others (NaN / None left out)."""
     out = {}
     for key, values in inst.extras.items():
         value = values[i].tolist() if hasattr(values[i], "tolist") else values[i]
-        if isinstance(value, float) and np.isnan(value):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
             continue
         out[key] = value
     return out

@@ -46,12 +46,14 @@ class _Tally:
     flag_counts: Counter = field(default_factory=Counter)
     class_flags: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     flagged: list[dict] = field(default_factory=list)
+    reviewed: int = 0
 
     def add(self, offset: int, r: ImageRecord) -> None:
         if r.status != "ok":
             self.skipped.append({"source": r.source, "reason": r.reason})
             return
         self.offsets[r.split].append((r.name, offset))
+        self.reviewed += r.reviewed
         self.per_class[r.split].update(self.names[c] for c in r.instances.class_id)
         image = f"{r.split}/images/{r.name}"
         self.dropped += [
@@ -128,33 +130,20 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     newest: dict[str, tuple[int, ImageRecord]] = {}
     for offset, record in journal.records():
         if record.rel in wanted:
-            newest[record.rel] = (offset, _light(record))
-    tally = _Tally(names)
-    for _rel, (offset, record) in sorted(newest.items()):
-        tally.add(offset, record)
+            newest[record.rel] = (offset, light(record))
+    tally = tally_records(newest, names)
     splits = [s for s in SPLITS if tally.offsets.get(s)]
     data_yaml = to_data_yaml(names, splits)
     if splits:
         fsio.write_text(out / "data.yaml", yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True))
     if "coco" in settings.formats:
         for split in splits:
-            coco.write_coco(
-                out / split / coco.ROBOFLOW_NAME,
-                names=names,
-                images=_coco_images(journal, sorted(tally.offsets[split])),
-            )
-    per_class = tally.per_class
+            write_split_coco(out, split, names=names, tally=tally)
     report = {
         "command": state["command"],
         "names": list(names),
         "settings": state["settings"],
-        "images": {s: len(tally.offsets[s]) for s in splits},
-        "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
-        "instances_total": sum(sum(c.values()) for c in per_class.values()),
-        "skipped_images": tally.skipped,
-        "dropped_instances": tally.dropped,
-        "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
-        "quality": tally.quality(dataclasses.asdict(settings.quality_thresholds())),
+        **report_sections(tally, names=names, settings=settings),
         **prelude,
         "timings": timings,
     }
@@ -186,7 +175,40 @@ def _write_html(out: Path) -> None:
         LOGGER.warning("report.html not written (%s); rebuild it with `samlabel report %s`", e, out)
 
 
-def _light(record: ImageRecord) -> ImageRecord:
+def tally_records(newest: dict[str, tuple[int, ImageRecord]], names: Sequence[str]) -> _Tally:
+    """What the report counts, from the newest record of each image (rel -> (journal offset, record))."""
+    tally = _Tally(names)
+    for _rel, (offset, record) in sorted(newest.items()):
+        tally.add(offset, record)
+    return tally
+
+
+def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings) -> dict:
+    """The parts of report.json that come from the records (the rest: command, settings, source, timings)."""
+    splits = [s for s in SPLITS if tally.offsets.get(s)]
+    per_class = tally.per_class
+    return {
+        "images": {s: len(tally.offsets[s]) for s in splits},
+        "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
+        "instances_total": sum(sum(c.values()) for c in per_class.values()),
+        "reviewed_images": tally.reviewed,
+        "skipped_images": tally.skipped,
+        "dropped_instances": tally.dropped,
+        "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
+        "quality": tally.quality(dataclasses.asdict(settings.quality_thresholds())),
+    }
+
+
+def write_split_coco(out: Path, split: str, *, names: Sequence[str], tally: _Tally) -> None:
+    """Write ``out/<split>/_annotations.coco.json`` from the journal records the tally points at (atomic)."""
+    coco.write_coco(
+        out / split / coco.ROBOFLOW_NAME,
+        names=names,
+        images=_coco_images(Journal(out), sorted(tally.offsets[split])),
+    )
+
+
+def light(record: ImageRecord) -> ImageRecord:
     """The record without its segmentations and masks, which the report does not need (bounded memory)."""
     if record.status != "ok":
         return record
@@ -196,12 +218,19 @@ def _light(record: ImageRecord) -> ImageRecord:
     return replace(record, instances=inst, segmentations=(None,) * len(inst))
 
 
+def coco_image(record: ImageRecord) -> dict:
+    """A record's COCO ``images`` entry (the writer adds ``id``); ``reviewed: true`` once checked in review."""
+    image = {"file_name": record.name, "height": record.hw[0], "width": record.hw[1], "source": record.source}
+    if record.reviewed:
+        image["reviewed"] = True
+    return image
+
+
 def _coco_images(journal: Journal, entries: list[tuple[str, int]]) -> Iterator[tuple[dict, list[dict]]]:
     with open(journal.path, "rb") as f:
-        for name, offset in entries:
+        for _name, offset in entries:
             r = journal.read_at(f, offset)
-            image = {"file_name": name, "height": r.hw[0], "width": r.hw[1], "source": r.source}
-            yield image, coco_annotations(r)
+            yield coco_image(r), coco_annotations(r)
 
 
 def log_summary(out: Path, report: dict) -> None:

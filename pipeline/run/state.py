@@ -77,11 +77,14 @@ def refuse_foreign(out: Path, overwrite: bool) -> None:
         )
 
 
-def prepare(out: Path, *, command: str, settings: Settings, fingerprint: str, names, overwrite: bool) -> dict:
+def prepare(
+    out: Path, *, command: str, settings: Settings, fingerprint: str, names, overwrite: bool, discard_reviews=False
+) -> dict:
     """The state of the run in ``out``: the existing one when the fingerprint matches (resume), else a new one.
 
     Raises:
-        SamlabelError: ``out`` holds another run's dataset and ``overwrite`` is False.
+        SamlabelError: ``out`` holds another run's dataset and ``overwrite`` is False, or ``overwrite`` would
+            clear images checked in ``samlabel review`` and ``discard_reviews`` is False.
     """
     state_path = out / STATE_DIR / "state.json"
     if state_path.is_file():
@@ -96,6 +99,7 @@ def prepare(out: Path, *, command: str, settings: Settings, fingerprint: str, na
                 + "; refusing to mix two runs. Choose a new --out, or pass --overwrite to replace it"
             )
     if overwrite:
+        refuse_discarding_reviews(out, discard_reviews)
         clear(out)
     state = {
         "version": FORMAT_VERSION,
@@ -107,6 +111,23 @@ def prepare(out: Path, *, command: str, settings: Settings, fingerprint: str, na
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     fsio.write_text(state_path, json.dumps(state, indent=2, default=str) + "\n")
     return state
+
+
+def reviewed_images(out: Path) -> int:
+    """How many images of the dataset in ``out`` were checked in ``samlabel review`` (newest record of each)."""
+    newest = {rec.rel: rec.reviewed for _, rec in Journal(out).records()}
+    return sum(newest.values())
+
+
+def refuse_discarding_reviews(out: Path, discard_reviews: bool) -> None:
+    """``--overwrite`` clears the journal: refused while it holds reviewed images, unless ``--discard-reviews``."""
+    n = 0 if discard_reviews else reviewed_images(out)
+    if n:
+        raise SamlabelError(
+            f"{out} holds {n} image(s) reviewed in `samlabel review`; --overwrite would discard those reviews. "
+            "Pass --discard-reviews as well to replace them, or choose a new --out (a run without --overwrite "
+            "resumes and keeps them)"
+        )
 
 
 def clear(out: Path) -> None:

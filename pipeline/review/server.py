@@ -1,0 +1,579 @@
+"""``samlabel review``: a local web app (FastAPI) over a :class:`~pipeline.review.store.ReviewStore`.
+
+Everything the page does goes through the JSON API below, which scripts can use too. The API keeps no
+edit history: ``PUT /api/images/{id}`` replaces an image's whole state (its instances and reviewed mark)
+with what it is sent, guarded by the image's version; undo and redo live in the page, and undoing after
+a save is one more ``PUT`` of the earlier state. ``predict`` changes nothing on disk.
+
+Security: the app binds to 127.0.0.1 unless told otherwise; every request needs the token the server
+prints (``?token=`` on the page's first load sets an HttpOnly SameSite=Strict cookie; scripts send
+``Authorization: Bearer <token>``), compared in constant time, else 403. Clients name images and
+instances by id only, never by path; bodies are bounded (413 beyond); writes need a JSON body (415).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import mimetypes
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import webbrowser
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import SamlabelError
+from pipeline.images import load_image
+from pipeline.quality import FLAGS
+from pipeline.review import rle as rle_codec
+from pipeline.review.sam import Candidate, SamSession
+from pipeline.review.store import ImageNotFound, InstanceEdit, ReviewError, ReviewStore, VersionConflict
+
+LOGGER = logging.getLogger(__name__)
+
+#: Largest request body accepted (a PUT of a few hundred full-image RLEs fits easily).
+MAX_BODY = 8 * 1024 * 1024
+
+#: Most clicks one predict request may carry.
+MAX_POINTS = 64
+
+DEFAULT_PORT = 8765
+
+STATIC = Path(__file__).parent / "static"
+#: The only files the app serves besides the page and the dataset's images: name -> media type.
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+        b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+# ----------------------------------------------------------------------------------------- request bodies
+
+
+class RleBody(BaseModel):
+    size: list[int] = Field(min_length=2, max_length=2)
+    counts: str
+
+
+class InstanceBody(BaseModel):
+    """Other fields (what ``GET`` returns: ``bbox``, ``flags`` ...) are ignored, so a script can send back what it got."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: int | None = None
+    class_name: str = Field(alias="class")
+    rle: RleBody
+    box: list[float] | None = Field(default=None, min_length=4, max_length=4)
+
+
+class PutBody(BaseModel):
+    version: int
+    reviewed: bool | None = None  # None: unchanged
+    instances: list[InstanceBody] | None = None  # None: unchanged
+
+
+class PredictBody(BaseModel):
+    box: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    points: list[list[float]] = Field(default_factory=list, max_length=MAX_POINTS)
+    instance: int | None = None
+    mask: RleBody | None = None
+    multimask: bool | None = None
+
+
+# ----------------------------------------------------------------------------------------- the SAM side
+
+
+class Predictions:
+    """SAM's recent candidates by (image id, RLE counts): the logits that refine each one at the next click,
+    and the score that a save keeps when the mask it is sent is one of them."""
+
+    def __init__(self, *, logits: int = 96, scores: int = 4096) -> None:
+        self._logits: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._scores: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        self._caps = (logits, scores)
+        self._lock = threading.Lock()
+
+    def put(self, iid: str, counts: str, candidate: Candidate) -> None:
+        with self._lock:
+            for cache, value, cap in (
+                (self._logits, candidate.logits, self._caps[0]),
+                (self._scores, (candidate.score, candidate.stability), self._caps[1]),
+            ):
+                cache[(iid, counts)] = value
+                cache.move_to_end((iid, counts))
+                while len(cache) > cap:
+                    cache.popitem(last=False)
+
+    def logits(self, iid: str, counts: str) -> Any:
+        with self._lock:
+            return self._logits.get((iid, counts))
+
+    def scores(self, iid: str, counts: str) -> tuple[float, float] | None:
+        with self._lock:
+            return self._scores.get((iid, counts))
+
+
+class SamSlot:
+    """The SAM session, loaded in the background so the page opens at once (``predict`` answers 503 meanwhile)."""
+
+    def __init__(self, session: Any = None, *, loader: Callable[[], Any] | None = None, error: str | None = None):
+        self.session, self.error = session, error
+        self.ready = threading.Event()
+        if loader is None:
+            self.ready.set()
+            if session is None and error is None:
+                self.error = "no SAM model was given"
+            return
+
+        def load() -> None:
+            try:
+                self.session = loader()
+            except SamlabelError as e:
+                self.error = str(e)
+                LOGGER.warning("SAM not available, clicks and new objects are off: %s", e)
+            except Exception as e:  # noqa: BLE001 - any failure to build a model must leave the app usable
+                self.error = f"{type(e).__name__}: {e}"
+                LOGGER.warning("SAM not available, clicks and new objects are off: %s", self.error)
+            finally:
+                self.ready.set()
+
+        threading.Thread(target=load, name="samlabel-review-sam", daemon=True).start()
+
+    def status(self) -> str:
+        if not self.ready.is_set():
+            return "loading"
+        return "ready" if self.session is not None else "unavailable"
+
+    def get(self) -> Any:
+        if not self.ready.is_set():
+            raise _Unavailable("SAM is still loading; try again in a moment")
+        if self.session is None:
+            raise _Unavailable(f"SAM is not available: {self.error}")
+        return self.session
+
+
+class _Unavailable(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------- the app
+
+
+def create_app(
+    store: ReviewStore,
+    *,
+    token: str,
+    sam: Any = None,
+    sam_loader: Callable[[], Any] | None = None,
+    sam_error: str | None = None,
+    cookie: str = "samlabel_review",
+    max_body: int = MAX_BODY,
+) -> Guard:
+    """The review app around ``store``, behind the token guard (an ASGI app for uvicorn or TestClient).
+
+    Args:
+        store: the opened dataset.
+        token: the secret every request must carry.
+        sam: a ready SAM session (:class:`~pipeline.review.sam.SamSession` or an object with its methods).
+        sam_loader: builds one in the background instead (the page works without SAM until it is ready).
+        sam_error: why there is no SAM (shown in the page) when neither is given.
+        cookie: the name of the token cookie (one per port: cookies do not tell ports apart).
+        max_body: the largest request body in bytes (413 beyond).
+    """
+    slot = SamSlot(sam, loader=sam_loader, error=sam_error)
+    predictions = Predictions()
+    embedder = ThreadPoolExecutor(1, thread_name_prefix="samlabel-review-embed")
+    page = (STATIC / "index.html").read_bytes()
+    app = FastAPI(title="samlabel review", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ImageNotFound)
+    async def _not_found(_request: Request, e: ImageNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=404)
+
+    @app.exception_handler(VersionConflict)
+    async def _conflict(_request: Request, e: VersionConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(e), "version": e.current}, status_code=409)
+
+    @app.exception_handler(ReviewError)
+    async def _bad(_request: Request, e: ReviewError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(_Unavailable)
+    async def _unavailable(_request: Request, e: _Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=503)
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    @app.get("/static/{name}")
+    def asset(name: str) -> Response:
+        media = ASSETS.get(name)
+        if media is None:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        return Response((STATIC / name).read_bytes(), media_type=media)
+
+    @app.get("/api/meta")
+    def meta() -> dict:
+        from pipeline.report.thumbs import class_color
+
+        return {
+            "dataset": store.out.name,
+            "names": store.names,
+            "colors": [class_color(i).as_hex() for i in range(len(store.names))],
+            "flags": list(FLAGS),
+            "counts": store.counts(),
+            "sam": slot.status(),
+            "sam_error": slot.error,
+        }
+
+    @app.get("/api/images")
+    def images(
+        flag: str | None = None, split: str | None = None, reviewed: bool | None = None, class_name: str | None = None
+    ) -> list[dict]:
+        return store.images(flag=flag, class_name=class_name, split=split, reviewed=reviewed)
+
+    @app.get("/api/images/{iid}")
+    def image(iid: str) -> dict:
+        out = store.image(iid)
+        if slot.status() == "ready":  # encode it now, so the first click finds the embedding ready
+            embedder.submit(_embed, slot.session, store, iid)
+        return out
+
+    @app.get("/api/images/{iid}/image")
+    def image_file(iid: str) -> Response:
+        path = store.image_path(iid)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"cache-control": "private, no-cache"})
+
+    @app.post("/api/images/{iid}/predict")
+    def predict(iid: str, body: PredictBody) -> dict:
+        hw = store.hw(iid)
+        session = slot.get()
+        box, points, labels = _prompts(body)
+        mask, counts = None, None
+        if body.mask is not None:
+            try:
+                mask = rle_codec.decode(body.mask.model_dump(), hw)
+            except rle_codec.RleError as e:
+                raise ReviewError(f"mask: {e}") from None
+            counts = body.mask.counts
+        elif body.instance is not None:
+            mask = store.instance_mask(iid, body.instance)
+            counts = rle_codec.encode(mask, hw)["counts"]
+        mask_input = None
+        if mask is not None and mask.area:
+            mask_input = predictions.logits(iid, counts)
+            if mask_input is None:
+                mask_input = session.mask_input(mask, hw)
+        multimask = body.multimask if body.multimask is not None else len(body.points) <= 1
+        started = time.perf_counter()
+        _embed(session, store, iid)
+        candidates = session.predict(
+            iid, box=box, points=points, point_labels=labels, mask_input=mask_input, multimask=multimask
+        )
+        answers = []
+        for c in candidates:
+            rle = rle_codec.encode(c.mask, hw)
+            predictions.put(iid, rle["counts"], c)
+            answers.append({"rle": rle, "mask_score": _num(c.score), "stability_score": _num(c.stability)})
+        best = int(np.argmax([c.score for c in candidates]))
+        return {
+            **answers[best],
+            "chosen": best,
+            "candidates": answers,
+            "multimask": multimask,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    @app.put("/api/images/{iid}")
+    def put(iid: str, body: PutBody) -> dict:
+        if body.instances is None:
+            current = store.image(iid)["instances"]
+            edits = [InstanceEdit(i["id"], i["class"], i["rle"]) for i in current]
+        else:
+            edits = [
+                InstanceEdit(i.id, i.class_name, i.rle.model_dump(), i.box if i.box is None else list(i.box))
+                for i in body.instances
+            ]
+        reviewed = body.reviewed if body.reviewed is not None else store.reviewed(iid)
+        version = store.save(
+            iid,
+            version=body.version,
+            reviewed=reviewed,
+            instances=edits,
+            known_mask=lambda counts: predictions.scores(iid, counts),
+        )
+        return {"version": version}
+
+    return Guard(app, token=token, cookie=cookie, max_body=max_body, on_close=embedder.shutdown)
+
+
+def _embed(session: Any, store: ReviewStore, iid: str) -> None:
+    session.embed(iid, lambda: load_image(store.image_path(iid)).rgb)
+
+
+def _prompts(body: PredictBody) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The request's box (4,) and points (P, 2) with labels (P,), checked."""
+    if body.box is None and not body.points:
+        raise ReviewError("predict needs a box, points, or both")
+    box = None
+    if body.box is not None:
+        if not all(math.isfinite(v) for v in body.box) or not (body.box[0] < body.box[2] and body.box[1] < body.box[3]):
+            raise ReviewError(f"box {body.box} is not [x_min, y_min, x_max, y_max] with x_min < x_max, y_min < y_max")
+        box = np.asarray(body.box, dtype=np.float32)
+    if not body.points:
+        return box, None, None
+    if any(len(p) != 3 or not all(math.isfinite(v) for v in p) or p[2] not in (0, 1) for p in body.points):
+        raise ReviewError("points: expected [[x, y, 1 (positive) or 0 (negative)], ...] in image pixels")
+    arr = np.asarray(body.points, dtype=np.float32)
+    return box, arr[:, :2], arr[:, 2].astype(np.int32)
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+# ----------------------------------------------------------------------------------------- the guard
+
+
+class Guard:
+    """ASGI wrapper: token check (403), body limit (413), JSON bodies for writes (415), security headers."""
+
+    def __init__(self, app: FastAPI, *, token: str, cookie: str, max_body: int, on_close=None) -> None:
+        if len(token) < 16:
+            raise ValueError("token: expected at least 16 characters")
+        self.app, self.cookie, self.max_body = app, cookie, max_body
+        self._token = token.encode("utf-8")
+        self._on_close = on_close
+
+    def _matches(self, value: str | None) -> bool:
+        return value is not None and hmac.compare_digest(value.encode("utf-8", errors="replace"), self._token)
+
+    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if auth[:7].lower() == "bearer " and self._matches(auth[7:].strip()):
+            return True
+        jar = SimpleCookie()
+        try:
+            jar.load(headers.get(b"cookie", b"").decode("latin-1"))
+        except Exception:  # noqa: BLE001 - http.cookies raises CookieError and others on junk: not authorized
+            return False
+        morsel = jar.get(self.cookie)
+        return morsel is not None and self._matches(morsel.value)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                return await self.app(scope, receive, send)
+            return  # no websockets
+        headers = dict(scope.get("headers") or [])
+        if not self.authorized(headers):
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = (query.get("token") or [None])[0]
+            if scope["path"] == "/" and scope["method"] == "GET" and self._matches(given):
+                cookie = f"{self.cookie}={given}; HttpOnly; SameSite=Strict; Path=/"
+                return await _respond(send, 303, b"", [(b"location", b"/"), (b"set-cookie", cookie.encode())])
+            return await _respond(send, 403, b'{"detail":"forbidden: open the URL samlabel review printed"}')
+        method = scope["method"]
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media != b"application/json":
+                return await _respond(send, 415, b'{"detail":"send the body as application/json"}')
+            body = await _read_body(receive, self.max_body, headers)
+            if body is None:
+                return await _respond(send, 413, b'{"detail":"request body too large"}')
+            receive = _replay(body)
+
+        async def secured_send(message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [h for h in SECURITY_HEADERS if h[0] not in names]
+                if b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, secured_send)
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+
+
+async def _read_body(receive, limit: int, headers: dict[bytes, bytes]) -> bytes | None:
+    """The whole body, or None when it exceeds ``limit`` (by its Content-Length or as it arrives)."""
+    try:
+        declared = int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        return None
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head + (headers or []) + SECURITY_HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ----------------------------------------------------------------------------------------- serving
+
+
+def serve(
+    out: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    open_browser: bool = True,
+    segmenter: str | None = None,
+    sam_arch: str | None = None,
+    device: str | None = None,
+    runtime: str | None = None,
+    sam: Any = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the review app for the dataset at ``out`` until interrupted (Ctrl-C, SIGTERM).
+
+    Holds the dataset's run lock all along, so ``samlabel label`` / ``convert`` into it wait their turn.
+
+    Args:
+        out: the dataset folder (a finished samlabel run).
+        host: the address to listen on; anything but a loopback address is reachable from the network.
+        port: the port; 0 picks a free one (the URL passed to ``on_ready`` has the real one).
+        open_browser: open the page in a browser when this machine has a display.
+        segmenter, sam_arch, device, runtime: the SAM model for clicks and new objects; by default the
+            dataset's own (its run's ``--segmenter``, ``--device``, ``--runtime``).
+        sam: a ready SAM session instead (tests).
+        on_ready: called with the page's URL (token included) once the server listens.
+
+    Raises:
+        SamlabelError: not a finished samlabel dataset, another run holds it, or the port is taken.
+    """
+    import uvicorn
+
+    from pipeline.run.state import locked
+
+    out = Path(out)
+    if not out.is_dir():
+        raise SamlabelError(f"{out}: no such folder; give the dataset folder samlabel wrote")
+    with locked(out):
+        store = ReviewStore(out)
+        loader = None
+        if sam is None:
+            s = store.settings
+            weights, dev, rt = segmenter or s.segmenter, device or s.device, runtime or s.runtime
+            loader = lambda: SamSession.load(weights, arch=sam_arch, device=dev, runtime=rt)  # noqa: E731
+        sock = _bind(host, port)
+        real_port = sock.getsockname()[1]
+        token = secrets.token_urlsafe(32)
+        app = create_app(store, token=token, sam=sam, sam_loader=loader, cookie=f"samlabel_review_{real_port}")
+        if not _loopback(host):
+            LOGGER.warning(
+                "listening on %s: anyone on the network who has the token can view and edit this dataset", host
+            )
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{f'[{shown}]' if ':' in shown else shown}:{real_port}/?token={token}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        if on_ready is not None:
+            on_ready(url)
+        if open_browser and _has_display():
+            threading.Timer(0.5, webbrowser.open, [url]).start()
+        previous = _stop_signals()
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises the signal it shut down on: here it is the way to stop
+            pass
+        finally:
+            app.close()
+            sock.close()
+            store.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _stop_signals() -> dict:
+    """Make SIGTERM end the server like Ctrl-C does (uvicorn shuts down gracefully, then re-raises the
+    signal: with the default SIGTERM action the process would die before report.html is rebuilt)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    return {signal.SIGTERM: signal.signal(signal.SIGTERM, stop)}
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SamlabelError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pass --port 0 for any free port, or another --port"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _has_display() -> bool:
+    """A browser can open here (not a bare SSH session, where ``webbrowser`` would start a text browser)."""
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

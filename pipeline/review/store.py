@@ -1,0 +1,576 @@
+"""The dataset side of ``samlabel review``: the queue, one image's instances, and saving an edit durably.
+
+The journal (``.samlabel/journal.jsonl``, :mod:`pipeline.run.state`) stays the truth: the newest record
+of an image is what its files hold. Saving an image is, in this order:
+
+1. ``.samlabel/review-pending.json`` names the image (written, synced, renamed into place);
+2. the image's new ``ImageRecord`` is appended to the journal (written, flushed, synced): **the commit point**;
+3. its YOLO label file, the COCO file of its split and report.json are rewritten (each to a temporary
+   file, then renamed);
+4. the pending file is removed.
+
+A kill before step 2 loses the edit; after it, the edit is kept: opening the store again re-applies the
+newest record of a pending image (step 3, whichever record that is), so the files never lag behind the
+journal. report.html (thumbnails, slow) is rebuilt when the server stops, and at the next stop after a
+kill (``.samlabel/review-report-stale``).
+
+Versions: an image's version is the number of journal records it has. A save names the version it
+edited and is refused (:class:`VersionConflict`) if the image has changed since, so two tabs never
+overwrite each other silently. Images are known by an opaque id (a hash of their ``rel``), never by a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import fsio
+from pipeline.config import Settings, field_names
+from pipeline.errors import SamlabelError
+from pipeline.formats import coco, yolo
+from pipeline.formats.data_yaml import SPLITS
+from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
+from pipeline.quality import FLAGS
+from pipeline.review import rle as rle_codec
+from pipeline.run import report as run_report
+from pipeline.run.outputs import QUALITY_FIELDS, coco_annotations, with_quality
+from pipeline.run.state import STATE_DIR, Journal
+from pipeline.types import CropMask, ImageRecord
+
+LOGGER = logging.getLogger(__name__)
+
+PENDING = "review-pending.json"
+REPORT_STALE = "review-report-stale"
+
+#: What an edited instance's ``source`` extra (and its COCO annotation's ``source``) says.
+EDITED = "review"
+
+#: Why an instance deleted in review is listed under ``dropped_instances``.
+DELETED = "deleted in review"
+
+
+class ReviewError(SamlabelError, ValueError):
+    """An edit that cannot be applied as sent (the API answers 400 with this message)."""
+
+
+class ImageNotFound(ReviewError, KeyError):
+    """No image has this id (the API answers 404)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class VersionConflict(ReviewError):
+    """The image changed since the version the edit was made on (the API answers 409)."""
+
+    def __init__(self, sent: int, current: int) -> None:
+        super().__init__(
+            f"version {sent} is not the image's current version {current}: it was saved elsewhere since "
+            "(another tab or script); reload it and redo the edit"
+        )
+        self.current = current
+
+
+@dataclass(frozen=True)
+class InstanceEdit:
+    """One instance of an image as a save sends it.
+
+    Attributes:
+        id: the instance's id (``source_id``) when it is one the image has; None for a new instance.
+        class_name: its class, one of the dataset's names.
+        rle: its mask, COCO compressed RLE of the whole image (``{"size": [H, W], "counts": str}``).
+        box: its prompt box (x_min, y_min, x_max, y_max) in pixels; None keeps the instance's box
+            (a new instance gets its mask's tight box).
+    """
+
+    id: int | None
+    class_name: str
+    rle: dict
+    box: Sequence[float] | None = None
+
+
+@dataclass
+class _Entry:
+    """An image in the index: the newest record (without masks) and where it is in the journal."""
+
+    id: str
+    offset: int
+    version: int
+    record: ImageRecord  # light: no masks, no segmentations
+
+
+def image_id(rel: str) -> str:
+    """The opaque, stable id of an image: 12 hex digits of the SHA-256 of its ``rel``."""
+    return hashlib.sha256(rel.encode("utf-8")).hexdigest()[:12]
+
+
+class ReviewStore:
+    """A finished samlabel dataset opened for review; the caller holds the run lock (``run.state.locked``).
+
+    Opening reads the journal once (newest record of each image, without masks), cuts a torn last line,
+    and re-applies a save that a kill interrupted. All methods are thread-safe.
+
+    Raises:
+        SamlabelError: not a samlabel dataset, or a run that has not finished (its COCO files and
+            report.json are written at the end).
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        state_path = self.out / STATE_DIR / "state.json"
+        if not state_path.is_file():
+            raise SamlabelError(f"{self.out} is not a dataset written by samlabel (no {STATE_DIR}/state.json)")
+        self.state = json.loads(state_path.read_text(encoding="utf-8"))
+        known = set(field_names())
+        self.settings = Settings(**{k: v for k, v in self.state["settings"].items() if k in known})
+        self.names: list[str] = list(self.state["names"])
+        self.journal = Journal(self.out)
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._by_rel: dict[str, str] = {}
+        self._coco_texts: dict[str, dict[str, tuple[str, list[str]]]] = {}  # split -> rel -> JSON texts
+        self._skipped: dict[str, tuple[int, ImageRecord]] = {}  # images the run could not read
+        self.journal.drop_torn_tail()
+        self._drop_temp_files()
+        self._load()
+        self._check_finished()
+        self._recover()
+
+    # ------------------------------------------------------------------------------------- reading
+
+    def _load(self) -> None:
+        versions: dict[str, int] = defaultdict(int)
+        newest: dict[str, tuple[int, ImageRecord]] = {}
+        for offset, record in self.journal.records():
+            versions[record.rel] += 1
+            newest[record.rel] = (offset, run_report.light(record))
+        for rel, (offset, record) in sorted(newest.items()):
+            if record.status != "ok":
+                self._skipped[rel] = (offset, record)  # not reviewable, still counted in report.json
+                continue
+            iid = image_id(rel)
+            if iid in self._entries:
+                raise SamlabelError(f"{self.out}: images {rel!r} and {self._entries[iid].record.rel!r} share id {iid}")
+            self._entries[iid] = _Entry(iid, offset, versions[rel], record)
+            self._by_rel[rel] = iid
+
+    def _drop_temp_files(self) -> None:
+        """Remove what a killed writer left of its atomic writes (``fsio.atomic_path``: ``.<name>.<random>.tmp``).
+
+        The caller holds the run lock, so no writer is at work: every such file is an orphan.
+        """
+        folders = [self.out, self.out / STATE_DIR]
+        for split in SPLITS:
+            folders += [self.out / split, self.out / split / "labels"]
+        for folder in folders:
+            for pattern in (".*.tmp", ".*.anns"):
+                for path in folder.glob(pattern):
+                    if path.is_file():
+                        path.unlink(missing_ok=True)
+
+    def _check_finished(self) -> None:
+        try:
+            report = json.loads((self.out / "report.json").read_text(encoding="utf-8"))
+            listed = sum(report["images"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            listed = None
+        if listed != len(self._entries):
+            raise SamlabelError(
+                f"{self.out}: the run that writes this dataset has not finished (report.json lists "
+                f"{listed} images, the journal {len(self._entries)}); run the same samlabel command again "
+                "to finish it, then review"
+            )
+
+    def _entry(self, iid: str) -> _Entry:
+        entry = self._entries.get(iid) if isinstance(iid, str) else None
+        if entry is None:
+            raise ImageNotFound(f"no image with id {iid!r}")
+        return entry
+
+    def _full(self, entry: _Entry) -> ImageRecord:
+        with open(self.journal.path, "rb") as f:
+            return self.journal.read_at(f, entry.offset)
+
+    def record(self, iid: str) -> ImageRecord:
+        """The image's newest record, masks included."""
+        with self._lock:
+            return self._full(self._entry(iid))
+
+    def image_path(self, iid: str) -> Path:
+        """The image file in the dataset (``<split>/images/<name>``)."""
+        record = self._entry(iid).record
+        return self.out / record.split / "images" / record.name
+
+    def hw(self, iid: str) -> tuple[int, int]:
+        return self._entry(iid).record.hw
+
+    def version(self, iid: str) -> int:
+        return self._entry(iid).version
+
+    def reviewed(self, iid: str) -> bool:
+        return self._entry(iid).record.reviewed
+
+    def images(
+        self,
+        *,
+        flag: str | None = None,
+        class_name: str | None = None,
+        split: str | None = None,
+        reviewed: bool | None = None,
+    ) -> list[dict]:
+        """The queue: unreviewed before reviewed, flagged before unflagged, then split and file name.
+
+        Each entry: ``{"id", "file_name", "split", "instances", "flags", "flagged", "classes", "reviewed"}``
+        (``flags``: the flags its instances carry, in ``pipeline.quality.FLAGS`` order; ``flagged``: how
+        many instances carry one). The filters keep images with an instance of that flag / class, of
+        that split, reviewed or not.
+        """
+        with self._lock:
+            rows = [self._summary(e) for e in self._entries.values()]
+        rows = [
+            r
+            for r in rows
+            if (flag is None or flag in r["flags"])
+            and (class_name is None or class_name in r["classes"])
+            and (split is None or r["split"] == split)
+            and (reviewed is None or r["reviewed"] == reviewed)
+        ]
+        order = {s: i for i, s in enumerate(SPLITS)}
+        return sorted(rows, key=lambda r: (r["reviewed"], r["flagged"] == 0, order.get(r["split"], 9), r["file_name"]))
+
+    def _summary(self, e: _Entry) -> dict:
+        inst = e.record.instances
+        flags = inst.extras.get("flags", [[]] * len(inst))
+        present = {f for fl in flags for f in fl}
+        return {
+            "id": e.id,
+            "file_name": e.record.name,
+            "split": e.record.split,
+            "instances": len(inst),
+            "flags": [f for f in FLAGS if f in present],
+            "flagged": sum(1 for fl in flags if fl),
+            "classes": sorted({self.names[int(c)] for c in inst.class_id}),
+            "reviewed": e.record.reviewed,
+        }
+
+    def counts(self) -> dict:
+        """``{"images", "reviewed", "flagged_images", "flags": {flag: images}, "classes": {name: images},
+        "splits": {split: images}}`` over the whole dataset."""
+        rows = self.images()
+        per_flag = {f: sum(f in r["flags"] for r in rows) for f in FLAGS}
+        return {
+            "images": len(rows),
+            "reviewed": sum(r["reviewed"] for r in rows),
+            "flagged_images": sum(r["flagged"] > 0 for r in rows),
+            "flags": {f: n for f, n in per_flag.items() if n},
+            "classes": {n: sum(n in r["classes"] for r in rows) for n in self.names},
+            "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS if any(r["split"] == s for r in rows)},
+        }
+
+    def image(self, iid: str) -> dict:
+        """One image for the API: size, version, reviewed, and every instance with its mask as full-image RLE.
+
+        Instances: ``{"id", "class", "class_id", "rle", "bbox" (the mask's tight box, COCO xywh), "box"
+        (the prompt box, xyxy), "mask_score", "confidence", "flags", "signals", "edited"}``; scores that
+        are not known are null.
+        """
+        with self._lock:
+            entry = self._entry(iid)
+            record = self._full(entry)
+        inst = record.instances
+        signals = [k for k in QUALITY_FIELDS if k != "flags"]
+        out = []
+        for i in range(len(inst)):
+            mask = inst.masks[i]
+            x0, y0, x1, y1 = mask.xyxy
+            extras = {k: _plain(v[i]) for k, v in inst.extras.items()}
+            out.append(
+                {
+                    "id": int(inst.source_id[i]),
+                    "class": self.names[int(inst.class_id[i])],
+                    "class_id": int(inst.class_id[i]),
+                    "rle": rle_codec.encode(mask, record.hw),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "box": [round(float(v), 3) for v in inst.xyxy[i]],
+                    "mask_score": _plain(inst.mask_score[i]),
+                    "confidence": _plain(inst.confidence[i]),
+                    "flags": list(extras.get("flags") or []),
+                    "signals": {k: extras[k] for k in signals if extras.get(k) is not None},
+                    "edited": extras.get("source") == EDITED,
+                }
+            )
+        return {
+            "id": iid,
+            "file_name": record.name,
+            "split": record.split,
+            "width": record.hw[1],
+            "height": record.hw[0],
+            "version": entry.version,
+            "reviewed": record.reviewed,
+            "instances": out,
+        }
+
+    def instance_mask(self, iid: str, instance: int) -> CropMask:
+        """The saved mask of one instance of an image."""
+        record = self.record(iid)
+        hits = np.flatnonzero(record.instances.source_id == instance)
+        if not hits.size:
+            raise ReviewError(f"instance {instance} is not an instance of image {iid}")
+        return record.instances.masks[int(hits[0])]
+
+    # ------------------------------------------------------------------------------------- saving
+
+    def save(
+        self,
+        iid: str,
+        *,
+        version: int,
+        reviewed: bool,
+        instances: Sequence[InstanceEdit],
+        known_mask: Callable[[str], tuple[float, float] | None] | None = None,
+    ) -> int:
+        """Replace the image's instances and reviewed mark with those given; returns the new version.
+
+        An instance is *edited* when it is new or its class, mask or box changed: it gets ``source: "review"``,
+        and a changed mask the score SAM gave it in this session (``known_mask(rle counts)`` -> ``(mask_score,
+        stability_score)``) or none. Instances left out are deleted (kept in the record's ``dropped`` with
+        the reason ``deleted in review``). Quality signals and flags are recomputed for the image, and no
+        instance is dropped for its flags (a person has seen it).
+
+        Raises:
+            ImageNotFound: no such image.
+            VersionConflict: ``version`` is not the image's current version.
+            ReviewError: an instance that cannot be applied (unknown class or id, bad or empty mask, bad box).
+        """
+        with self._lock:
+            entry = self._entry(iid)
+            if version != entry.version:
+                raise VersionConflict(version, entry.version)
+            old = self._full(entry)
+            record, lines = self._edited(old, instances, reviewed=bool(reviewed), known_mask=known_mask)
+            if record.to_json() != old.to_json():  # saving what is there already changes nothing
+                self._commit(entry, record, lines)
+            return entry.version
+
+    def _edited(
+        self, old: ImageRecord, edits: Sequence[InstanceEdit], *, reviewed: bool, known_mask=None
+    ) -> tuple[ImageRecord, list[str]]:
+        """The record after the edit, and its YOLO label lines."""
+        known_mask = known_mask or (lambda _counts: None)
+        data = old.to_json()
+        hw = old.hw
+        rows = {row["id"]: row for row in data["instances"]}
+        stored = {int(sid): old.instances.masks[i] for i, sid in enumerate(old.instances.source_id)}
+        ids = [r["id"] for r in data["instances"]] + [r["id"] for r in data["dropped"]]
+        next_id = max(ids, default=-1) + 1
+        new_rows, seen = [], set()
+        for k, e in enumerate(edits):
+            where = f"instances[{k}]"
+            if e.class_name not in self.names:
+                raise ReviewError(f"{where}: class {e.class_name!r} is not one of the dataset's {self.names}")
+            class_id = self.names.index(e.class_name)
+            if e.id is None:
+                row, edited = None, True
+            elif e.id in seen:
+                raise ReviewError(f"{where}: instance id {e.id} is given twice")
+            elif e.id not in rows:
+                raise ReviewError(f"{where}: instance id {e.id} is not in this image; leave id out for a new instance")
+            else:
+                row, edited = dict(rows[e.id]), False
+                seen.add(e.id)
+            mask, mask_changed = _mask_of(where, e.rle, hw, stored.get(e.id) if row else None)
+            if mask.area == 0:
+                raise ReviewError(f"{where}: the mask is empty; leave the instance out to delete it")
+            box = _box_of(where, e.box, hw)
+            if row is None:
+                row = {"id": next_id, "xyxy": list(box or mask.xyxy), "confidence": None, "mask_score": None,
+                       "extras": {}}  # fmt: skip
+                next_id += 1
+            extras = dict(row["extras"])
+            if box is not None and not np.allclose(box, row["xyxy"], atol=1e-3):
+                row["xyxy"], edited = [float(v) for v in box], True
+            if class_id != row.get("class_id", class_id):
+                row["confidence"], edited = None, True  # the detector's confidence was for another class
+            if mask_changed:
+                score, stability = known_mask(e.rle["counts"]) or (None, None)
+                row["mask_score"], extras["stability_score"], edited = score, stability, True
+            if edited:
+                extras["source"] = EDITED
+            row.update(class_id=class_id, mask=mask.to_json(), extras=extras, segmentation=None)
+            new_rows.append(row)
+        deleted = [{**rows[i], "reason": DELETED} for i in rows if i not in seen]
+        dropped = data["dropped"] + [{k: v for k, v in r.items() if k != "segmentation"} for r in deleted]
+        _same_extras(new_rows)
+        _same_extras(dropped)
+        record = ImageRecord.from_json({**data, "instances": new_rows, "dropped": dropped, "reviewed": reviewed})
+        inst = with_quality(record.instances, hw, self.settings)
+        segmentations, lines = [], []
+        for i in range(len(inst)):
+            parts = mask_to_polygons(inst.masks[i], tolerance=self.settings.simplify)
+            if not parts:
+                raise ReviewError(f"instances[{i}]: the mask has no outline (too small); draw it larger")
+            rle = mask_to_rle(inst.masks[i], hw) if self.settings.coco_masks == "rle" else None
+            segmentations.append(coco.to_segmentation(parts if rle is None else None, rle))
+            lines.append(yolo.to_line(int(inst.class_id[i]), merge_polygons(parts), hw))
+        return dataclasses.replace(record, instances=inst, segmentations=tuple(segmentations)), lines
+
+    def _lines(self, record: ImageRecord) -> list[str]:
+        """The YOLO label lines of a record (as ``run.outputs.to_record`` writes them)."""
+        inst, tolerance = record.instances, self.settings.simplify
+        return [
+            yolo.to_line(int(inst.class_id[i]), merge_polygons(mask_to_polygons(m, tolerance=tolerance)), record.hw)
+            for i, m in enumerate(inst.masks)
+        ]
+
+    def _commit(self, entry: _Entry, record: ImageRecord, lines: list[str]) -> None:
+        _write_synced(self.out / STATE_DIR / PENDING, json.dumps({"rel": record.rel}) + "\n")
+        offset = self.journal.path.stat().st_size
+        with self.journal.appender() as append:
+            append(record)  # the commit point
+        entry.offset, entry.version, entry.record = offset, entry.version + 1, run_report.light(record)
+        self._apply(record, lines)
+
+    def _apply(self, record: ImageRecord, lines: list[str]) -> None:
+        """Bring the image's label file, its split's COCO file and report.json in line with the journal."""
+        if "yolo" in self.settings.formats:
+            yolo.write_label_file(self.out / record.split / "labels" / (Path(record.name).stem + ".txt"), lines)
+        newest = {**self._skipped, **{e.record.rel: (e.offset, e.record) for e in self._entries.values()}}
+        tally = run_report.tally_records(newest, self.names)
+        if "coco" in self.settings.formats:
+            self._write_coco(record)
+        report_path = self.out / "report.json"
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report.update(run_report.report_sections(tally, names=self.names, settings=self.settings))
+        fsio.write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+        (self.out / STATE_DIR / REPORT_STALE).touch()
+        (self.out / STATE_DIR / PENDING).unlink(missing_ok=True)
+
+    def _write_coco(self, record: ImageRecord) -> None:
+        """Rewrite the COCO file of the record's split (what ``run.report.finalize`` writes, byte for byte).
+
+        The JSON of each image of the split and of its annotations is kept once made (the first save in a
+        split reads the split's records from the journal), so a save re-encodes one image, not the split:
+        memory is about the size of the COCO files edited.
+        """
+        split = record.split
+        texts = self._coco_texts.get(split)
+        if texts is None:
+            texts = self._coco_texts[split] = {}
+            with open(self.journal.path, "rb") as f:
+                for e in self._entries.values():
+                    if e.record.split == split and e.record.rel != record.rel:
+                        texts[e.record.rel] = _coco_texts(self.journal.read_at(f, e.offset))
+        texts[record.rel] = _coco_texts(record)
+        order = sorted(texts, key=lambda rel: self._entries[self._by_rel[rel]].record.name)
+        coco.write_coco_texts(
+            self.out / split / coco.ROBOFLOW_NAME, names=self.names, images=(texts[rel] for rel in order)
+        )
+
+    def _recover(self) -> None:
+        """Finish a save a kill interrupted: re-apply the newest record of the pending image."""
+        pending = self.out / STATE_DIR / PENDING
+        try:
+            rel = json.loads(pending.read_text(encoding="utf-8"))["rel"]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            rel = None  # torn before its rename: the save had not reached the journal
+        iid = self._by_rel.get(rel) if isinstance(rel, str) else None
+        if iid is None:
+            pending.unlink(missing_ok=True)
+            return
+        record = self._full(self._entries[iid])
+        LOGGER.info("re-applying the last saved edit of %s (the server stopped during the save)", record.name)
+        self._apply(record, self._lines(record))
+
+    def close(self) -> None:
+        """Rebuild report.html if saves changed the dataset since it was written (slow: thumbnails)."""
+        stale = self.out / STATE_DIR / REPORT_STALE
+        if not stale.exists():
+            return
+        from pipeline.report import write_report_html
+
+        try:
+            write_report_html(self.out)
+        except (OSError, ValueError, SamlabelError) as e:
+            LOGGER.warning("report.html not rebuilt (%s); rebuild it with `samlabel report %s`", e, self.out)
+            return
+        stale.unlink(missing_ok=True)
+
+
+def _coco_texts(record: ImageRecord) -> tuple[str, list[str]]:
+    """A record's COCO image entry and annotations as JSON texts (``formats.coco.to_json_text``)."""
+    image = coco.to_json_text(run_report.coco_image(record))
+    return image, [coco.to_json_text(a) for a in coco_annotations(record)]
+
+
+def _mask_of(where: str, rle: object, hw: tuple[int, int], stored: CropMask | None) -> tuple[CropMask, bool]:
+    """The mask an edit sends, and whether it differs from the stored one (unchanged masks are not decoded)."""
+    if stored is not None and isinstance(rle, dict) and rle == rle_codec.encode(stored, hw):
+        return stored, False
+    try:
+        mask = rle_codec.decode(rle, hw)
+    except rle_codec.RleError as e:
+        raise ReviewError(f"{where}: rle: {e}") from None
+    return mask, stored is None or mask != stored
+
+
+def _box_of(where: str, box: Sequence[float] | None, hw: tuple[int, int]) -> list[float] | None:
+    if box is None:
+        return None
+    try:
+        xyxy = [float(v) for v in box]
+    except (TypeError, ValueError):
+        xyxy = []
+    h, w = hw
+    if (
+        len(xyxy) != 4
+        or not all(math.isfinite(v) for v in xyxy)
+        or not (xyxy[0] < xyxy[2] and xyxy[1] < xyxy[3])
+        or min(xyxy) < -max(h, w)
+        or max(xyxy) > 2 * max(h, w)
+    ):
+        raise ReviewError(f"{where}: box {box!r} is not [x_min, y_min, x_max, y_max] with x_min < x_max, y_min < y_max")
+    return xyxy
+
+
+def _same_extras(rows: list[dict]) -> None:
+    """Give every row the same extras keys (None where a row has none), as ``ImageRecord.from_json`` reads them."""
+    keys = sorted({k for r in rows for k in r["extras"]})
+    for r in rows:
+        r["extras"] = {k: r["extras"].get(k) for k in keys}
+
+
+def _plain(value):
+    """A numpy value as JSON: NaN as None."""
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """Write ``path`` atomically and durably (synced file, then synced folder)."""
+    with fsio.atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    with contextlib.suppress(OSError):  # not every file system syncs folders
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,377 @@
+"""The review API (FastAPI TestClient, fake SAM): security, ids, limits, versions, and what a save writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.masks import mask_to_rle
+from pipeline.review import server as review_server
+from pipeline.review.server import create_app
+from pipeline.review.store import ReviewStore, image_id
+from pipeline.types import CropMask
+from tests.helpers import assert_valid, check_yolo_matches_coco
+from tests.review_helpers import (
+    TOKEN,
+    FakeSamSession,
+    TestClient,
+    coco_image,
+    copy_dataset,
+    journal_lines,
+    make_dataset,
+)
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("review"))
+
+
+@pytest.fixture
+def out(base, tmp_path):
+    return copy_dataset(base, tmp_path / "copy")
+
+
+@pytest.fixture
+def sam():
+    return FakeSamSession()
+
+
+@pytest.fixture
+def client(out, sam):
+    return TestClient(create_app(ReviewStore(out), token=TOKEN, sam=sam), headers=AUTH)
+
+
+def _first_flagged(client) -> dict:
+    queue = client.get("/api/images").json()
+    return client.get(f"/api/images/{queue[0]['id']}").json()
+
+
+def _as_put(image: dict, **changes) -> dict:
+    return {
+        "version": image["version"],
+        "instances": [{"id": i["id"], "class": i["class"], "rle": i["rle"]} for i in image["instances"]],
+        **changes,
+    }
+
+
+# ----------------------------------------------------------------------------------------- security
+
+
+def test_every_request_needs_the_token(out, sam):
+    app = create_app(ReviewStore(out), token=TOKEN, sam=sam)
+    iid = image_id("a.jpg")
+    requests = [
+        ("GET", "/"),
+        ("GET", "/static/app.js"),
+        ("GET", "/api/meta"),
+        ("GET", "/api/images"),
+        ("GET", f"/api/images/{iid}"),
+        ("GET", f"/api/images/{iid}/image"),
+        ("POST", f"/api/images/{iid}/predict"),
+        ("PUT", f"/api/images/{iid}"),
+        ("GET", "/no/such/route"),
+    ]
+    anonymous, wrong = TestClient(app), TestClient(app, headers={"authorization": "Bearer " + "x" * len(TOKEN)})
+    for method, path in requests:
+        for c in (anonymous, wrong):
+            r = c.request(method, path, json={} if method in ("POST", "PUT") else None)
+            assert r.status_code == 403, (method, path, r.status_code)
+            assert "token" not in r.text.lower() or "printed" in r.text
+    # a token in the query only opens the page, and only there
+    assert anonymous.get("/api/images", params={"token": TOKEN}).status_code == 403
+    assert TestClient(app, cookies={"samlabel_review": "nope"}).get("/api/meta").status_code == 403
+
+
+def test_page_token_sets_a_strict_httponly_cookie_then_the_cookie_is_enough(out, sam):
+    c = TestClient(create_app(ReviewStore(out), token=TOKEN, sam=sam))
+    r = c.get("/", params={"token": TOKEN}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"  # the token leaves the address bar
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"samlabel_review={TOKEN};")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert c.get("/").status_code == 200  # the client kept the cookie
+    assert c.get("/api/meta").json()["names"] == ["ball", "cube", "cone"]
+    page = c.get("/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert c.get("/", params={"token": "wrong-token-0123456789"}, follow_redirects=False).status_code != 303
+
+
+def test_token_compared_in_constant_time(out, sam, monkeypatch):
+    seen = []
+    real = review_server.hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(review_server.hmac, "compare_digest", spy)
+    c = TestClient(create_app(ReviewStore(out), token=TOKEN, sam=sam))
+    assert c.get("/api/meta", headers=AUTH).status_code == 200
+    assert c.get("/api/meta", headers={"authorization": "Bearer guess"}).status_code == 403
+    assert (b"guess", TOKEN.encode()) in seen and (TOKEN.encode(), TOKEN.encode()) in seen
+
+
+@pytest.mark.parametrize(
+    "iid",
+    [
+        "..%2Fdata.yaml",  # a path, percent-encoded
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "a_509b0d46.jpg",  # an image's file name is not its id
+        "train%2Fimages%2Fa_509b0d46.jpg",
+        "509B0D4641A7",  # ids are exact
+        "%00",
+    ],
+)
+def test_ids_only_path_like_ids_are_404(client, iid):
+    for path in (f"/api/images/{iid}", f"/api/images/{iid}/image"):
+        assert client.get(path).status_code == 404, path
+    assert client.put(f"/api/images/{iid}", json={"version": 1}).status_code == 404
+
+
+def test_static_files_are_a_fixed_list(client):
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    for name in ("index.html", "..%2Fstore.py", "%2E%2E%2F__init__.py", "app.js%00"):
+        assert client.get(f"/static/{name}").status_code == 404, name
+    assert client.get("/static/../review/store.py").status_code == 404
+
+
+def test_body_limit_and_json_only(out, sam):
+    c = TestClient(create_app(ReviewStore(out), token=TOKEN, sam=sam, max_body=1000), headers=AUTH)
+    iid = c.get("/api/images").json()[0]["id"]
+    big = json.dumps({"version": 1, "pad": "x" * 2000})
+    r = c.put(f"/api/images/{iid}", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    chunks = (b"x" * 300 for _ in range(5))  # no Content-Length: counted as it arrives
+    r = c.put(f"/api/images/{iid}", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = c.put(f"/api/images/{iid}", content=b"{}", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    assert journal_lines(out) == 6  # nothing written
+
+
+# ----------------------------------------------------------------------------------------- queue and image
+
+
+def test_queue_flagged_first_reviewed_last_and_filters(client):
+    queue = client.get("/api/images").json()
+    assert len(queue) == 6
+    flagged = [q["flagged"] > 0 for q in queue]
+    assert flagged == sorted(flagged, reverse=True) and flagged[0] and not flagged[-1]
+    assert set(queue[0]) == {"id", "file_name", "split", "instances", "flags", "flagged", "classes", "reviewed"}
+    assert all(q["flags"] == ["underfills_box"] for q in queue if q["flagged"])
+    by_flag = client.get("/api/images", params={"flag": "underfills_box"}).json()
+    assert [q["id"] for q in by_flag] == [q["id"] for q in queue if q["flagged"]]
+    assert all("cone" in q["classes"] for q in client.get("/api/images", params={"class_name": "cone"}).json())
+    assert [q["split"] for q in client.get("/api/images", params={"split": "valid"}).json()] == ["valid"]
+    first = client.get(f"/api/images/{queue[0]['id']}").json()
+    assert (
+        client.put(f"/api/images/{first['id']}", json={"version": first["version"], "reviewed": True}).status_code
+        == 200
+    )
+    after = client.get("/api/images").json()
+    assert after[-1]["id"] == first["id"] and after[-1]["reviewed"]  # done: to the end of the queue
+    assert [q["id"] for q in client.get("/api/images", params={"reviewed": "true"}).json()] == [first["id"]]
+    counts = client.get("/api/meta").json()["counts"]
+    assert counts["images"] == 6 and counts["reviewed"] == 1 and counts["flagged_images"] == 2
+
+
+def test_image_payload(client, out):
+    image = _first_flagged(client)
+    assert {"id", "width", "height", "version", "reviewed", "instances", "file_name", "split"} <= set(image)
+    assert image["version"] == 1 and image["reviewed"] is False
+    inst = image["instances"][0]
+    assert {"id", "class", "rle", "bbox", "mask_score", "flags"} <= set(inst)
+    coco_img, anns = coco_image(out, image["split"], image["file_name"])
+    assert [i["id"] for i in image["instances"]] == [a["source_id"] for a in anns]
+    assert [i["bbox"] for i in image["instances"]] == [a["bbox"] for a in anns]
+    assert inst["rle"]["size"] == [image["height"], image["width"]] and isinstance(inst["rle"]["counts"], str)
+    data = client.get(f"/api/images/{image['id']}/image")
+    assert (
+        data.status_code == 200 and data.content == (out / image["split"] / "images" / image["file_name"]).read_bytes()
+    )
+
+
+# ----------------------------------------------------------------------------------------- predict
+
+
+def test_predict_box_and_clicks(client, sam):
+    image = _first_flagged(client)
+    inst = image["instances"][0]
+    url = f"/api/images/{image['id']}/predict"
+    x0, y0, x1, y1 = inst["box"]
+    one = client.post(url, json={"box": inst["box"], "points": [[x0 + 2, y0 + 2, 1]], "instance": inst["id"]}).json()
+    assert len(one["candidates"]) == 3 and one["chosen"] == 1 and one["multimask"]  # one click: ambiguous
+    assert one["rle"] == one["candidates"][1]["rle"] and one["mask_score"] == 0.9
+    call = sam.calls[-1]
+    assert call["box"].tolist() == inst["box"] and call["labels"].tolist() == [1]
+    assert call["mask_input"].shape == (256, 256)  # the saved mask, as logits (SAM did not make it here)
+    points = [[x0 + 2, y0 + 2, 1], [x1 - 2, y1 - 2, 0]]
+    two = client.post(url, json={"box": inst["box"], "points": points, "mask": one["rle"]}).json()
+    assert len(two["candidates"]) == 1 and not two["multimask"]  # several clicks: one mask, as SAM advises
+    assert sam.calls[-1]["mask_input"] is not None
+    # the mask it was given is one SAM made: its own logits come back as the mask input
+    kept = sam.calls[-1]["mask_input"]
+    assert np.array_equal(kept, np.where(kept > 0, 5.0, -5.0))  # the fake's logits are +-5, mask_logits' +-6.9
+    assert sam.encoded == [image["id"]]  # one embedding for all the clicks
+    forced = client.post(url, json={"box": inst["box"], "points": points, "multimask": True}).json()
+    assert len(forced["candidates"]) == 3
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "box, points"),
+        ({"points": [[1, 2, 3]]}, "points"),
+        ({"points": [[1, 2]]}, "points"),
+        ({"box": [10, 10, 5, 20]}, "x_min < x_max"),
+        ({"box": [1, 2, 3, 4], "mask": {"size": [1, 1], "counts": "0"}}, "size"),
+        ({"box": [1, 2, 3, 4], "instance": 99}, "instance 99"),
+    ],
+)
+def test_predict_refuses_bad_prompts(client, body, message):
+    image = _first_flagged(client)
+    r = client.post(f"/api/images/{image['id']}/predict", json=body)
+    assert r.status_code == 400 and message in r.json()["detail"], r.json()
+
+
+def test_predict_without_sam_is_503_and_the_rest_works(out):
+    c = TestClient(create_app(ReviewStore(out), token=TOKEN, sam_error="no weights"), headers=AUTH)
+    image = _first_flagged(c)
+    r = c.post(f"/api/images/{image['id']}/predict", json={"box": [1, 2, 30, 40]})
+    assert r.status_code == 503 and "no weights" in r.json()["detail"]
+    assert c.get("/api/meta").json()["sam"] == "unavailable"
+    assert c.put(f"/api/images/{image['id']}", json=_as_put(image, reviewed=True)).status_code == 200
+
+
+# ----------------------------------------------------------------------------------------- saving
+
+
+def test_version_conflict_is_409(client, out):
+    image = _first_flagged(client)
+    first = client.put(f"/api/images/{image['id']}", json=_as_put(image, reviewed=True))
+    assert first.status_code == 200 and first.json() == {"version": 2}
+    lines = journal_lines(out)
+    stale = _as_put(image, reviewed=False)  # a second tab, still on version 1
+    r = client.put(f"/api/images/{image['id']}", json=stale)
+    assert r.status_code == 409 and r.json()["version"] == 2 and "reload" in r.json()["detail"]
+    assert journal_lines(out) == lines
+    assert client.get(f"/api/images/{image['id']}").json()["reviewed"] is True
+
+
+def test_put_writes_yolo_coco_report_consistently(client, out):
+    image = _first_flagged(client)
+    iid, hw = image["id"], (image["height"], image["width"])
+    keep, recolour = image["instances"]
+    # a click re-decodes `keep`; `recolour` changes class; a missed object is added from a box
+    x0, y0, _, _ = keep["box"]
+    clicked = client.post(f"/api/images/{iid}/predict", json={"box": keep["box"], "points": [[x0 + 1, y0 + 1, 1]]})
+    added = client.post(f"/api/images/{iid}/predict", json={"box": [120, 80, 150, 110]}).json()
+    hand = CropMask(np.ones((6, 8), bool), 140, 5)  # drawn by hand: SAM never saw it
+    body = {
+        "version": image["version"],
+        "reviewed": True,
+        "instances": [
+            {"id": keep["id"], "class": keep["class"], "rle": clicked.json()["rle"], "box": keep["box"]},
+            {"id": recolour["id"], "class": "cone", "rle": recolour["rle"]},
+            {"class": "cube", "rle": added["rle"], "box": [120, 80, 150, 110]},
+            {"class": "ball", "rle": mask_to_rle(hand, hw)},
+        ],
+    }
+    r = client.put(f"/api/images/{iid}", json=body)
+    assert r.status_code == 200, r.json()
+    assert_valid(out)
+    assert check_yolo_matches_coco(out) == 8 + 2
+    coco_img, anns = coco_image(out, image["split"], image["file_name"])
+    assert coco_img["reviewed"] is True
+    assert [a["category_id"] - 1 for a in anns] == [0, 2, 1, 0]
+    assert [a.get("source") for a in anns] == ["review"] * 4
+    assert anns[0]["mask_score"] == 0.9 and anns[2]["mask_score"] == 0.9  # SAM's score, from this session
+    assert "mask_score" not in anns[3] and anns[3]["area"] == 48  # a hand-made mask has no SAM score
+    assert "confidence" not in anns[1]  # the detector's confidence was for another class
+    assert anns[3]["source_id"] == anns[2]["source_id"] + 1 > max(keep["id"], recolour["id"])
+    assert all("flags" in a and "box_fit" in a for a in anns)  # quality recomputed for every instance
+    label = (out / image["split"] / "labels" / (image["file_name"].rsplit(".", 1)[0] + ".txt")).read_text()
+    assert [int(line.split()[0]) for line in label.splitlines()] == [0, 2, 1, 0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["reviewed_images"] == 1 and report["instances_total"] == 10
+    assert report["command"] == "label" and "timings" in report  # the run's own parts are kept
+    again = client.get(f"/api/images/{iid}").json()
+    assert again["version"] == 2 and again["reviewed"] and [i["edited"] for i in again["instances"]] == [True] * 4
+
+
+def test_delete_is_listed_and_untouched_instances_keep_everything(client, out):
+    image = client.get(f"/api/images/{image_id('sub/b.JPG')}").json()
+    before_img, before = coco_image(out, image["split"], image["file_name"])
+    body = _as_put(image)
+    del body["instances"][1]
+    assert client.put(f"/api/images/{image['id']}", json=body).status_code == 200
+    assert_valid(out)
+    check_yolo_matches_coco(out)
+    img, anns = coco_image(out, image["split"], image["file_name"])
+    assert "reviewed" not in img  # saved, not marked reviewed
+    strip = lambda a: {k: v for k, v in a.items() if k not in ("id", "image_id")}  # noqa: E731
+    assert [strip(a) for a in anns] == [strip(before[0]), strip(before[2])]  # no `source`: not edited
+    report = json.loads((out / "report.json").read_text())
+    [gone] = [d for d in report["dropped_instances"] if d["reason"] == "deleted in review"]
+    assert gone["image"] == f"train/images/{image['file_name']}" and gone["source_id"] == image["instances"][1]["id"]
+
+
+def test_put_without_instances_marks_reviewed_only(client, out):
+    image = _first_flagged(client)
+    label = out / image["split"] / "labels" / (image["file_name"].rsplit(".", 1)[0] + ".txt")
+    before = label.read_bytes()
+    assert client.put(f"/api/images/{image['id']}", json={"version": 1, "reviewed": True}).json() == {"version": 2}
+    assert label.read_bytes() == before
+    assert coco_image(out, image["split"], image["file_name"])[0]["reviewed"] is True
+    assert_valid(out)
+
+
+def test_saving_the_same_state_changes_nothing(client, out):
+    image = _first_flagged(client)
+    lines = journal_lines(out)
+    assert client.put(f"/api/images/{image['id']}", json=_as_put(image)).json() == {"version": 1}
+    assert journal_lines(out) == lines
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda b: b["instances"][0].update({"class": "horse"}), "class 'horse'"),
+        (lambda b: b["instances"][0].update({"id": 77}), "id 77 is not in this image"),
+        (lambda b: b["instances"][1].update({"id": b["instances"][0]["id"]}), "given twice"),
+        (lambda b: b["instances"][0].update({"rle": {"size": [2, 2], "counts": "04"}}), "size"),
+        (lambda b: b["instances"][0]["rle"].update({"counts": "0" + b["instances"][0]["rle"]["counts"]}), "runs cover"),
+        (lambda b: b["instances"][0]["rle"].update({"counts": "~~"}), "alphabet"),
+        (lambda b: b["instances"][0].update({"box": [5, 5, 1, 9]}), "box"),
+        (lambda b: b["instances"][0].update({"box": [0, 0, 1e9, 5]}), "box"),
+    ],
+)
+def test_bad_edits_are_400_and_write_nothing(client, out, edit, message):
+    image = _first_flagged(client)
+    body = _as_put(image)
+    edit(body)
+    lines = journal_lines(out)
+    r = client.put(f"/api/images/{image['id']}", json=body)
+    assert r.status_code == 400 and message in r.json()["detail"], r.json()
+    assert journal_lines(out) == lines and not (out / ".samlabel" / "review-pending.json").exists()
+
+
+def test_empty_mask_is_refused(client, out):
+    image = _first_flagged(client)
+    body = _as_put(image)
+    body["instances"][0]["rle"] = mask_to_rle(CropMask(np.zeros((0, 0), bool)), (image["height"], image["width"]))
+    r = client.put(f"/api/images/{image['id']}", json=body)
+    assert r.status_code == 400 and "empty" in r.json()["detail"]
+
+
+def test_scripts_can_send_back_what_they_got(client, out):
+    image = _first_flagged(client)
+    body = {"version": image["version"], "reviewed": True, "instances": image["instances"]}  # bbox, flags ... ignored
+    assert client.put(f"/api/images/{image['id']}", json=body).status_code == 200
+    assert_valid(out)
