@@ -14,6 +14,7 @@ from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
+from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
 
@@ -151,8 +152,9 @@ def convert(
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
         needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
-        if needs_sam:
+        if needs_sam:  # refused now, in one line, rather than at the first image
             check_device(cfg.device)
+            resolve_weights(cfg.segmenter, flag="--segmenter")
         segmenter = _LazySegmenter(cfg)
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "validate":
             return _validate(args.dir)
     except SamlabelError as e:
-        print(f"samlabel: error: {e}", file=sys.stderr)
+        print(f"samlabel: error: {e.cli_message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)

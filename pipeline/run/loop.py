@@ -147,6 +147,8 @@ def _process(todo, *, out, journal, settings, detector, segmenter, command, prog
         except KeyboardInterrupt:
             LOGGER.error("interrupted: %d images are saved; run the same command again to resume", saved[0])
             raise
+        except SamlabelError:  # some are OSErrors too (weights not found): their own message, not a write failure
+            raise
         except OSError as e:
             raise SamlabelError(
                 f"writing to {out} failed ({e}); finished images are saved, free space or fix the "
