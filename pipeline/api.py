@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
+from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 from pipeline.weights import resolve_weights
 
@@ -100,6 +103,23 @@ def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:
     return value
 
 
+def _leave_no_folder_if_refused(fn):
+    """A call refused before its run starts leaves no ``out`` behind when it made it (a .zip extracts there)."""
+
+    @functools.wraps(fn)
+    def call(src, out, **kwargs):
+        fresh = not Path(out).exists()
+        try:
+            return fn(src, out, **kwargs)
+        except BaseException:
+            if fresh and not (Path(out) / STATE_DIR / "state.json").exists():  # no run started in it
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+    return call
+
+
+@_leave_no_folder_if_refused
 def convert(
     src: str | Path,
     out: str | Path,

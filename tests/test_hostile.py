@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import label
+from pipeline import convert, label
 from pipeline.errors import SamlabelError
 from tests.conftest import FakeDetector, FakeSegmenter, draw_scene
 from tests.helpers import assert_valid, coco_by_image
@@ -101,3 +101,29 @@ def test_nothing_written_outside_the_output_folder(tmp_path, image_folder):
     assert all(tmp_path / "out" in p.parents or p == tmp_path / "out" for p in after - before)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["images"] == {"train": 6}
+
+
+def _refused_runs():
+    from tests.roboflow import roboflow_yolo
+
+    def bad_zip(tmp_path):
+        (tmp_path / "export.zip").write_text("not a zip")
+        return tmp_path / "export.zip"
+
+    return {
+        "label: missing weights": lambda t, imgs: label(imgs, t / "a" / "b" / "out", detector="nowhere/best.pt"),
+        "label: bad source": lambda t, imgs: label(t / "nowhere", t / "a" / "b" / "out", detector=FakeDetector()),
+        "label: bad settings": lambda t, imgs: label(imgs, t / "a" / "b" / "out", split="train=0"),
+        "convert: bad source": lambda t, imgs: convert(t / "nowhere", t / "a" / "b" / "out"),
+        "convert: not a zip": lambda t, imgs: convert(bad_zip(t), t / "a" / "b" / "out"),
+        "convert: missing weights": lambda t, imgs: convert(
+            roboflow_yolo(t / "src"), t / "a" / "b" / "out", segmenter="nowhere/mobile_sam.pt"
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_refused_runs()))
+def test_a_refused_run_leaves_no_output_folder(tmp_path, image_folder, case):
+    with pytest.raises(SamlabelError):
+        _refused_runs()[case](tmp_path, image_folder)
+    assert not (tmp_path / "a").exists()

@@ -64,7 +64,7 @@ def run_dataset(
 
     Args:
         items: images with their output name and split (and source labels, for ``convert``).
-        out: dataset folder; created if missing.
+        out: dataset folder; created here if missing (not by the checks before).
         names: class names in class-id order.
         settings: run settings (formats, COCO encoding, simplification, resegment).
         segmenter: fills missing masks; may be ``None`` when every instance already has one.
@@ -79,7 +79,7 @@ def run_dataset(
         SamlabelError: ``out`` cannot be written, or holds a different run and ``overwrite`` is False.
     """
     out = Path(out)
-    run_state.check_writable(out)
+    run_state.create_out(out)  # the run starts: only now is the folder made
     run_state.refuse_foreign(out, overwrite)
     with run_state.locked(out):  # before anything is checked or cleared: two runs never interleave
         fp = run_state.fingerprint(command, settings, names, items, fingerprint_extra)

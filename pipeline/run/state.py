@@ -53,19 +53,41 @@ def _size(path: Path) -> int:
 
 
 def check_writable(out: str | Path) -> None:
-    """Create ``out`` if needed and prove it can be written, before any slow work starts.
+    """Prove ``out`` can be written, before any slow work starts, without creating it.
+
+    An existing folder is probed with a file; a missing one must have a writable nearest existing parent
+    (``create_out`` makes it when the run starts, so a refused run leaves no empty folder behind).
 
     Raises:
-        SamlabelError: it cannot be created or written.
+        SamlabelError: it cannot be written, or created.
     """
     out = Path(out)
+    if out.is_dir():
+        try:
+            probe = out / f".samlabel-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+        return
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if out.exists() or parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "it is not a folder" if out.exists() else f"{parent} is not a writable folder"
+        raise SamlabelError(f"output folder {out} cannot be written ({why}); choose another --out")
+
+
+def create_out(out: Path) -> None:
+    """Make ``out`` (and its parents) where the run starts; ``check_writable`` first.
+
+    Raises:
+        SamlabelError: it cannot be written or created.
+    """
+    check_writable(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".samlabel-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+    check_writable(out)
 
 
 def refuse_foreign(out: Path, overwrite: bool) -> None:
