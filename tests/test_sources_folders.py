@@ -105,3 +105,23 @@ def test_split_is_deterministic_and_stable_when_images_are_added():
     }
     share = sum(s == "train" for s in first.values()) / len(rels)
     assert 0.75 < share < 0.85
+
+
+@pytest.mark.parametrize("out, source", [(".", "."), (".", "sub"), (".", "sub/x.jpg"), (".", "sub/*.jpg")])
+def test_an_output_folder_that_is_or_holds_the_source_is_refused_in_one_line(tmp_path, out, source):
+    """``label src/ --out src/`` excludes every image as the output's own: said as what it is, not 'no images'."""
+    _touch(tmp_path, "a.jpg", "sub/x.jpg")
+    where = "is" if out == source else "contains"
+    with pytest.raises(SamlabelError, match=rf"^--out \S+ {where} the source \S+: the dataset would be written") as e:
+        find_images([tmp_path / source], exclude=tmp_path / out)
+    assert "\n" not in str(e.value)
+
+
+def test_label_into_the_source_folder_says_so(tmp_path):
+    from pipeline import label
+    from tests.conftest import FakeDetector, FakeSegmenter, make_photos
+
+    src = make_photos(tmp_path / "src")
+    with pytest.raises(SamlabelError, match="is the source"):
+        label(src, src, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert not (src / "train").exists() and not (src / ".samlabel").exists()

@@ -65,11 +65,14 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
     two sources never give two images the same identity.
 
     Raises:
-        SamlabelError: a source matches nothing that exists.
+        SamlabelError: a source matches nothing that exists, or is ``exclude`` or lies inside it (all its
+            images would be excluded).
     """
     found: dict[Path, str] = {}
     linked: dict[Path, bool] = {}  # whether the name kept for a file is a symlink's
     excluded = exclude.resolve() if exclude is not None else None
+    if excluded is not None:
+        _refuse_source_in_output(sources, exclude, excluded)
     labels = _source_labels(sources)
     for source, label in zip(sources, labels, strict=True):
         text = str(source)
@@ -102,6 +105,20 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
             if real not in found or (linked[real] and not p.is_symlink()):
                 found[real], linked[real] = (f"{label}/{rel}" if label else rel), p.is_symlink()
     return sorted(((p, rel) for p, rel in found.items()), key=lambda pr: (pr[1], str(pr[0])))
+
+
+def _refuse_source_in_output(sources: Sequence[str | Path], out: Path, excluded: Path) -> None:
+    """A source that is the output folder, or lies inside it, would give no image at all: say so in one line."""
+    for source in sources:
+        text = str(source)
+        path = Path(text)
+        root = (path if path.exists() else _glob_root(text)).resolve()
+        if root == excluded or excluded in root.parents:
+            where = "is" if root == excluded else "contains"
+            raise SamlabelError(
+                f"--out {out} {where} the source {text}: the dataset would be written among its own inputs, "
+                f"which are never read from it; choose an --out outside the source or a new folder inside it"
+            )
 
 
 def _source_labels(sources: Sequence[str | Path]) -> list[str]:
