@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.errors import SamlabelError
 from pipeline.formats.data_yaml import SPLITS, canonical_split
+from pipeline.formats.layout import holds_dataset
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.types import ImageItem
 
@@ -78,7 +79,7 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
         text = str(source)
         path = Path(text)
         if path.is_dir():
-            pairs = _walk(path)
+            pairs = _walk(path, excluded)
         elif path.is_file():
             pairs = [(path, path.name)] if _is_image(path) else []
             if not pairs:
@@ -86,10 +87,13 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
         elif glob.has_magic(text):
             root = _glob_root(text)
             pairs = []
+            in_dataset = _DatasetFolders(root, excluded)
             for match in sorted(glob.glob(text, recursive=True)):
                 p = Path(match)
+                if in_dataset(p if p.is_dir() else p.parent):
+                    continue
                 if p.is_dir():
-                    pairs += [(f, f"{p.relative_to(root).as_posix()}/{r}") for f, r in _walk(p)]
+                    pairs += [(f, f"{p.relative_to(root).as_posix()}/{r}") for f, r in _walk(p, excluded)]
                 elif p.is_file() and _is_image(p) and not _hidden(p.relative_to(root)):
                     pairs.append((p, p.relative_to(root).as_posix()))
         else:
@@ -184,8 +188,10 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def _walk(root: Path) -> list[tuple[Path, str]]:
-    """Images below ``root``; follows symlinked folders once each, so loops end."""
+def _walk(root: Path, exclude: Path | None = None) -> list[tuple[Path, str]]:
+    """Images below ``root``; follows symlinked folders once each, so loops end; does not go into a folder below
+    ``root`` that holds a dataset (a samlabel output, or any data.yaml + split folders): its images are copies.
+    Nor into ``exclude`` (the output folder), silently."""
     out, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -194,12 +200,44 @@ def _walk(root: Path) -> list[tuple[Path, str]]:
             dirnames[:] = []
             continue
         seen.add(real)
+        if exclude is not None and Path(real) == exclude:
+            dirnames[:] = []
+            continue
+        if Path(dirpath) != root and _skip_dataset(Path(dirpath)):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath, name)
             if not name.startswith(".") and _is_image(p) and p.is_file():
                 out.append((p, p.relative_to(root).as_posix()))
     return out
+
+
+def _skip_dataset(folder: Path) -> bool:
+    why = holds_dataset(folder)
+    if why:
+        LOGGER.info("%s: holds a dataset (%s); its images are not inputs (give it as a source to include them)",
+                    folder, why)  # fmt: skip
+    return why is not None
+
+
+class _DatasetFolders:
+    """Whether a folder below a glob's root is, or lies inside, a dataset folder (each folder checked once)."""
+
+    def __init__(self, root: Path, exclude: Path | None) -> None:
+        self.root = root.absolute()
+        self.exclude = exclude
+        self.known: dict[Path, bool] = {}
+
+    def __call__(self, folder: Path) -> bool:
+        folder = folder.absolute()
+        if folder == self.root or self.root not in folder.parents:
+            return False
+        if folder not in self.known:
+            own = self.exclude is not None and folder.resolve() == self.exclude  # the output: left out silently
+            self.known[folder] = self(folder.parent) or own or _skip_dataset(folder)
+        return self.known[folder]
 
 
 def _glob_root(pattern: str) -> Path:
