@@ -196,10 +196,18 @@ def convert(
 
 
 def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:
-    """The output folder must not be, contain, or lie inside the source dataset (or its image folder)."""
+    """The output folder must not be, contain, or lie inside the source dataset (or its image folder).
+
+    A data.yaml's dataset is its folder; a COCO json is the file alone (its images are ``--images``, checked
+    on their own), so a new folder beside it is fine, one that contains it is not.
+    """
     a, b = src.resolve(), out.resolve()
     if a.is_file() and a.suffix.lower() == ".zip":
         return  # read from the archive; extracted inside the output folder
+    if a.is_file() and a.suffix.lower() == ".json":
+        if b == a or b in a.parents:
+            raise SamlabelError(f"--out {out} overlaps {flag} {src} (it contains it); write the dataset elsewhere")
+        return
     root = a.parent if a.is_file() else a
     if b == root or b in root.parents or root in b.parents:
         raise SamlabelError(f"--out {out} overlaps {flag} {src}; write the dataset to a folder outside it")
