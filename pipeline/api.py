@@ -57,12 +57,18 @@ def label(
     cfg = load_settings(config, **settings)
     if isinstance(sources, (str, Path)):
         sources = [sources]
-    items = plan_items(find_images(sources, exclude=Path(out)), parse_split(cfg.split))
+    skipped: list[dict] = []  # files named that cannot be used, listed with the unreadable ones
+    items = plan_items(find_images(sources, exclude=Path(out), skipped=skipped), parse_split(cfg.split))
     if not items:
+        left_out = f"; left out: {skipped[0]['reason']}" if skipped else ""
+        left_out += f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
         raise SamlabelError(
             f"no images found in {', '.join(map(str, sources))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+            + left_out
         )
-    LOGGER.info("found %d images in %s", len(items), ", ".join(map(str, sources)))
+    # Files with image suffixes; which of them are unreadable shows when they are read (listed at the end).
+    found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
+    LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
     if detector is None or segmenter is None:
         check_device(cfg.device)
@@ -92,6 +98,7 @@ def label(
         command="label",
         overwrite=overwrite,
         progress=progress,
+        prelude={"skipped_images": skipped} if skipped else None,
     )
 
 

@@ -209,13 +209,13 @@ def _read(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     t = time.perf_counter()
     try:
         image = load_image(item.path)
-    except ImageReadError as e:
-        LOGGER.warning("skipped %s", e)
+    except ImageReadError as e:  # skipped images are named once, at the end (run_report.log_summary)
+        LOGGER.debug("skipped %s", e)
         return ImageRecord.skipped(item, str(e))
     seconds["read"] += time.perf_counter() - t
     if min(image.hw) < MIN_SIDE:
         reason = f"{item.path}: {image.hw[1]}x{image.hw[0]} pixels; Ultralytics drops images under {MIN_SIDE} px a side"
-        LOGGER.warning("skipped %s", reason)
+        LOGGER.debug("skipped %s", reason)
         return ImageRecord.skipped(item, reason)
     return image
 

@@ -105,10 +105,10 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
         "images": {s: len(tally.offsets[s]) for s in splits},
         "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
         "instances_total": sum(sum(c.values()) for c in per_class.values()),
-        "skipped_images": tally.skipped,
+        "skipped_images": [*prelude.get("skipped_images", []), *tally.skipped],  # named ones, then unreadable
         "dropped_instances": tally.dropped,
         "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
-        **prelude,
+        **{k: v for k, v in prelude.items() if k != "skipped_images"},
         "timings": timings,
     }
     if tally.problems:  # what only the image files showed (sizes), after what reading the source showed
@@ -120,8 +120,9 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
     fsio.write_text(out / "report.json", text + "\n")
     if not splits:
+        _log_skipped(out, report["skipped_images"])
         raise SamlabelError(
-            f"no image could be written to {out}: all {len(tally.skipped)} were skipped "
+            f"no image could be written to {out}: all {len(report['skipped_images'])} were skipped "
             f"(reasons in {out / 'report.json'})"
         )
     return json.loads(text)
@@ -145,14 +146,33 @@ def _coco_images(journal: Journal, entries: list[tuple[str, int]]) -> Iterator[t
             yield image, coco_annotations(r)
 
 
+#: Up to this many skipped images are each named on the console at the end of a run; more are counted.
+MAX_LISTED_SKIPS = 20
+
+
 def log_summary(out: Path, report: dict) -> None:
+    """The end of a run on the console: every skipped image (of this run or the earlier ones that made the
+    dataset) on one line with its reason, or their count past ``MAX_LISTED_SKIPS``; then the totals."""
     t = report["timings"]
+    skipped = report["skipped_images"]
+    _log_skipped(out, skipped)
     LOGGER.info(
-        "%s: %s images, %d instances; %d images skipped, %d instances without a usable mask (see report.json)%s",
+        "%s: %d images written %s, %d instances; %d images skipped (unreadable or unusable), "
+        "%d instances without a usable mask (see report.json)%s",
         out,
+        sum(report["images"].values()),
         dict(report["images"]),
         report["instances_total"],
-        len(report["skipped_images"]),
+        len(skipped),
         len(report["dropped_instances"]),
         f"; {t['images_per_second']} images/s" if t["images_per_second"] else "",
     )
+
+
+def _log_skipped(out: Path, skipped: list[dict]) -> None:
+    if len(skipped) <= MAX_LISTED_SKIPS:
+        for s in skipped:
+            LOGGER.warning("skipped %s", s["reason"])
+    else:
+        LOGGER.warning("skipped %d images; each with its reason in %s (skipped_images)", len(skipped),
+                       out / "report.json")  # fmt: skip

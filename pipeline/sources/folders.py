@@ -56,11 +56,16 @@ def assign_split(rel: str, fractions: dict[str, float]) -> str:
     return next(reversed(fractions))
 
 
-def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, str]]:
+def find_images(
+    sources: Sequence[str | Path], *, exclude: Path | None = None, skipped: list[dict] | None = None
+) -> list[tuple[Path, str]]:
     """Expand image files, folders (recursive) and glob patterns.
 
     Hidden files and folders, non-image suffixes, symlink loops, names that are not valid UTF-8
-    and anything below ``exclude`` (the output folder) are skipped. Each result is ``(path, rel)``,
+    and anything below ``exclude`` (the output folder) are skipped. The files a user should hear about
+    (a name that is not valid UTF-8, a file named explicitly without an image suffix) are appended to
+    ``skipped`` as ``{"source", "reason"}``, as report.json lists skipped images (logged here when
+    ``skipped`` is None). Each result is ``(path, rel)``,
     ``rel`` being the POSIX path relative to the source folder (or glob root). With several
     sources, ``rel`` starts with the source's folder name (``cam1/0001.jpg``, ``cam2/0001.jpg``), so
     two sources never give two images the same identity.
@@ -83,7 +88,7 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
         elif path.is_file():
             pairs = [(path, path.name)] if _is_image(path) else []
             if not pairs:
-                LOGGER.warning("%s: not an image suffix (%s), ignored", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+                _skip(skipped, path, f"not an image suffix ({', '.join(sorted(IMAGE_SUFFIXES))})")
         elif glob.has_magic(text):
             root = _glob_root(text)
             pairs = []
@@ -103,12 +108,21 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
             if excluded is not None and (real == excluded or excluded in real.parents):
                 continue
             if not _utf8(rel):
-                LOGGER.warning("%s: file name is not valid UTF-8, skipped (rename it to include it)", p)
+                _skip(skipped, p, "file name is not valid UTF-8 (rename it to include it)")
                 continue
             # One file reached by several names is labeled once, under its own name rather than a symlink's.
             if real not in found or (linked[real] and not p.is_symlink()):
                 found[real], linked[real] = (f"{label}/{rel}" if label else rel), p.is_symlink()
     return sorted(((p, rel) for p, rel in found.items()), key=lambda pr: (pr[1], str(pr[0])))
+
+
+def _skip(skipped: list[dict] | None, path: Path, why: str) -> None:
+    """Record (or log) a file left out; a name that is not UTF-8 is written with its bytes escaped."""
+    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+    if skipped is None:
+        LOGGER.warning("skipped %s: %s", shown, why)
+    else:
+        skipped.append({"source": shown, "reason": f"{shown}: {why}"})
 
 
 def _refuse_source_in_output(sources: Sequence[str | Path], out: Path, excluded: Path) -> None:
