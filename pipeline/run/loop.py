@@ -9,6 +9,7 @@ clean one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -94,15 +95,16 @@ def run_dataset(
             LOGGER.info("resuming %s: %d of %d images already done", out, len(items) - len(todo), len(items))
         started = time.perf_counter()
         seconds: Counter = Counter()
-        _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
-                 command=command, progress=progress, seconds=seconds)  # fmt: skip
-        elapsed = time.perf_counter() - started
-        timings = {
-            "this_run_seconds": round(elapsed, 3),
-            "images_this_run": len(todo),
-            "images_per_second": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
-            "stage_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
-        }
+        saved = [0]  # images this run finished
+        try:
+            _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
+                     command=command, progress=progress, seconds=seconds, saved=saved)  # fmt: skip
+        except BaseException:  # an interrupted run still adds what it did to the dataset's totals
+            with contextlib.suppress(OSError):
+                _add_run(out, time.perf_counter() - started, saved[0], seconds)
+            raise
+        this_run = _add_run(out, time.perf_counter() - started, saved[0], seconds)
+        timings = run_report.timings(this_run, run_state.runs(out))
         report = run_report.finalize(
             out, names=names, settings=settings, state=state, wanted={it.rel for it in items}, timings=timings,
             prelude=prelude or {},
@@ -111,8 +113,21 @@ def run_dataset(
     return RunResult(out=out, report=report)
 
 
-def _process(todo, *, out, journal, settings, detector, segmenter, command, progress, seconds: Counter) -> None:
-    """The loop: read ahead on one thread, models here, files and the journal line on another."""
+def _add_run(out: Path, elapsed: float, images: int, seconds: Counter) -> dict:
+    """This run's share; recorded in the run state when it did something (a re-run of a finished dataset does not)."""
+    share = {"seconds": elapsed, "images": images, "stage_seconds": dict(seconds)}
+    if images:
+        run_state.add_run(out, share)
+    return share
+
+
+def _process(
+    todo, *, out, journal, settings, detector, segmenter, command, progress, seconds: Counter, saved: list[int]
+) -> None:
+    """The loop: read ahead on one thread, models here, files and the journal line on another.
+
+    ``saved[0]`` counts the images whose journal line is written (the bar does not count when disabled).
+    """
     bar = tqdm(
         total=len(todo),
         unit="img",
@@ -122,7 +137,6 @@ def _process(todo, *, out, journal, settings, detector, segmenter, command, prog
         # always images/s (tqdm would switch to s/img below one image per second)
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
     )
-    saved = [0]  # images whose journal line is written (the bar does not count when disabled)
     with journal.appender() as append:
 
         def finish(item: ImageItem, loaded) -> None:  # writer thread: files, then the journal line

@@ -128,6 +128,29 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     return json.loads(text)
 
 
+def timings(this_run: dict, runs: list[dict]) -> dict:
+    """report.json's ``timings``: ``total`` over the ``runs`` that made the dataset (each run's share, as
+    ``state.add_run`` recorded it), ``this_run`` apart, and how many runs the total counts.
+
+    Each part is ``{"seconds", "images", "images_per_second", "stage_seconds"}``; a re-run of a finished
+    dataset is a ``this_run`` of 0 images and leaves ``total`` as it was.
+    """
+    stages: Counter = Counter()
+    for r in runs:
+        stages.update(r["stage_seconds"])
+    total = {"seconds": sum(r["seconds"] for r in runs), "images": sum(r["images"] for r in runs)}
+    return {"total": _timing(**total, stage_seconds=stages), "this_run": _timing(**this_run), "runs": len(runs)}
+
+
+def _timing(*, seconds: float, images: int, stage_seconds: dict) -> dict:
+    return {
+        "seconds": round(seconds, 3),
+        "images": images,
+        "images_per_second": round(images / seconds, 3) if seconds > 0 and images else None,
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
+    }
+
+
 def _light(record: ImageRecord) -> ImageRecord:
     """The record without its segmentations and masks, which the report does not need (bounded memory)."""
     if record.status != "ok":
@@ -165,7 +188,7 @@ def log_summary(out: Path, report: dict) -> None:
         report["instances_total"],
         len(skipped),
         len(report["dropped_instances"]),
-        f"; {t['images_per_second']} images/s" if t["images_per_second"] else "",
+        f"; {t['this_run']['images_per_second']} images/s" if t["this_run"]["images_per_second"] else "",
     )
 
 

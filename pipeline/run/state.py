@@ -158,6 +158,34 @@ def locked(out: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def add_run(out: Path, timing: dict) -> None:
+    """Append one finished run's share (``seconds``, ``images``, ``stage_seconds``) to ``DIR/.samlabel/runs.jsonl``.
+
+    Written once, at the run's end (also when it was interrupted): a run killed before it adds nothing, so its
+    time is lost but never counted twice; a torn last line is ignored by ``runs``.
+    """
+    with open(out / STATE_DIR / "runs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(timing, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def runs(out: Path) -> list[dict]:
+    """The shares ``add_run`` recorded, oldest first."""
+    path = out / STATE_DIR / "runs.jsonl"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            entry = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict) and {"seconds", "images", "stage_seconds"} <= set(entry):
+            found.append(entry)
+    return found
+
+
 class Journal:
     """The append-only record of finished images (``DIR/.samlabel/journal.jsonl``)."""
 
