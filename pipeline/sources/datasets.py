@@ -95,7 +95,8 @@ def read_dataset(
         images: image folder for a bare COCO json.
         names: class names for a bare images/ + labels/ pair without classes.txt.
         keep_unlabeled: keep images that have no label file (as images without objects).
-        extract_to: where a .zip is extracted (inside the output folder).
+        extract_to: where a .zip is extracted (inside the output folder); only what the dataset uses (all
+            images with ``keep_unlabeled``), see ``pipeline.sources.archive``.
 
     Raises:
         SamlabelError: nothing recognisable, with what was looked for.
@@ -104,7 +105,7 @@ def read_dataset(
     if src.is_file() and src.suffix.lower() == ".zip":
         if extract_to is None:
             raise SamlabelError("a .zip source needs a folder to extract into")
-        src = safe_extract(src, extract_to)
+        src = safe_extract(src, extract_to, keep_unlabeled=keep_unlabeled)
     problems = Problems()
     found = _detect_and_read(src, images, names, problems)
     items, unlabeled = [], []
