@@ -33,7 +33,7 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
             type=kind,
             default=None,
             metavar=f.name.upper(),
-            help=f"{meta['help']}{choices} [default: {default}]",
+            help=f"{meta['help']}{choices}" + (f" [default: {default}]" if default is not None else ""),
         )
 
 

@@ -15,7 +15,7 @@ import yaml
 from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
-from pipeline.formats import coco
+from pipeline.formats import coco, layout
 from pipeline.formats.data_yaml import SPLITS, missing_note, to_data_yaml
 from pipeline.run.outputs import coco_annotations
 from pipeline.run.state import Journal
@@ -32,6 +32,7 @@ class _Tally:
     """What the report needs of every image, gathered in one pass over the journal (no masks kept)."""
 
     names: Sequence[str]
+    paths: layout.Layout
     offsets: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     per_class: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     skipped: list[dict] = field(default_factory=list)
@@ -45,7 +46,7 @@ class _Tally:
             return
         self.offsets[r.split].append((r.name, offset))
         self.per_class[r.split].update(self.names[c] for c in r.instances.class_id)
-        image = f"{r.split}/images/{r.name}"
+        image = self.paths.image(r.split, r.name)
         self.dropped += [
             {"image": image, **describe(r.dropped, i, self.names), "reason": reason}
             for i, reason in enumerate(r.dropped_reasons)
@@ -83,17 +84,19 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     for offset, record in journal.records():
         if record.rel in wanted:
             newest[record.rel] = (offset, _light(record))
-    tally = _Tally(names)
+    paths = layout.get(settings.layout)
+    tally = _Tally(names, paths)
     for _rel, (offset, record) in sorted(newest.items()):
         tally.add(offset, record)
     splits = [s for s in SPLITS if tally.offsets.get(s)]
-    data_yaml = to_data_yaml(names, splits)
-    if splits:
+    data_yaml = to_data_yaml(names, splits, paths.images_dir)
+    with_yaml = bool(splits) and (paths.writes_data_yaml_always or "yolo" in settings.formats)
+    if with_yaml:
         fsio.write_text(out / "data.yaml", yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True))
     if "coco" in settings.formats:
         for split in splits:
             coco.write_coco(
-                out / split / coco.ROBOFLOW_NAME,
+                out / paths.coco_file(split),
                 names=names,
                 images=_coco_images(journal, sorted(tally.offsets[split])),
             )
@@ -113,7 +116,7 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     }
     if tally.problems:  # what only the image files showed (sizes), after what reading the source showed
         report["source_problems"] = list(prelude.get("source_problems", [])) + tally.problems
-    note = missing_note(data_yaml, splits)
+    note = missing_note(data_yaml, splits) if with_yaml else None
     if note:
         report["data_yaml_note"] = note
         LOGGER.warning("%s", note)

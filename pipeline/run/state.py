@@ -20,10 +20,10 @@ from pathlib import Path
 from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
-from pipeline.formats.data_yaml import SPLITS
+from pipeline.formats import layout
 from pipeline.types import ImageItem, ImageRecord
 
-STATE_DIR = ".samlabel"
+STATE_DIR = layout.STATE_DIR
 #: Version of the state and journal layout. 2: journal lines are ``ImageRecord`` JSON (1: COCO annotations).
 FORMAT_VERSION = 2
 
@@ -136,7 +136,7 @@ def clear(out: Path) -> None:
     state = out / STATE_DIR
     keep = ("source", "lock")  # extracted inputs, and the lock this run holds
     doomed = [p for p in state.iterdir() if p.name not in keep] if state.is_dir() else []
-    for p in [*doomed, *(out / name for name in (*SPLITS, "data.yaml", "report.json"))]:
+    for p in [*doomed, *(out / name for name in layout.WRITTEN)]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():

@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco as coco_format
-from pipeline.formats import data_yaml, yolo
+from pipeline.formats import data_yaml, layout, yolo
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.fsio import safe_relative
 from pipeline.images import IMAGE_SUFFIXES
@@ -91,7 +91,8 @@ def read_dataset(
     """Detect the layout of ``src`` and read it.
 
     Args:
-        src: a data.yaml, a YOLO/Roboflow folder, a COCO json, a Roboflow COCO folder, or a .zip of one.
+        src: a data.yaml, a YOLO/Roboflow folder, a COCO json, a Roboflow COCO folder, a COCO-layout folder
+            (``annotations/instances_<split>.json`` + ``images/<split>/``), or a .zip of one.
         images: image folder for a bare COCO json.
         names: class names for a bare images/ + labels/ pair without classes.txt.
         keep_unlabeled: keep images that have no label file (as images without objects).
@@ -133,6 +134,9 @@ def _detect_and_read(src: Path, images, names, problems: Problems) -> _Found:
         return read_coco_splits({"train": (src, Path(images))}, problems, kind=f"COCO json {src.name}")
     if not src.is_dir():
         raise SamlabelError(f"{src}: no such file or folder")
+    coco_layout = layout.coco_splits(src)  # before data.yaml: one may sit beside it for the YOLO labels
+    if coco_layout:
+        return read_coco_splits(coco_layout, problems, kind="COCO layout")
     for name in ("data.yaml", "data.yml", "dataset.yaml"):
         if (src / name).is_file():
             return read_yolo_yaml(src / name, problems)
@@ -147,7 +151,8 @@ def _detect_and_read(src: Path, images, names, problems: Problems) -> _Found:
         return read_yolo_pair(src / "images", src / "labels", names, problems)
     raise SamlabelError(
         f"{src}: no dataset recognised. Looked for: data.yaml (YOLO / Roboflow YOLO export); "
-        "train|valid|test/_annotations.coco.json (Roboflow COCO export); images/ + labels/ (YOLO pair, "
+        "train|valid|test/_annotations.coco.json (Roboflow COCO export); annotations/instances_<split>.json + "
+        "images/<split>/ (COCO layout); images/ + labels/ (YOLO pair, "
         "with --names or classes.txt); a COCO .json file (with --images DIR); or a .zip of one of these"
     )
 
