@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.images import IMAGE_SUFFIXES
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.formats.yolo import read_label_file
+from pipeline.images import IMAGE_SUFFIXES
 
 #: What each quality flag means (shown as a tooltip and in the flag table); unknown flags are shown as they are.
 FLAGS = {

@@ -10,11 +10,11 @@ import yaml
 
 from pipeline import fsio
 from pipeline.errors import ImageReadError, SamlabelError
+from pipeline.formats.data_yaml import SPLITS
+from pipeline.formats.yolo import read_label_file
 from pipeline.images import load_image
 from pipeline.report import charts, page, thumbs
 from pipeline.report.scan import HISTOGRAMS, Item, Scan, annotation_id, coco_path, load_coco, scan_dataset, usable
-from pipeline.formats.data_yaml import SPLITS
-from pipeline.formats.yolo import read_label_file
 
 MAX_FLAGGED = 60
 MAX_SAMPLE = 24
