@@ -170,10 +170,10 @@ def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: i
     out = work / "profile"
     shutil.rmtree(out, ignore_errors=True)
     report = convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False).report
-    stages = report["timings"]["stage_seconds"]
+    stages = report["timings"]["this_run"]["stage_seconds"]
     parts["read (in a thread)"] = stages.get("read", 0.0) / len(paths)
     parts["polygons + files (in a thread)"] = stages.get("write", 0.0) / len(paths)
-    parts["end to end"] = 1 / report["timings"]["images_per_second"]
+    parts["end to end"] = 1 / report["timings"]["this_run"]["images_per_second"]
     return parts
 
 

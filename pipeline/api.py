@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
+from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
+from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,12 +57,18 @@ def label(
     cfg = load_settings(config, **settings)
     if isinstance(sources, (str, Path)):
         sources = [sources]
-    items = plan_items(find_images(sources, exclude=Path(out)), parse_split(cfg.split))
+    skipped: list[dict] = []  # files named that cannot be used, listed with the unreadable ones
+    items = plan_items(find_images(sources, exclude=Path(out), skipped=skipped), parse_split(cfg.split))
     if not items:
+        left_out = f"; left out: {skipped[0]['reason']}" if skipped else ""
+        left_out += f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
         raise SamlabelError(
             f"no images found in {', '.join(map(str, sources))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+            + left_out
         )
-    LOGGER.info("found %d images in %s", len(items), ", ".join(map(str, sources)))
+    # Files with image suffixes; which of them are unreadable shows when they are read (listed at the end).
+    found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
+    LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
     if detector is None or segmenter is None:
         check_device(cfg.device)
@@ -88,6 +98,7 @@ def label(
         command="label",
         overwrite=overwrite,
         progress=progress,
+        prelude={"skipped_images": skipped} if skipped else None,
     )
 
 
@@ -99,6 +110,23 @@ def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:
     return value
 
 
+def _leave_no_folder_if_refused(fn):
+    """A call refused before its run starts leaves no ``out`` behind when it made it (a .zip extracts there)."""
+
+    @functools.wraps(fn)
+    def call(src, out, **kwargs):
+        fresh = not Path(out).exists()
+        try:
+            return fn(src, out, **kwargs)
+        except BaseException:
+            if fresh and not (Path(out) / STATE_DIR / "state.json").exists():  # no run started in it
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+    return call
+
+
+@_leave_no_folder_if_refused
 def convert(
     src: str | Path,
     out: str | Path,
@@ -151,8 +179,9 @@ def convert(
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
         needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
-        if needs_sam:
+        if needs_sam:  # refused now, in one line, rather than at the first image
             check_device(cfg.device)
+            resolve_weights(cfg.segmenter, flag="--segmenter")
         segmenter = _LazySegmenter(cfg)
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
@@ -174,10 +203,18 @@ def convert(
 
 
 def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:
-    """The output folder must not be, contain, or lie inside the source dataset (or its image folder)."""
+    """The output folder must not be, contain, or lie inside the source dataset (or its image folder).
+
+    A data.yaml's dataset is its folder; a COCO json is the file alone (its images are ``--images``, checked
+    on their own), so a new folder beside it is fine, one that contains it is not.
+    """
     a, b = src.resolve(), out.resolve()
     if a.is_file() and a.suffix.lower() == ".zip":
         return  # read from the archive; extracted inside the output folder
+    if a.is_file() and a.suffix.lower() == ".json":
+        if b == a or b in a.parents:
+            raise SamlabelError(f"--out {out} overlaps {flag} {src} (it contains it); write the dataset elsewhere")
+        return
     root = a.parent if a.is_file() else a
     if b == root or b in root.parents or root in b.parents:
         raise SamlabelError(f"--out {out} overlaps {flag} {src}; write the dataset to a folder outside it")

@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.errors import SamlabelError
 from pipeline.formats.coco import ENCODINGS as COCO_MASKS
+from pipeline.formats.layout import LAYOUTS
 from pipeline.sources import parse_split
 
 LABEL, CONVERT = "label", "convert"
@@ -47,7 +48,17 @@ class Settings:
     imgsz: int = _opt(640, "detector input size", (LABEL,))
     device: str | None = _opt(None, "cpu, 0, cuda:0 ... (default: first GPU if any, else CPU)")
     split: str = _opt("train=0.8,valid=0.2", "split fractions, assigned per file by a hash of its path", (LABEL,))
-    formats: tuple[str, ...] = _opt(FORMATS, "comma-separated output formats", choices=FORMATS)
+    layout: str = _opt(
+        "roboflow",
+        "dataset layout: roboflow (<split>/images, labels, _annotations.coco.json) or coco "
+        "(annotations/instances_<split>.json, images/<split>/)",
+        choices=LAYOUTS,
+    )
+    formats: tuple[str, ...] | None = _opt(
+        None,
+        "comma-separated output formats; default yolo,coco (coco alone with --layout coco)",
+        choices=FORMATS,
+    )
     coco_masks: str = _opt("polygon", "COCO segmentation encoding", choices=COCO_MASKS)
     simplify: float = _opt(
         0.24,
@@ -89,6 +100,10 @@ class Settings:
             set_(self, name, tuple(value) if value is not None else None)
         if self.classes == ():
             set_(self, "classes", None)
+        if self.layout not in LAYOUTS:
+            raise SamlabelError(f"layout: expected one of {list(LAYOUTS)}, got {self.layout!r}")
+        if self.formats is None:  # the layout's own: COCO tooling wants no YOLO files unless asked for
+            set_(self, "formats", FORMATS if self.layout == "roboflow" else ("coco",))
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise SamlabelError(f"formats: expected a non-empty subset of {list(FORMATS)}, got {list(self.formats)}")
