@@ -43,7 +43,8 @@ def test_coco_layout_files_load_resolve_and_match_the_report(image_folder, tmp_p
     report = _label(image_folder, out, layout="coco")
     assert report["settings"]["formats"] == ["coco"]  # coco alone unless formats are asked for
     top = sorted(p.name for p in out.iterdir())
-    assert top == [".samlabel", "annotations", "images", "report.json"]  # no data.yaml, no labels/
+    assert top == [".samlabel", "annotations", "images", "report.html", "report.json"]  # no data.yaml, no labels/
+    assert '<img class="thumb"' in (out / "report.html").read_text()  # the picture report reads this layout too
     images = instances = 0
     for split, n in report["images"].items():
         coco = COCO(str(out / "annotations" / f"instances_{split}.json"))
@@ -61,7 +62,7 @@ def test_coco_layout_with_yolo_labels_trains_with_ultralytics(image_folder, tmp_
     out = tmp_path / "ds"
     report = _label(image_folder, out, layout="coco", formats="yolo,coco")
     assert sorted(p.name for p in out.iterdir()) == [
-        ".samlabel", "annotations", "data.yaml", "images", "labels", "report.json"
+        ".samlabel", "annotations", "data.yaml", "images", "labels", "report.html", "report.json"
     ]  # fmt: skip
     assert sorted(p.name for p in (out / "labels").iterdir()) == sorted(report["images"])
     loaded = ultralytics_segment_labels(out)

@@ -74,7 +74,7 @@ ROBOFLOW = Layout("roboflow")
 COCO = Layout("coco")
 
 #: What samlabel may have written at a dataset's top level, in any layout (``--overwrite`` clears these).
-WRITTEN = (*SPLITS, "images", "labels", "annotations", "data.yaml", "report.json")
+WRITTEN = (*SPLITS, "images", "labels", "annotations", "data.yaml", "report.json", "report.html")
 
 
 def get(name: str) -> Layout:
