@@ -54,6 +54,23 @@ def _start(src, out, delay=0.1):
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _fill_disk_after(n: int, monkeypatch):
+    """Label files fail with ENOSPC after the first ``n``; returns the real writer (to undo with monkeypatch)."""
+    import pipeline.formats.yolo as yolo_seg
+
+    real = yolo_seg.fsio.write_text
+    calls = {"n": 0}
+
+    def full(path, text):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, text)
+
+    monkeypatch.setattr(yolo_seg.fsio, "write_text", full)
+    return real
+
+
 def _journal_lines(out):
     path = out / ".samlabel" / "journal.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
@@ -138,16 +155,7 @@ def test_disk_full_mid_run_is_a_clear_error_and_resumable(many_images, tmp_path,
     import pipeline.formats.yolo as yolo_seg
 
     out = tmp_path / "ds"
-    real = yolo_seg.fsio.write_text
-    calls = {"n": 0}
-
-    def full_after_ten(path, text):
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(path, text)
-
-    monkeypatch.setattr(yolo_seg.fsio, "write_text", full_after_ten)
+    real = _fill_disk_after(10, monkeypatch)
     with pytest.raises(SamlabelError, match="No space left on device.*run the same command again to resume"):
         label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
     assert 0 < _journal_lines(out) < 40  # the images before the failure are saved
@@ -222,16 +230,7 @@ def test_timings_add_up_over_an_interrupted_and_a_resumed_run(many_images, tmp_p
     from pipeline.run.state import runs
 
     out = tmp_path / "ds"
-    real = yolo_seg.fsio.write_text
-    calls = {"n": 0}
-
-    def full_after_ten(path, text):
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(path, text)
-
-    monkeypatch.setattr(yolo_seg.fsio, "write_text", full_after_ten)
+    real = _fill_disk_after(10, monkeypatch)
     with pytest.raises(SamlabelError):
         label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
     done = _journal_lines(out)
