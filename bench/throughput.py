@@ -134,7 +134,7 @@ def measure(run, data: Path, work: Path, **kwargs) -> float:
 
 
 def encoder_seconds(sam: Path, device: str, runtime: str, repeats: int = 3) -> float:
-    from pipeline.segment import Segmenter
+    from pipeline.sam import Segmenter
 
     seg = Segmenter(str(sam), device=device, runtime=runtime)
     rgb = np.zeros((480, 640, 3), np.uint8)
@@ -147,7 +147,7 @@ def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: i
     upsampling (timed on the Segmenter directly), reading and writing from the run's report."""
     from pipeline import convert
     from pipeline.images import load_image
-    from pipeline.segment import Segmenter, Upsampler
+    from pipeline.sam import Segmenter, Upsampler
 
     seg = Segmenter(str(sam), device=device, runtime=runtime)
     paths = sorted((data / "images").iterdir())
@@ -180,7 +180,7 @@ def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: i
 def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[float, float, float]:
     """(max |logit diff|, max |score diff|, min IoU of non-empty masks) of ``runtime`` vs PyTorch."""
     from pipeline.images import load_image
-    from pipeline.segment import Segmenter, Upsampler
+    from pipeline.sam import Segmenter, Upsampler
 
     ref, fast = (Segmenter(str(sam_plain), device=device, runtime=r) for r in ("torch", runtime))
     d_logit = d_score = 0.0

@@ -2,7 +2,7 @@
 
 The image encoder dominates SAM's runtime: on a 2-core AVX2 CPU the MobileSAM (TinyViT) encoder takes about
 1.3 s per 1024x1024 image in PyTorch (2 threads) and about 0.7 s in ONNX Runtime (SAM2-tiny: ~2.9 s vs
-~2.35 s), with outputs matching to ~1e-5. The box decoder (``pipeline.box_decoder.BoxDecoder``, exported
+~2.35 s), with outputs matching to ~1e-5. The box decoder (``pipeline.sam.box_decoder.BoxDecoder``, exported
 with a free box count) runs at ~27-29 ms per box for 2-8 boxes, against ~40 ms for Ultralytics' decoder
 exported as it is and 60-75 ms in PyTorch.
 This module exports an encoder to ONNX once, caches the file beside the weights (keyed by the weights'
@@ -566,11 +566,11 @@ def cached_decoder_path(weights: Path) -> Path:
 def ensure_decoder_onnx(model: torch.nn.Module, weights: Path) -> Path:
     """The cached ONNX box decoder of a SAM-1 family ``model`` (exported atomically when missing).
 
-    The graph is :class:`pipeline.box_decoder.BoxDecoder`: inputs ``embedding`` (1, 256, 64, 64) and
+    The graph is :class:`pipeline.sam.box_decoder.BoxDecoder`: inputs ``embedding`` (1, 256, 64, 64) and
     ``boxes`` (N, 4) in encoder-input pixels, any N >= 1; outputs ``logits`` (N, 1, 256, 256) and
     ``scores`` (N, 1).
     """
-    from pipeline.box_decoder import BoxDecoder
+    from pipeline.sam.box_decoder import BoxDecoder
 
     path = cached_decoder_path(weights)
     if path.exists():
@@ -629,7 +629,7 @@ def decoder_self_check(model: torch.nn.Module, decoder: OnnxBoxDecoder, *, atol:
     Raises:
         ValueError: above ``atol`` or non-finite.
     """
-    from pipeline.box_decoder import reference_box_decoder
+    from pipeline.sam.box_decoder import reference_box_decoder
 
     g = torch.Generator().manual_seed(_SELF_CHECK_SEED)
     embedding = torch.randn(1, 256, 64, 64, generator=g)

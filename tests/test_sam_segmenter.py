@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.segment import Segmenter, Upsampler
+from pipeline.sam import Segmenter, Upsampler
 from pipeline.types import CropMask, Instances
 from tests.checkpoints import make_sam_checkpoint
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.box_decoder import BoxDecoder, reference_box_decoder
+from pipeline.sam.box_decoder import BoxDecoder, reference_box_decoder
 
 BOXES = torch.tensor(
     [
@@ -70,7 +70,7 @@ def test_pixel_order_of_the_upscaling(sam):
 
 def test_onnx_export_takes_any_box_count(sam, tmp_path):
     pytest.importorskip("onnxruntime")
-    from pipeline import onnx_runtime
+    from pipeline.sam import onnx_backend as onnx_runtime
 
     weights = tmp_path / "mobile_sam.pt"
     torch.save(sam.state_dict(), weights)

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from pipeline import onnx_runtime  # noqa: E402
 from pipeline.errors import SamlabelError  # noqa: E402
-from pipeline.segment import Segmenter, Upsampler  # noqa: E402
+from pipeline.sam import Segmenter, Upsampler  # noqa: E402
+from pipeline.sam import onnx_backend as onnx_runtime  # noqa: E402
 
 
 @pytest.fixture(scope="module")
