@@ -9,7 +9,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.sam.onnx_cache import CACHE_ENV
 from pipeline.types import CropMask, Instances
+from tests.checkpoints import make_plain_sam_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_sam_cache(tmp_path_factory):
+    """No test (nor a command it runs) writes ONNX exports into the user's cache folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("default-sam-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def plain_mobile_sam(tmp_path_factory):
+    """A plain (not rigged) random-weight MobileSAM, in a read-only folder: answers vary with image and prompt."""
+    folder = tmp_path_factory.mktemp("plain-sam")
+    path = make_plain_sam_checkpoint(folder / "mobile_sam.pt")
+    folder.chmod(0o555)
+    yield path
+    folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def sam_cache(tmp_path_factory):
+    """The ONNX cache folder the SAM tests share, so each graph of ``plain_mobile_sam`` is exported once."""
+    return tmp_path_factory.mktemp("sam-cache")
 
 
 class FakeDetector:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 import torch
 
+from pipeline.sam.prompts import LOWRES, SAM_INPUT
 from pipeline.types import CropMask
-
-SAM_INPUT = 1024  # every SAM / SAM2 model here encodes a 1024 x 1024 letterboxed image
 
 
 class Upsampler:
@@ -22,7 +22,7 @@ class Upsampler:
     on the window those pixels reach: memory and time follow the object, not the image.
     """
 
-    def __init__(self, hw: tuple[int, int], *, lowres: int = 256, device: torch.device | str = "cpu") -> None:
+    def __init__(self, hw: tuple[int, int], *, lowres: int = LOWRES, device: torch.device | str = "cpu") -> None:
         self.hw = hw
         ry, rx = _interp_matrices(hw[0], hw[1], lowres)
         self.ry = torch.from_numpy(ry).to(device)
@@ -32,20 +32,50 @@ class Upsampler:
 
     def __call__(self, logits: torch.Tensor, *, threshold: float = 0.0) -> CropMask:
         """Threshold one (lowres, lowres) logit map at image resolution, as a ``CropMask``."""
-        positive = logits > threshold
+        return self.at_thresholds(logits, (threshold,))[0]
+
+    def at_thresholds(self, logits: torch.Tensor, thresholds: Sequence[float]) -> list[CropMask]:
+        """One logit map thresholded at each of ``thresholds``, from one upsampling of one window.
+
+        The window is that of the lowest threshold, which holds every higher threshold's mask, so
+        several masks cost about one. With one threshold this is ``__call__``; with several, a mask
+        equals ``__call__``'s up to float rounding of the window product (a pixel within ~1e-6 of a
+        threshold may differ).
+
+        SAM's stability score (the IoU of the masks at the model's threshold + 1 and - 1, at image
+        resolution; the first mask lies inside the second, so the IoU is an area ratio)::
+
+            hi, lo = upsampler.at_thresholds(logits, (threshold + 1.0, threshold - 1.0))
+            stability = hi.area / lo.area if lo.area else 0.0
+
+        Args:
+            logits: float (lowres, lowres) logits of one mask.
+            thresholds: logit thresholds, in any order.
+
+        Returns:
+            One ``CropMask`` per threshold, in the order given (empty ``(0, 0)`` crops where nothing is above).
+        """
+        if len(thresholds) == 0:
+            raise ValueError("thresholds: expected at least one threshold, got none")
+        empty = CropMask(np.zeros((0, 0), dtype=bool))
+        positive = logits > min(thresholds)
         rows = torch.nonzero(positive.any(dim=1)).flatten()
         cols = torch.nonzero(positive.any(dim=0)).flatten()
         if rows.numel() == 0:
-            return CropMask(np.zeros((0, 0), dtype=bool))
+            return [empty] * len(thresholds)
         y0, y1 = self._window(self._y_span, int(rows[0]), int(rows[-1]))
         x0, x1 = self._window(self._x_span, int(cols[0]), int(cols[-1]))
         window = self.ry[y0:y1] @ logits.float() @ self.rx[x0:x1].T
-        positive = (window > threshold).cpu().numpy()
-        rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
-        if rows.size == 0:
-            return CropMask(np.zeros((0, 0), dtype=bool))
-        bits = positive[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        return CropMask(bits, x0 + int(cols[0]), y0 + int(rows[0]))
+        masks = []
+        for threshold in thresholds:
+            positive = (window > threshold).cpu().numpy()
+            rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+            if rows.size == 0:
+                masks.append(empty)
+                continue
+            bits = positive[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            masks.append(CropMask(bits, x0 + int(cols[0]), y0 + int(rows[0])))
+        return masks
 
     @staticmethod
     def _window(span: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
