@@ -176,7 +176,8 @@ class Segmenter:
         """SAM's masks for N prompts of the image of ``embedding``, decoded ``batch`` prompts at a time.
 
         A prompt is a box, points, or both, optionally with a mask input; prompt ``i`` is row ``i`` of
-        every argument given. The answer of a prompt does not depend on the others.
+        every argument given. The answer of a prompt does not depend on the others (up to the float
+        rounding of batched products: ~1e-7 in the logits between a prompt alone and in a batch).
 
         Args:
             embedding: from :meth:`set_image`.
