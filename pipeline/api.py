@@ -85,7 +85,7 @@ def label(
             device=cfg.device,
         )
     if segmenter is None:
-        from pipeline.segment import Segmenter
+        from pipeline.sam import Segmenter
 
         segmenter = Segmenter(cfg.segmenter, device=cfg.device, batch=cfg.sam_batch, runtime=cfg.runtime)
     return run_dataset(
@@ -242,7 +242,7 @@ class _LazySegmenter:
 
     def __call__(self, rgb, instances):
         if self._stage is None:
-            from pipeline.segment import Segmenter
+            from pipeline.sam import Segmenter
 
             check_device(self._cfg.device)
             self._stage = Segmenter(

@@ -10,13 +10,22 @@ from pipeline.errors import WeightsNotFoundError
 LOGGER = logging.getLogger(__name__)
 
 
-def resolve_weights(spec: str | Path, *, flag: str) -> Path:
+def ultralytics_weights_dir() -> Path:
+    """Ultralytics' weights folder (its settings' ``weights_dir``): where downloads go and later runs find them."""
+    from ultralytics.utils import SETTINGS
+
+    return Path(SETTINGS["weights_dir"])
+
+
+def resolve_weights(spec: str | Path, *, flag: str, weights_dir: Path | None = None) -> Path:
     """Return a local path for ``spec``: an existing file, or a name Ultralytics can download.
 
     Args:
         spec: a path, or a bare released-asset name such as ``yolov8n.pt`` or ``mobile_sam.pt``.
         flag: the option that sets it (``--detector`` / ``--segmenter``), named in the error: as that flag in
             the error's ``cli_message``, as the Python argument (``detector=``) in its message.
+        weights_dir: where a bare name is looked for and downloaded to; ``None`` for
+            :func:`ultralytics_weights_dir`.
 
     Raises:
         WeightsNotFoundError: not on disk and not downloadable (offline, or not a released name).
@@ -26,11 +35,10 @@ def resolve_weights(spec: str | Path, *, flag: str) -> Path:
         return path
     if path.parent != Path(".") or not path.suffix:
         raise _not_found(flag, spec, "no such file", "give the path of a weights file with {option}")
-    from ultralytics.utils import SETTINGS
     from ultralytics.utils.downloads import attempt_download_asset
 
     # Into Ultralytics' weights folder, where later runs find it, rather than the current directory.
-    target = Path(SETTINGS["weights_dir"]) / path.name
+    target = Path(weights_dir if weights_dir is not None else ultralytics_weights_dir()) / path.name
     LOGGER.info("%s not found locally; asking Ultralytics to download it to %s", spec, target.parent)
     try:
         downloaded = Path(attempt_download_asset(str(target)))

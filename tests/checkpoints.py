@@ -149,15 +149,28 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
     return path
 
 
-def make_plain_sam_checkpoint(path: Path, *, seed: int = 1) -> Path:
-    """A SAM / SAM2 state dict with seeded random weights and nothing rigged: masks and scores depend on the
-    image and the prompt (meaningless, but different prompts give different answers)."""
+def make_plain_sam_checkpoint(path: Path, *, arch: str | None = None, jitter: float = 0.05) -> Path:
+    """Write a seeded random-weight SAM / SAM2 state dict, not rigged: answers depend on image and prompt.
+
+    Built like :func:`make_sam_checkpoint` (``arch`` defaults to the file name's, e.g. ``mobile_sam``).
+    The prompt encoder and mask decoder parameters are then moved by ``jitter * randn`` so that fresh
+    initialisations (zero biases, unit norms) do not make different prompts look alike.
+
+    Returns:
+        The path written.
+    """
     from ultralytics.models.sam import build as sam_build
 
     path = Path(path)
+    name = f"{arch}.pt" if arch else path.name
     with torch.random.fork_rng(devices=[]), mock.patch.object(sam_build, "_load_checkpoint", lambda m, _c: m):
-        torch.manual_seed(seed)
-        model = sam_build.build_sam(str(path))
+        torch.manual_seed(_SEED)
+        model = sam_build.build_sam(name)
+        decoder = getattr(model, "sam_mask_decoder", None) or model.mask_decoder
+        prompts = getattr(model, "sam_prompt_encoder", None) or model.prompt_encoder
+        with torch.no_grad():
+            for p in [*decoder.parameters(), *prompts.parameters()]:
+                p.add_(jitter * torch.randn_like(p))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path

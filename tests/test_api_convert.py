@@ -339,7 +339,7 @@ def test_coco_size_that_is_not_the_files_is_reported_and_sam_redoes_its_rles(tmp
             ann["bbox"] = [0, 0, w, h]
     path.write_text(json.dumps(coco))
     sam = FakeSegmenter()
-    monkeypatch.setattr("pipeline.segment.Segmenter", lambda *a, **k: sam)  # what --segmenter would load
+    monkeypatch.setattr("pipeline.sam.Segmenter", lambda *a, **k: sam)  # what --segmenter would load
     report = convert(src, tmp_path / "out", progress=False).report  # no segmenter object: built when needed
     assert sam.calls == 1  # ... except for the image whose RLEs were made for another size
     [problem] = [p for p in report["source_problems"] if p["where"].endswith(img["file_name"])]

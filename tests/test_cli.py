@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -90,18 +92,27 @@ def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
     "flag, name",
     [("--detector", "yolov8n.pt"), ("--segmenter", "mobile_sam.pt"), ("--detector", "missing/dir/best.pt")],
 )
-def test_missing_weights_one_line_exit_2(tmp_path, image_folder, weights, flag, name):
+def test_missing_weights_one_line_exit_2(tmp_path, image_folder, weights, flag, name, monkeypatch, capsys):
+    """The same test everywhere: an empty Ultralytics weights folder, and no network (blocked in this process)."""
     det, sam = weights
-    chosen = {"--detector": det, "--segmenter": sam, flag: name}
-    proc = _samlabel(
-        "label", image_folder, "--out", tmp_path / "o", "--detector", chosen["--detector"], "--segmenter",
-        chosen["--segmenter"], "-q", cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("samlabel: error:")]
+    monkeypatch.setattr("pipeline.weights.ultralytics_weights_dir", lambda: tmp_path / "ultralytics-weights")
+
+    def no_network(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.chdir(tmp_path)
+    chosen = {"--detector": str(det), "--segmenter": str(sam), flag: name}
+    argv = ["label", str(image_folder), "--out", str(tmp_path / "o"), "-q", "--runtime", "torch"]
+    code = main([*argv, "--detector", chosen["--detector"], "--segmenter", chosen["--segmenter"]])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("samlabel: error:")]
     assert name in line and f"{flag} PATH" in line
     assert not (tmp_path / name).exists()  # nothing half-downloaded left behind
+    assert not (tmp_path / "ultralytics-weights" / Path(name).name).exists()
 
 
 @pytest.mark.parametrize(
