@@ -85,9 +85,7 @@ def label(
             device=cfg.device,
         )
     if segmenter is None:
-        from pipeline.sam import Segmenter
-
-        segmenter = Segmenter(cfg.segmenter, device=cfg.device, batch=cfg.sam_batch, runtime=cfg.runtime)
+        segmenter = build_segmenter(cfg)
     return run_dataset(
         items,
         out=out,
@@ -233,6 +231,21 @@ def check_device(device: str | None) -> None:
         raise SamlabelError(f"--device {device}: not usable here ({first}); use --device cpu or a valid GPU") from None
 
 
+def build_segmenter(cfg):
+    """The SAM stage these settings ask for."""
+    from pipeline.sam import Segmenter
+
+    return Segmenter(
+        cfg.segmenter,
+        arch=cfg.sam_arch,
+        device=cfg.device,
+        batch=cfg.sam_batch,
+        runtime=cfg.runtime,
+        cache_dir=cfg.cache_dir,
+        multimask=cfg.multimask,
+    )
+
+
 class _LazySegmenter:
     """Builds the SAM stage on first use, so images that need no SAM never load its weights."""
 
@@ -242,12 +255,8 @@ class _LazySegmenter:
 
     def __call__(self, rgb, instances):
         if self._stage is None:
-            from pipeline.sam import Segmenter
-
             check_device(self._cfg.device)
-            self._stage = Segmenter(
-                self._cfg.segmenter, device=self._cfg.device, batch=self._cfg.sam_batch, runtime=self._cfg.runtime
-            )
+            self._stage = build_segmenter(self._cfg)
         return self._stage(rgb, instances)
 
 

@@ -16,12 +16,12 @@ import yaml
 from pipeline.errors import SamlabelError
 from pipeline.formats.coco import ENCODINGS as COCO_MASKS
 from pipeline.formats.layout import LAYOUTS
+from pipeline.quality import MULTIMASK
 from pipeline.sources import parse_split
 
 LABEL, CONVERT = "label", "convert"
 BOTH = (LABEL, CONVERT)
 FORMATS = ("yolo", "coco")
-MULTIMASK = ("off", "score", "box-fit")
 
 
 def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tuple | None = None) -> Any:
@@ -63,6 +63,16 @@ class Settings:
     simplify: float = _opt(
         0.24,
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
+    )
+    sam_arch: str | None = _opt(
+        None,
+        "SAM architecture of --segmenter (sam_b/l/h, mobile_sam, sam2_t/s/b/l, sam2.1_t/s/b/l), for a file whose "
+        "name does not say it (a fine-tuned my_sam.pt); default: from the file name",
+    )
+    cache_dir: str | None = _opt(
+        None,
+        "folder for the exported ONNX runtimes, keyed by the weights' hash (default: $SAMLABEL_CACHE_DIR, else the "
+        "user cache folder); the weights' own folder may be read-only",
     )
     sam_batch: int = _opt(
         0, "boxes per SAM decoder call; 0 = auto (8 with the ONNX box decoder, 4 with PyTorch on CPU, 32 on GPU)"

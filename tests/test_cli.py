@@ -184,3 +184,30 @@ def test_convert_roboflow_export_with_offline_checkpoint(tmp_path, weights, layo
     assert sum(len(v) for v in ultralytics_segment_labels(out).values()) == 5
     check_yolo_matches_coco(out)
     assert_valid(out)
+
+
+def test_sam_arch_loads_a_renamed_checkpoint_from_a_read_only_folder_on_onnx(tmp_path, weights):
+    """Issue 10's acceptance: `--sam-arch mobile_sam` loads my_finetuned.pt; `--runtime onnx` works with the
+    weights in a read-only folder (exports go to --cache-dir, nothing is written beside the weights)."""
+    import os
+    import shutil
+
+    from tests.roboflow import roboflow_yolo
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(weights[1], models / "my_finetuned.pt")
+    os.chmod(models, 0o555)
+    try:
+        src = roboflow_yolo(tmp_path / "src")
+        args = ("convert", src, "--segmenter", models / "my_finetuned.pt", "-q", "--runtime", "onnx")
+        refused = _samlabel(*args, "--out", tmp_path / "no")
+        assert refused.returncode == 2 and "--sam-arch" in refused.stderr and "Traceback" not in refused.stderr
+        cache = tmp_path / "cache"
+        proc = _samlabel(*args, "--out", tmp_path / "out", "--sam-arch", "mobile_sam", "--cache-dir", cache)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in models.iterdir()) == ["my_finetuned.pt"]
+        assert any(p.suffix == ".onnx" for p in cache.rglob("*"))
+        assert_valid(tmp_path / "out")
+    finally:
+        os.chmod(models, 0o755)

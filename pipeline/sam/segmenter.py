@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import SamlabelError
+from pipeline.quality import MULTIMASK, choose_candidate, stability_score
 from pipeline.sam.build import load_sam, resolve_arch
 from pipeline.sam.prompts import LOWRES, Prompts, prepare_prompts
 from pipeline.sam.torch_backend import Features, TorchBackend
@@ -103,6 +104,9 @@ class Segmenter:
             a failure is an error); ``auto`` (``onnx`` on CPU when it works, else ``torch``).
         cache_dir: folder of the ONNX exports; ``None`` for ``$SAMLABEL_CACHE_DIR`` or the user cache folder
             (see :mod:`pipeline.sam.onnx_cache`). Nothing is written beside the weights.
+        multimask: what calling the stage keeps per box: ``off`` (SAM's single mask), ``score`` (of the 3
+            candidates, the best predicted IoU) or ``box-fit`` (the one whose tight box fits the prompt box
+            best, ties by score); see :func:`pipeline.quality.choose_candidate`.
 
     Attributes:
         arch: the architecture in use.
@@ -126,7 +130,11 @@ class Segmenter:
         batch: int = 0,
         runtime: str = "torch",
         cache_dir: str | Path | None = None,
+        multimask: str = "off",
     ) -> None:
+        if multimask not in MULTIMASK:
+            raise SamlabelError(f"--multimask {multimask}: expected one of {list(MULTIMASK)}")
+        self.multimask = multimask
         if runtime not in RUNTIMES:
             raise SamlabelError(f"--runtime {runtime}: expected one of {list(RUNTIMES)}")
         path = resolve_weights(weights, flag="--segmenter")
@@ -238,14 +246,29 @@ class Segmenter:
         if not todo:
             return instances
         embedding = self.set_image(rgb)
+        n = len(instances)
         masks, scores = list(instances.masks), instances.mask_score.copy()
+        stability = np.full(n, np.nan)
+        extras = {}
+        if self.multimask != "off":
+            extras = {"multimask_index": np.full(n, -1, dtype=np.int64), "candidate_scores": np.full((n, 3), np.nan)}
+        t = self.threshold
         for start in range(0, len(todo), self.batch):  # one chunk's full-size work at a time
             chunk = todo[start : start + self.batch]
-            pred = self.predict(embedding, boxes=instances.xyxy[chunk])
+            pred = self.predict(embedding, boxes=instances.xyxy[chunk], multimask=self.multimask != "off")
             for k, i in enumerate(chunk):
-                masks[i] = pred.mask(k)
-                scores[i] = pred.scores[k, 0]
-        return instances.replace(masks=tuple(masks), mask_score=scores)
+                choice = 0
+                if self.multimask != "off":
+                    candidates = [pred.mask(k, c) for c in range(pred.scores.shape[1])]
+                    choice = choose_candidate(candidates, pred.scores[k], instances.xyxy[i], self.multimask)
+                    extras["multimask_index"][i] = choice
+                    extras["candidate_scores"][i] = pred.scores[k]
+                masks[i] = pred.mask(k, choice)
+                scores[i] = pred.scores[k, choice]
+                hi, lo = pred.masks_at(k, (t + 1.0, t - 1.0), k=choice)  # as segment-anything: offset 1
+                stability[i] = stability_score(hi, lo)
+        out = instances.replace(masks=tuple(masks), mask_score=scores)
+        return out.with_extras(stability_score=np.round(stability, 4), **extras)
 
 
 def select_backend(runtime: str, reference: TorchBackend, *, weights: Path, cache_dir: str | Path | None):
