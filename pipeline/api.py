@@ -51,6 +51,7 @@ def label(
         _stage_or_setting(segmenter, "segmenter", settings),
     )
     cfg = load_settings(config, **settings)
+    _require_engine(cfg)
     if isinstance(sources, (str, Path)):
         sources = [sources]
     items = plan_items(find_images(sources, exclude=Path(out)), parse_split(cfg.split))
@@ -60,6 +61,11 @@ def label(
         )
     LOGGER.info("found %d images in %s", len(items), ", ".join(map(str, sources)))
     check_writable(out)
+    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
+        from pipeline.run.stages import DetectorRecipe
+
+        detector = DetectorRecipe(cfg) if detector is None else detector
+        segmenter = _LazySegmenter(cfg) if segmenter is None else segmenter
     if detector is None or segmenter is None:
         check_device(cfg.device)
     if detector is None:
@@ -131,6 +137,7 @@ def convert(
     """
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
+    _require_engine(cfg)
     _refuse_overlap(Path(src), Path(out))
     if images is not None:
         _refuse_overlap(Path(images), Path(out), flag="--images")
@@ -151,9 +158,9 @@ def convert(
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
         needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
-        if needs_sam:
+        if needs_sam and cfg.engine != "ray":  # on Ray, the device is the workers' (checked there)
             check_device(cfg.device)
-        segmenter = _LazySegmenter(cfg)
+        segmenter = _LazySegmenter(cfg)  # on Ray, pickled unbuilt: each replica builds SAM if it needs it
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
         "source_problems": [p.to_dict() for p in ds.problems],
@@ -171,6 +178,14 @@ def convert(
         fingerprint_extra={"source": ds.describe(), "labels": _labels_digest(ds)},
         prelude=prelude,
     )
+
+
+def _require_engine(cfg) -> None:
+    """``--engine ray`` without Ray installed fails now, in one line that says how to install it."""
+    if cfg.engine == "ray":
+        from pipeline.run.ray_engine import require_ray
+
+        require_ray()
 
 
 def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:

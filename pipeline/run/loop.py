@@ -94,8 +94,15 @@ def run_dataset(
             LOGGER.info("resuming %s: %d of %d images already done", out, len(items) - len(todo), len(items))
         started = time.perf_counter()
         seconds: Counter = Counter()
-        _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
-                 command=command, progress=progress, seconds=seconds)  # fmt: skip
+        unfinished: list[dict] = []  # images a Ray run could not finish (not journaled: the next run retries them)
+        if settings.engine == "ray":  # the same stages on a Ray cluster
+            from pipeline.run import ray_engine
+
+            unfinished = ray_engine.process(todo, out=out, journal=journal, settings=settings, detector=detector,
+                                            segmenter=segmenter, command=command, progress=progress, seconds=seconds)  # fmt: skip
+        else:
+            _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
+                     command=command, progress=progress, seconds=seconds)  # fmt: skip
         elapsed = time.perf_counter() - started
         timings = {
             "this_run_seconds": round(elapsed, 3),
@@ -105,9 +112,14 @@ def run_dataset(
         }
         report = run_report.finalize(
             out, names=names, settings=settings, state=state, wanted={it.rel for it in items}, timings=timings,
-            prelude=prelude or {},
+            prelude={**(prelude or {}), **({"unfinished_images": unfinished} if unfinished else {})},
         )  # fmt: skip
     run_report.log_summary(out, report)
+    if unfinished:
+        raise SamlabelError(
+            f"{len(unfinished)} image(s) not finished ({unfinished[0]['source']}: {unfinished[0]['reason']}; all in "
+            f"{out / 'report.json'}); the others are saved: run the same command again to retry them"
+        )
     return RunResult(out=out, report=report)
 
 
