@@ -240,13 +240,14 @@ def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter):
 
     threads = default_threads()  # the local run's count, so both engines compute the same numbers
     gpus = run.settings.ray_gpus_per_actor
-    actors = run.settings.ray_actors or _auto_actors(gpus, threads)
     batch = GPU_BATCH if gpus else 1
+    blocks = math.ceil(len(todo) / batch)
+    actors = min(run.settings.ray_actors or _auto_actors(gpus, threads), blocks)  # no replica without work
     # Reads (a few ms an image) and records + files (tens of ms) reserve no CPU: whole CPUs for them would leave a
     # small node no room for its model replica, which does the work; their number is capped instead.
     io = dict(num_cpus=0, compute=TaskPoolStrategy(size=min(2 * actors, len(todo))), batch_size=1)
     rows = [{"rel": it.rel, "work": _dumps(_Work(item=it))} for it in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_read_batch, fn_kwargs=dict(run=run), **io)
     ds = ds.map_batches(
         _Models,
