@@ -55,6 +55,7 @@ def label(
         _stage_or_setting(segmenter, "segmenter", settings),
     )
     cfg = load_settings(config, **settings)
+    _require_engine(cfg)
     if isinstance(sources, (str, Path)):
         sources = [sources]
     skipped: list[dict] = []  # files named that cannot be used, listed with the unreadable ones
@@ -70,6 +71,11 @@ def label(
     found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
     LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
+    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
+        from pipeline.run.stages import DetectorRecipe
+
+        detector = DetectorRecipe(cfg) if detector is None else detector
+        segmenter = _LazySegmenter(cfg) if segmenter is None else segmenter
     if detector is None or segmenter is None:
         check_device(cfg.device)
     if detector is None:
@@ -157,6 +163,7 @@ def convert(
     """
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
+    _require_engine(cfg)
     _refuse_overlap(Path(src), Path(out))
     if images is not None:
         _refuse_overlap(Path(images), Path(out), flag="--images")
@@ -177,10 +184,11 @@ def convert(
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
         needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
-        if needs_sam:  # refused now, in one line, rather than at the first image
+        if needs_sam and cfg.engine != "ray":  # refused now, in one line; on Ray the device is the workers'
             check_device(cfg.device)
+        if needs_sam:
             resolve_weights(cfg.segmenter, flag="--segmenter")
-        segmenter = _LazySegmenter(cfg)
+        segmenter = _LazySegmenter(cfg)  # on Ray, pickled unbuilt: each replica builds SAM if it needs it
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
         "source_problems": [p.to_dict() for p in ds.problems],
@@ -198,6 +206,14 @@ def convert(
         fingerprint_extra={"source": ds.describe(), "labels": _labels_digest(ds)},
         prelude=prelude,
     )
+
+
+def _require_engine(cfg) -> None:
+    """``--engine ray`` without Ray installed fails now, in one line that says how to install it."""
+    if cfg.engine == "ray":
+        from pipeline.run.ray_engine import require_ray
+
+        require_ray()
 
 
 def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:

@@ -22,6 +22,7 @@ from pipeline.sources import parse_split
 LABEL, CONVERT = "label", "convert"
 BOTH = (LABEL, CONVERT)
 FORMATS = ("yolo", "coco")
+ENGINES = ("local", "ray")
 
 
 def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tuple | None = None) -> Any:
@@ -100,6 +101,16 @@ class Settings:
         "",
         "quality flag thresholds to change, e.g. 'min_mask_score=0.6,max_outside_box=0.2' (see README)",
     )
+    engine: str = _opt(
+        "local",
+        'where the models run: local (this process) or ray (a Ray cluster; pip install "samlabel[ray]")',
+        choices=ENGINES,
+    )
+    ray_address: str | None = _opt(
+        None, "Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: RAY_ADDRESS, else a local Ray"
+    )
+    ray_actors: int = _opt(0, "model replicas on Ray; 0 = auto (one per GPU share, or cluster CPUs / model threads)")
+    ray_gpus_per_actor: float = _opt(0.0, "GPUs per model replica on Ray (0.5 = two per GPU); 0 = replicas on CPU")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -127,6 +138,10 @@ class Settings:
             raise SamlabelError(f"runtime: expected torch, onnx or auto, got {self.runtime!r}")
         if self.simplify < 0:
             raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
+        if self.engine not in ENGINES:
+            raise SamlabelError(f"engine: expected one of {list(ENGINES)}, got {self.engine!r}")
+        if self.ray_actors < 0 or self.ray_gpus_per_actor < 0:
+            raise SamlabelError("ray_actors (0 = auto) and ray_gpus_per_actor (0 = CPU) must be >= 0")
         if self.device is not None:
             set_(self, "device", str(self.device))
         if self.multimask is False:  # YAML reads an unquoted `off` as false

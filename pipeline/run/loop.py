@@ -96,9 +96,18 @@ def run_dataset(
         started = time.perf_counter()
         seconds: Counter = Counter()
         saved = [0]  # images this run finished
+        unfinished: list[dict] = []  # images a Ray run could not finish (not journaled: the next run retries them)
         try:
-            _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
-                     command=command, progress=progress, seconds=seconds, saved=saved)  # fmt: skip
+            if settings.engine == "ray":  # the same stages on a Ray cluster
+                from pipeline.run import ray_engine
+
+                unfinished = ray_engine.process(todo, out=out, journal=journal, settings=settings, detector=detector,
+                                                segmenter=segmenter, command=command, progress=progress,
+                                                seconds=seconds)  # fmt: skip
+                saved[0] = len(todo) - len(unfinished)
+            else:
+                _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
+                         command=command, progress=progress, seconds=seconds, saved=saved)  # fmt: skip
         except BaseException:  # an interrupted run still adds what it did to the dataset's totals
             with contextlib.suppress(OSError):
                 _add_run(out, time.perf_counter() - started, saved[0], seconds)
@@ -107,9 +116,14 @@ def run_dataset(
         timings = run_report.timings(this_run, run_state.runs(out))
         report = run_report.finalize(
             out, names=names, settings=settings, state=state, wanted={it.rel for it in items}, timings=timings,
-            prelude=prelude or {},
+            prelude={**(prelude or {}), **({"unfinished_images": unfinished} if unfinished else {})},
         )  # fmt: skip
     run_report.log_summary(out, report)
+    if unfinished:
+        raise SamlabelError(
+            f"{len(unfinished)} image(s) not finished ({unfinished[0]['source']}: {unfinished[0]['reason']}; all in "
+            f"{out / 'report.json'}); the others are saved: run the same command again to retry them"
+        )
     return RunResult(out=out, report=report)
 
 
@@ -154,9 +168,9 @@ def _process(
 
         try:
             with _Stages(prefetch=PREFETCH) as stages:
-                for item, loaded in stages.read(todo, lambda it: _read(it, seconds)):
+                for item, loaded in stages.read(todo, lambda it: read_item(it, seconds)):
                     if not isinstance(loaded, ImageRecord):
-                        loaded = (loaded, _infer(item, loaded, detector, segmenter, settings, seconds))
+                        loaded = (loaded, infer_item(item, loaded, detector, segmenter, settings, seconds))
                     stages.write(finish, item, loaded)
         except KeyboardInterrupt:
             LOGGER.error("interrupted: %d images are saved; run the same command again to resume", saved[0])
@@ -218,7 +232,7 @@ class _Stages:
                 future.result()
 
 
-def _read(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
+def read_item(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     """The decoded image, or the record of an image that cannot be used."""
     t = time.perf_counter()
     try:
@@ -234,7 +248,7 @@ def _read(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     return image
 
 
-def _infer(item: ImageItem, image: LoadedImage, detector, segmenter, settings: Settings, seconds: Counter) -> Instances:
+def infer_item(item: ImageItem, image: LoadedImage, detector, segmenter, settings: Settings, seconds: Counter) -> Instances:
     """Detect (unless the item has source labels) and segment what has no mask."""
     if item.labels is not None:
         instances = item.labels.to_instances(image.hw, resegment=settings.resegment)

@@ -29,6 +29,8 @@ FORMAT_VERSION = 2
 
 #: Settings that change how a run goes, not what it writes: a resume may change them.
 NOT_FINGERPRINTED = ("device", "sam_batch", "runtime", "cache_dir")
+#: ... and where the run goes: a local run may be resumed on Ray and the other way round.
+NOT_FINGERPRINTED += ("engine", "ray_address", "ray_actors", "ray_gpus_per_actor")
 
 
 def fingerprint(command: str, settings: Settings, names: Sequence[str], items: Sequence[ImageItem], extra) -> str:
