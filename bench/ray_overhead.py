@@ -208,7 +208,8 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=cpus, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=cpus, num_gpus=1, include_dashboard=False, logging_level="ERROR",
+             _node_ip_address="127.0.0.1")  # fmt: skip
     ray_init = time.perf_counter() - t
     tmp = Path(tempfile.mkdtemp(prefix="samlabel-ray-bench-"))
     try:
