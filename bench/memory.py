@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,8 @@ print(json.dumps(dict(seconds=time.perf_counter() - t, instances=r.report["insta
 def run_case(case: str, n: int, det: Path, sam: Path) -> dict:
     with tempfile.TemporaryDirectory() as work:
         code = CHILD.format(root=str(ROOT), case=case, n=n, work=work, det=str(det), sam=str(sam))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        env = {**os.environ, "SAMLABEL_CACHE_DIR": str(Path(work) / "onnx-cache")}  # not the user's cache
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         if proc.returncode:
             raise SystemExit(proc.stderr)
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -134,12 +134,12 @@ def measure(run, data: Path, work: Path, **kwargs) -> float:
 
 
 def encoder_seconds(sam: Path, device: str, runtime: str, repeats: int = 3) -> float:
-    from pipeline.segment import Segmenter
+    from pipeline.sam import Segmenter
 
     seg = Segmenter(str(sam), device=device, runtime=runtime)
     rgb = np.zeros((480, 640, 3), np.uint8)
-    seg.encode(rgb)
-    return timed(lambda: seg.encode(rgb), repeats)
+    seg.set_image(rgb)
+    return timed(lambda: seg.set_image(rgb), repeats)
 
 
 def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: int, work: Path) -> dict[str, float]:
@@ -147,40 +147,37 @@ def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: i
     upsampling (timed on the Segmenter directly), reading and writing from the run's report."""
     from pipeline import convert
     from pipeline.images import load_image
-    from pipeline.segment import Segmenter, Upsampler
+    from pipeline.sam import Segmenter
 
     seg = Segmenter(str(sam), device=device, runtime=runtime)
     paths = sorted((data / "images").iterdir())
     parts = {"encoder": 0.0, f"decoder ({boxes} boxes)": 0.0, "upsampling": 0.0}
     for p in paths:
         rgb = load_image(p).rgb
-        hw = rgb.shape[:2]
         xyxy = label_boxes(data, p)
         t0 = time.perf_counter()
-        features = seg.encode(rgb)
+        embedding = seg.set_image(rgb)
         t1 = time.perf_counter()
-        logits, _ = seg.decode(features, xyxy, hw)
+        pred = seg.predict(embedding, boxes=xyxy)
         t2 = time.perf_counter()
-        up = Upsampler(hw)
-        for lg in logits:
-            up(lg, threshold=seg.threshold)
+        pred.masks()
         t3 = time.perf_counter()
         for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             parts[key] += dt / len(paths)
     out = work / "profile"
     shutil.rmtree(out, ignore_errors=True)
     report = convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False).report
-    stages = report["timings"]["stage_seconds"]
+    stages = report["timings"]["this_run"]["stage_seconds"]
     parts["read (in a thread)"] = stages.get("read", 0.0) / len(paths)
     parts["polygons + files (in a thread)"] = stages.get("write", 0.0) / len(paths)
-    parts["end to end"] = 1 / report["timings"]["images_per_second"]
+    parts["end to end"] = 1 / report["timings"]["this_run"]["images_per_second"]
     return parts
 
 
 def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[float, float, float]:
     """(max |logit diff|, max |score diff|, min IoU of non-empty masks) of ``runtime`` vs PyTorch."""
     from pipeline.images import load_image
-    from pipeline.segment import Segmenter, Upsampler
+    from pipeline.sam import Segmenter
 
     ref, fast = (Segmenter(str(sam_plain), device=device, runtime=r) for r in ("torch", runtime))
     d_logit = d_score = 0.0
@@ -189,12 +186,11 @@ def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[f
         rgb = load_image(img_path).rgb
         hw = rgb.shape[:2]
         xyxy = label_boxes(data, img_path)
-        (l1, s1), (l2, s2) = (s.decode(s.encode(rgb), xyxy, hw) for s in (ref, fast))
-        d_logit = max(d_logit, (l1 - l2).abs().max().item())
-        d_score = max(d_score, (s1 - s2).abs().max().item())
-        up = Upsampler(hw)
-        for a, b in zip(l1, l2, strict=True):
-            ma, mb = up(a).full(hw), up(b).full(hw)
+        p1, p2 = (s.predict(s.set_image(rgb), boxes=xyxy) for s in (ref, fast))
+        d_logit = max(d_logit, (p1.logits - p2.logits).abs().max().item())
+        d_score = max(d_score, float(np.abs(p1.scores - p2.scores).max()))
+        for a, b in zip(p1.masks(), p2.masks(), strict=True):
+            ma, mb = a.full(hw), b.full(hw)
             if ma.any() or mb.any():
                 ious.append(np.logical_and(ma, mb).sum() / np.logical_or(ma, mb).sum())
     return d_logit, d_score, (min(ious) if ious else float("nan"))
@@ -213,6 +209,7 @@ def main() -> None:
     runtimes = args.runtimes.split(",")
     with tempfile.TemporaryDirectory() as wd:
         work = Path(wd)
+        os.environ["SAMLABEL_CACHE_DIR"] = str(work / "onnx-cache")  # exports made here, not in the user's cache
         det = make_yolo_checkpoint(work / "w" / "det.pt", ["thing"])
         sam = make_sam_checkpoint(work / "w" / f"{args.sam}.pt")  # rigged: every box gets a mask
         plain = work / "plain" / f"{args.sam}.pt"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
+from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
+from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,15 +57,27 @@ def label(
         _stage_or_setting(segmenter, "segmenter", settings),
     )
     cfg = load_settings(config, **settings)
+    _require_engine(cfg)
     if isinstance(sources, (str, Path)):
         sources = [sources]
-    items = plan_items(find_images(sources, exclude=Path(out)), parse_split(cfg.split))
+    skipped: list[dict] = []  # files named that cannot be used, listed with the unreadable ones
+    items = plan_items(find_images(sources, exclude=Path(out), skipped=skipped), parse_split(cfg.split))
     if not items:
+        left_out = f"; left out: {skipped[0]['reason']}" if skipped else ""
+        left_out += f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
         raise SamlabelError(
             f"no images found in {', '.join(map(str, sources))} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+            + left_out
         )
-    LOGGER.info("found %d images in %s", len(items), ", ".join(map(str, sources)))
+    # Files with image suffixes; which of them are unreadable shows when they are read (listed at the end).
+    found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
+    LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
+    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
+        from pipeline.run.stages import DetectorRecipe
+
+        detector = DetectorRecipe(cfg) if detector is None else detector
+        segmenter = _LazySegmenter(cfg) if segmenter is None else segmenter
     if detector is None or segmenter is None:
         check_device(cfg.device)
     if detector is None:
@@ -77,9 +93,7 @@ def label(
             device=cfg.device,
         )
     if segmenter is None:
-        from pipeline.segment import Segmenter
-
-        segmenter = Segmenter(cfg.segmenter, device=cfg.device, batch=cfg.sam_batch, runtime=cfg.runtime)
+        segmenter = build_segmenter(cfg)
     return run_dataset(
         items,
         out=out,
@@ -90,6 +104,7 @@ def label(
         command="label",
         overwrite=overwrite,
         progress=progress,
+        prelude={"skipped_images": skipped} if skipped else None,
         discard_reviews=discard_reviews,
     )
 
@@ -102,6 +117,23 @@ def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:
     return value
 
 
+def _leave_no_folder_if_refused(fn):
+    """A call refused before its run starts leaves no ``out`` behind when it made it (a .zip extracts there)."""
+
+    @functools.wraps(fn)
+    def call(src, out, **kwargs):
+        fresh = not Path(out).exists()
+        try:
+            return fn(src, out, **kwargs)
+        except BaseException:
+            if fresh and not (Path(out) / STATE_DIR / "state.json").exists():  # no run started in it
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+    return call
+
+
+@_leave_no_folder_if_refused
 def convert(
     src: str | Path,
     out: str | Path,
@@ -136,6 +168,7 @@ def convert(
     """
     segmenter = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
+    _require_engine(cfg)
     _refuse_overlap(Path(src), Path(out))
     if images is not None:
         _refuse_overlap(Path(images), Path(out), flag="--images")
@@ -156,9 +189,11 @@ def convert(
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
         needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
-        if needs_sam:
+        if needs_sam and cfg.engine != "ray":  # refused now, in one line; on Ray the device is the workers'
             check_device(cfg.device)
-        segmenter = _LazySegmenter(cfg)
+        if needs_sam:
+            resolve_weights(cfg.segmenter, flag="--segmenter")
+        segmenter = _LazySegmenter(cfg)  # on Ray, pickled unbuilt: each replica builds SAM if it needs it
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
         "source_problems": [p.to_dict() for p in ds.problems],
@@ -179,11 +214,27 @@ def convert(
     )
 
 
+def _require_engine(cfg) -> None:
+    """``--engine ray`` without Ray installed fails now, in one line that says how to install it."""
+    if cfg.engine == "ray":
+        from pipeline.run.ray_engine import require_ray
+
+        require_ray()
+
+
 def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:
-    """The output folder must not be, contain, or lie inside the source dataset (or its image folder)."""
+    """The output folder must not be, contain, or lie inside the source dataset (or its image folder).
+
+    A data.yaml's dataset is its folder; a COCO json is the file alone (its images are ``--images``, checked
+    on their own), so a new folder beside it is fine, one that contains it is not.
+    """
     a, b = src.resolve(), out.resolve()
     if a.is_file() and a.suffix.lower() == ".zip":
         return  # read from the archive; extracted inside the output folder
+    if a.is_file() and a.suffix.lower() == ".json":
+        if b == a or b in a.parents:
+            raise SamlabelError(f"--out {out} overlaps {flag} {src} (it contains it); write the dataset elsewhere")
+        return
     root = a.parent if a.is_file() else a
     if b == root or b in root.parents or root in b.parents:
         raise SamlabelError(f"--out {out} overlaps {flag} {src}; write the dataset to a folder outside it")
@@ -202,6 +253,21 @@ def check_device(device: str | None) -> None:
         raise SamlabelError(f"--device {device}: not usable here ({first}); use --device cpu or a valid GPU") from None
 
 
+def build_segmenter(cfg):
+    """The SAM stage these settings ask for."""
+    from pipeline.sam import Segmenter
+
+    return Segmenter(
+        cfg.segmenter,
+        arch=cfg.sam_arch,
+        device=cfg.device,
+        batch=cfg.sam_batch,
+        runtime=cfg.runtime,
+        cache_dir=cfg.cache_dir,
+        multimask=cfg.multimask,
+    )
+
+
 class _LazySegmenter:
     """Builds the SAM stage on first use, so images that need no SAM never load its weights."""
 
@@ -211,12 +277,8 @@ class _LazySegmenter:
 
     def __call__(self, rgb, instances):
         if self._stage is None:
-            from pipeline.segment import Segmenter
-
             check_device(self._cfg.device)
-            self._stage = Segmenter(
-                self._cfg.segmenter, device=self._cfg.device, batch=self._cfg.sam_batch, runtime=self._cfg.runtime
-            )
+            self._stage = build_segmenter(self._cfg)
         return self._stage(rgb, instances)
 
 

@@ -33,7 +33,7 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
             type=kind,
             default=None,
             metavar=f.name.upper(),
-            help=f"{meta['help']}{choices} [default: {default}]",
+            help=f"{meta['help']}{choices}" + (f" [default: {default}]" if default is not None else ""),
         )
 
 
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_ready=lambda url: print(f"review: {url}", flush=True),
             )
     except SamlabelError as e:
-        print(f"samlabel: error: {e}", file=sys.stderr)
+        print(f"samlabel: error: {e.cli_message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)

@@ -15,12 +15,14 @@ import yaml
 
 from pipeline.errors import SamlabelError
 from pipeline.formats.coco import ENCODINGS as COCO_MASKS
+from pipeline.formats.layout import LAYOUTS
+from pipeline.quality import MULTIMASK
 from pipeline.sources import parse_split
 
 LABEL, CONVERT = "label", "convert"
 BOTH = (LABEL, CONVERT)
 FORMATS = ("yolo", "coco")
-MULTIMASK = ("off", "score", "box-fit")
+ENGINES = ("local", "ray")
 
 
 def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tuple | None = None) -> Any:
@@ -47,11 +49,31 @@ class Settings:
     imgsz: int = _opt(640, "detector input size", (LABEL,))
     device: str | None = _opt(None, "cpu, 0, cuda:0 ... (default: first GPU if any, else CPU)")
     split: str = _opt("train=0.8,valid=0.2", "split fractions, assigned per file by a hash of its path", (LABEL,))
-    formats: tuple[str, ...] = _opt(FORMATS, "comma-separated output formats", choices=FORMATS)
+    layout: str = _opt(
+        "roboflow",
+        "dataset layout: roboflow (<split>/images, labels, _annotations.coco.json) or coco "
+        "(annotations/instances_<split>.json, images/<split>/)",
+        choices=LAYOUTS,
+    )
+    formats: tuple[str, ...] | None = _opt(
+        None,
+        "comma-separated output formats; default yolo,coco (coco alone with --layout coco)",
+        choices=FORMATS,
+    )
     coco_masks: str = _opt("polygon", "COCO segmentation encoding", choices=COCO_MASKS)
     simplify: float = _opt(
         0.24,
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
+    )
+    sam_arch: str | None = _opt(
+        None,
+        "SAM architecture of --segmenter (sam_b/l/h, mobile_sam, sam2_t/s/b/l, sam2.1_t/s/b/l), for a file whose "
+        "name does not say it (a fine-tuned my_sam.pt); default: from the file name",
+    )
+    cache_dir: str | None = _opt(
+        None,
+        "folder for the exported ONNX runtimes, keyed by the weights' hash (default: $SAMLABEL_CACHE_DIR, else the "
+        "user cache folder); the weights' own folder may be read-only",
     )
     sam_batch: int = _opt(
         0, "boxes per SAM decoder call; 0 = auto (8 with the ONNX box decoder, 4 with PyTorch on CPU, 32 on GPU)"
@@ -79,6 +101,16 @@ class Settings:
         "",
         "quality flag thresholds to change, e.g. 'min_mask_score=0.6,max_outside_box=0.2' (see README)",
     )
+    engine: str = _opt(
+        "local",
+        'where the models run: local (this process) or ray (a Ray cluster; pip install "samlabel[ray]")',
+        choices=ENGINES,
+    )
+    ray_address: str | None = _opt(
+        None, "Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: RAY_ADDRESS, else a local Ray"
+    )
+    ray_actors: int = _opt(0, "model replicas on Ray; 0 = auto (one per GPU share, or cluster CPUs / model threads)")
+    ray_gpus_per_actor: float = _opt(0.0, "GPUs per model replica on Ray (0.5 = two per GPU); 0 = replicas on CPU")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -89,6 +121,10 @@ class Settings:
             set_(self, name, tuple(value) if value is not None else None)
         if self.classes == ():
             set_(self, "classes", None)
+        if self.layout not in LAYOUTS:
+            raise SamlabelError(f"layout: expected one of {list(LAYOUTS)}, got {self.layout!r}")
+        if self.formats is None:  # the layout's own: COCO tooling wants no YOLO files unless asked for
+            set_(self, "formats", FORMATS if self.layout == "roboflow" else ("coco",))
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise SamlabelError(f"formats: expected a non-empty subset of {list(FORMATS)}, got {list(self.formats)}")
@@ -102,6 +138,10 @@ class Settings:
             raise SamlabelError(f"runtime: expected torch, onnx or auto, got {self.runtime!r}")
         if self.simplify < 0:
             raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
+        if self.engine not in ENGINES:
+            raise SamlabelError(f"engine: expected one of {list(ENGINES)}, got {self.engine!r}")
+        if self.ray_actors < 0 or self.ray_gpus_per_actor < 0:
+            raise SamlabelError("ray_actors (0 = auto) and ray_gpus_per_actor (0 = CPU) must be >= 0")
         if self.device is not None:
             set_(self, "device", str(self.device))
         if self.multimask is False:  # YAML reads an unquoted `off` as false

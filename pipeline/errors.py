@@ -4,7 +4,17 @@ from __future__ import annotations
 
 
 class SamlabelError(Exception):
-    """A problem with the user's input, settings or environment, with a message that says the fix."""
+    """A problem with the user's input, settings or environment, with a message that says the fix.
+
+    Args:
+        message: the message, worded for a Python caller (options named as arguments: ``detector=``).
+        cli: the same message worded for the command line (``--detector PATH``), where the two differ;
+            the CLI prints ``cli_message``.
+    """
+
+    def __init__(self, message: str = "", *, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli_message = cli if cli is not None else message
 
 
 class WeightsNotFoundError(SamlabelError, FileNotFoundError):

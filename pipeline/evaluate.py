@@ -27,6 +27,7 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.errors import SamlabelError
+from pipeline.formats import layout
 from pipeline.sources import read_dataset
 from pipeline.types import CropMask, Instances
 
@@ -183,7 +184,8 @@ def _load(src: str | Path, *, images: str | Path | None = None, names: Sequence[
             raise SamlabelError(f"{json_path}: categories {list(ds.names)} differ from another split's {all_names}")
         all_names = list(ds.names)
         sources, scores = _coco_extras(json_path)
-        prefix = f"{json_path.parent.name}/" if len(coco_files) > 1 else ""
+        split = root.name if json_path.parent.name == "annotations" else json_path.parent.name  # COCO layout
+        prefix = f"{split}/" if len(coco_files) > 1 else ""
         for it in ds.items:
             file_name = it.path.relative_to(root).as_posix()
             out.append(
@@ -226,7 +228,7 @@ def _coco_files(src: Path, images: str | Path | None) -> list[tuple[Path, Path]]
             # samlabel puts images in <split>/images/, Roboflow beside the json
             root = src / split / "images" if (src / split / "images").is_dir() else src / split
             found.append((json_path, root))
-    return found
+    return found or list(layout.coco_splits(src).values())  # annotations/instances_<split>.json + images/<split>/
 
 
 def _coco_extras(json_path: Path) -> tuple[dict[str, str], dict[str, dict[int, float]]]:

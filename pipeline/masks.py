@@ -223,6 +223,12 @@ def rle_to_mask(rle: dict) -> CropMask:
     return CropMask.from_full(mask_utils.decode(coco.to_rle(rle, h, w)).astype(bool))
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks of one shape; 1.0 when both are empty."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
 def _simplify(poly: np.ndarray, tolerance: float) -> np.ndarray:
     if len(poly) <= 4:
         return poly

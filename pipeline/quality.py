@@ -43,6 +43,9 @@ SIGNALS = (
     "overlap_with",
 )
 
+#: ``--multimask`` strategies: one SAM mask per box (``off``), or the best of SAM's 3 by ``choose_candidate``.
+MULTIMASK = ("off", "score", "box-fit")
+
 #: Flag names, in the order :func:`flag` lists them.
 FLAGS = ("empty", "low_score", "unstable", "leaks_box", "underfills_box", "fragmented", "duplicate", "tiny")
 

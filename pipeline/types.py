@@ -38,6 +38,13 @@ class CropMask:
     def __setattr__(self, name, value):
         raise AttributeError("CropMask is immutable")
 
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:  # pickle (a Ray worker sends masks to the next stage)
+        for name, value in zip(self.__slots__, state, strict=True):
+            object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         return f"CropMask(shape={self._shape}, x0={self.x0}, y0={self.y0}, area={self._area})"
 

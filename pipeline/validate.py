@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco as coco_format
-from pipeline.formats import data_yaml, yolo
+from pipeline.formats import data_yaml, layout, yolo
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.images import IMAGE_SUFFIXES, MIN_SIDE
 
@@ -27,31 +27,41 @@ def validate(out: str | Path) -> list[str]:
     instance count in YOLO and COCO per image, and the same image in two splits.
     """
     out = Path(out)
+    paths = layout.detect(out) or layout.ROBOFLOW
     problems: list[str] = []
     try:
-        names = _check_data_yaml(out, problems)
+        if paths.writes_data_yaml_always or (out / "data.yaml").is_file():
+            names = _check_data_yaml(out, problems)
+        else:  # the COCO layout without YOLO labels: the names are the COCO categories'
+            names = _coco_names(out, paths, problems)
     except Exception as e:  # noqa: BLE001 - a file too malformed to check is itself the finding
         problems.append(f"data.yaml: cannot be checked ({type(e).__name__}: {e})")
         names = []
     hashes: dict[str, list[str]] = defaultdict(list)
     for split in SPLITS:
-        images_dir = out / split / "images"
+        images_dir = out / paths.images_dir(split)
         if not images_dir.is_dir():
             continue
         images = {p.name: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         for name, p in images.items():
             data = p.read_bytes()  # read once: hashed, and its header checked
-            hashes[hashlib.sha256(data).hexdigest()].append(f"{split}/images/{name}")
-            _check_image_size(f"{split}/images/{name}", data, problems)
-        yolo_counts = _guarded(f"{split}/labels", _check_labels, out, split, images, names, problems)
-        coco_counts = _guarded(f"{split}/{coco_format.ROBOFLOW_NAME}", _check_coco, out, split, images, names, problems)
+            hashes[hashlib.sha256(data).hexdigest()].append(paths.image(split, name))
+            _check_image_size(paths.image(split, name), data, problems)
+        args = (out, paths, split, images, names, problems)
+        yolo_counts = _guarded(paths.labels_dir(split), _check_labels, *args)
+        coco_counts = _guarded(paths.coco_file(split), _check_coco, *args)
         if yolo_counts is not None and coco_counts is not None:
             for name in images:
                 if yolo_counts.get(name, 0) != coco_counts.get(name, 0):
                     problems.append(
-                        f"{split}/images/{name}: {yolo_counts.get(name, 0)} YOLO instances but "
+                        f"{paths.image(split, name)}: {yolo_counts.get(name, 0)} YOLO instances but "
                         f"{coco_counts.get(name, 0)} COCO annotations"
                     )
+    if paths is layout.COCO:
+        listed = {f"annotations/{p.name}" for p, _ in layout.coco_splits(out).values()}
+        for p in sorted((out / "annotations").glob("*.json")):
+            if f"annotations/{p.name}" not in listed:
+                problems.append(f"annotations/{p.name}: no image folder images/<split>/ for it")
     for paths in hashes.values():
         if len({p.split("/")[0] for p in paths}) > 1:
             problems.append(f"same image in several splits: {', '.join(paths)}")
@@ -72,10 +82,11 @@ def _check_image_size(where: str, data: bytes, problems: list[str]) -> None:
         problems.append(f"{where}: {w}x{h} pixels; Ultralytics drops images under {MIN_SIDE} px a side when training")
 
 
-def _guarded(what: str, check, out, split, images, names, problems: list[str]):
+def _guarded(what: str, check, *args):
     """Run one check; a file too malformed for it to read is reported as a problem, not raised."""
+    problems = args[-1]
     try:
-        return check(out, split, images, names, problems)
+        return check(*args)
     except Exception as e:  # noqa: BLE001 - whatever the malformed content makes fail
         problems.append(f"{what}: cannot be checked ({type(e).__name__}: {e})")
         return None
@@ -110,14 +121,25 @@ def _check_data_yaml(out: Path, problems: list[str]) -> list[str]:
     return names
 
 
-def _check_labels(out, split, images, names, problems) -> dict[str, int] | None:
-    labels_dir = out / split / "labels"
+def _coco_names(out: Path, paths: layout.Layout, problems: list[str]) -> list[str]:
+    """Class names from the first split's COCO categories (category id = class index + 1)."""
+    for split in SPLITS:
+        path = out / paths.coco_file(split)
+        if path.is_file():
+            cats = sorted(json.loads(path.read_text(encoding="utf-8")).get("categories", []), key=lambda c: c["id"])
+            return [c["name"] for c in cats]
+    problems.append("no COCO file (annotations/instances_<split>.json) to take the class names from")
+    return []
+
+
+def _check_labels(out, paths, split, images, names, problems) -> dict[str, int] | None:
+    labels_dir = out / paths.labels_dir(split)
     if not labels_dir.is_dir():
         return None
     by_stem = {Path(n).stem: n for n in images}
     counts: dict[str, int] = {}
     for label in sorted(labels_dir.glob("*.txt")):
-        where = f"{split}/labels/{label.name}"
+        where = f"{paths.labels_dir(split)}/{label.name}"
         if label.stem not in by_stem:
             problems.append(f"{where}: no image with this stem")
             continue
@@ -127,7 +149,7 @@ def _check_labels(out, split, images, names, problems) -> dict[str, int] | None:
             _check_label_line(f"{where}:{number}", line, len(names), problems)
     for stem, name in by_stem.items():
         if not (labels_dir / f"{stem}.txt").is_file():
-            problems.append(f"{split}/images/{name}: no label file")
+            problems.append(f"{paths.image(split, name)}: no label file")
     return counts
 
 
@@ -148,9 +170,9 @@ def _check_label_line(where: str, line: str, nc: int, problems: list[str]) -> No
         problems.append(f"{where}: coordinates outside [0, 1]")
 
 
-def _check_coco(out, split, images, names, problems) -> dict[str, int] | None:
-    path = out / split / coco_format.ROBOFLOW_NAME
-    where = f"{split}/{coco_format.ROBOFLOW_NAME}"
+def _check_coco(out, paths, split, images, names, problems) -> dict[str, int] | None:
+    path = out / paths.coco_file(split)
+    where = paths.coco_file(split)
     if not path.is_file():
         return None
     try:
@@ -168,9 +190,9 @@ def _check_coco(out, split, images, names, problems) -> dict[str, int] | None:
             problems.append(f"{where}: duplicate image id {img['id']}")
         imgs[img["id"]] = img
         if img["file_name"] not in images:
-            problems.append(f"{where}: image {img['id']} {img['file_name']!r} is not in {split}/images")
+            problems.append(f"{where}: image {img['id']} {img['file_name']!r} is not in {paths.images_dir(split)}")
     listed = {img["file_name"] for img in imgs.values()}
-    problems.extend(f"{split}/images/{n}: not in {where}" for n in images if n not in listed)
+    problems.extend(f"{paths.image(split, n)}: not in {where}" for n in images if n not in listed)
     counts: dict[str, int] = defaultdict(int)
     seen: set[int] = set()
     for ann in coco.get("annotations", []):

@@ -10,12 +10,22 @@ from pipeline.errors import WeightsNotFoundError
 LOGGER = logging.getLogger(__name__)
 
 
-def resolve_weights(spec: str | Path, *, flag: str) -> Path:
+def ultralytics_weights_dir() -> Path:
+    """Ultralytics' weights folder (its settings' ``weights_dir``): where downloads go and later runs find them."""
+    from ultralytics.utils import SETTINGS
+
+    return Path(SETTINGS["weights_dir"])
+
+
+def resolve_weights(spec: str | Path, *, flag: str, weights_dir: Path | None = None) -> Path:
     """Return a local path for ``spec``: an existing file, or a name Ultralytics can download.
 
     Args:
         spec: a path, or a bare released-asset name such as ``yolov8n.pt`` or ``mobile_sam.pt``.
-        flag: the option that sets it (``--detector`` / ``--segmenter``), named in the error.
+        flag: the option that sets it (``--detector`` / ``--segmenter``), named in the error: as that flag in
+            the error's ``cli_message``, as the Python argument (``detector=``) in its message.
+        weights_dir: where a bare name is looked for and downloaded to; ``None`` for
+            :func:`ultralytics_weights_dir`.
 
     Raises:
         WeightsNotFoundError: not on disk and not downloadable (offline, or not a released name).
@@ -24,22 +34,34 @@ def resolve_weights(spec: str | Path, *, flag: str) -> Path:
     if path.is_file():
         return path
     if path.parent != Path(".") or not path.suffix:
-        raise WeightsNotFoundError(f"{flag} {spec}: no such file; give the path of a weights file with {flag} PATH")
-    from ultralytics.utils import SETTINGS
+        raise _not_found(flag, spec, "no such file", "give the path of a weights file with {option}")
     from ultralytics.utils.downloads import attempt_download_asset
 
     # Into Ultralytics' weights folder, where later runs find it, rather than the current directory.
-    target = Path(SETTINGS["weights_dir"]) / path.name
+    target = Path(weights_dir if weights_dir is not None else ultralytics_weights_dir()) / path.name
     LOGGER.info("%s not found locally; asking Ultralytics to download it to %s", spec, target.parent)
     try:
         downloaded = Path(attempt_download_asset(str(target)))
     except Exception as e:  # noqa: BLE001 - any network/asset failure means the same thing to the user
-        raise WeightsNotFoundError(
-            f"{flag} {spec}: not found locally and could not be downloaded ({type(e).__name__}: {e}); "
-            f"download it where you have internet, or give a local file with {flag} PATH"
+        raise _not_found(
+            flag,
+            spec,
+            f"not found locally and could not be downloaded ({type(e).__name__}: {e})",
+            "download it where you have internet, or give a local file with {option}",
         ) from None
     if not downloaded.is_file():
-        raise WeightsNotFoundError(
-            f"{flag} {spec}: not found locally and the download did not produce it; give a local file with {flag} PATH"
+        raise _not_found(
+            flag, spec, "not found locally and the download did not produce it", "give a local file with {option}"
         )
     return downloaded
+
+
+def _not_found(flag: str, spec, problem: str, fix: str) -> WeightsNotFoundError:
+    """The error worded twice: for Python (``detector='x.pt'`` ... ``detector="PATH"``) and for the CLI
+    (``--detector x.pt`` ... ``--detector PATH``), which prints ``cli_message``. ``fix`` names the option as ``{option}``.
+    """
+    argument = flag.lstrip("-").replace("-", "_")
+    return WeightsNotFoundError(
+        f"{argument}={str(spec)!r}: {problem}; {fix.format(option=f'{argument}=' + repr('PATH'))}",
+        cli=f"{flag} {spec}: {problem}; {fix.format(option=f'{flag} PATH')}",
+    )

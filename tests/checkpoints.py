@@ -90,7 +90,14 @@ def _set_last_linear(head: nn.Module, value: float) -> None:
     layer.bias.fill_(value)
 
 
-def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0.9) -> Path:
+def make_sam_checkpoint(
+    path: Path,
+    *,
+    mask_logit: float = 8.0,
+    score: float = 0.9,
+    token_logits: tuple[float, ...] | None = None,
+    token_scores: tuple[float, ...] | None = None,
+) -> Path:
     """Write a random-weight SAM / SAM2 state dict whose mask decoder answers every prompt identically.
 
     The architecture is chosen as ``ultralytics.models.sam.build.build_sam`` does, from the end of the
@@ -114,6 +121,9 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
         path: Destination file whose name ends with a key of ``ultralytics.models.sam.build.sam_model_map``.
         mask_logit: Value of every low-resolution mask logit.
         score: Predicted IoU score of every mask, in ``(0, 1)``.
+        token_logits: per mask token (token 0: the single mask; 1-3: the multimask candidates), its logit
+            instead of ``mask_logit``: candidates that differ (whole-image for positive, empty for negative).
+        token_scores: per mask token, its predicted IoU instead of ``score``.
 
     Returns:
         The path written.
@@ -133,10 +143,15 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
         upscale.weight.zero_()
         upscale.bias.fill_(1.0)
         level = float(decoder.output_upscaling[-1](torch.ones(1))[0])
-        for mlp in decoder.output_hypernetworks_mlps:
-            _set_last_linear(mlp, mask_logit / (upscale.out_channels * level))
+        for k, mlp in enumerate(decoder.output_hypernetworks_mlps):
+            logit = token_logits[k] if token_logits is not None else mask_logit
+            _set_last_linear(mlp, logit / (upscale.out_channels * level))
         iou_head = decoder.iou_prediction_head
-        _set_last_linear(iou_head, _logit(score) if getattr(iou_head, "sigmoid", False) else score)
+        sigmoid = getattr(iou_head, "sigmoid", False)
+        _set_last_linear(iou_head, _logit(score) if sigmoid else score)
+        if token_scores is not None:
+            last = iou_head.layers[-1] if hasattr(iou_head, "layers") else iou_head
+            last.bias.copy_(torch.tensor([_logit(v) if sigmoid else v for v in token_scores]))
         for name in ("conv_s0", "conv_s1"):
             conv = getattr(decoder, name, None)
             if conv is not None:
@@ -149,15 +164,28 @@ def make_sam_checkpoint(path: Path, *, mask_logit: float = 8.0, score: float = 0
     return path
 
 
-def make_plain_sam_checkpoint(path: Path, *, seed: int = 1) -> Path:
-    """A SAM / SAM2 state dict with seeded random weights and nothing rigged: masks and scores depend on the
-    image and the prompt (meaningless, but different prompts give different answers)."""
+def make_plain_sam_checkpoint(path: Path, *, arch: str | None = None, jitter: float = 0.05) -> Path:
+    """Write a seeded random-weight SAM / SAM2 state dict, not rigged: answers depend on image and prompt.
+
+    Built like :func:`make_sam_checkpoint` (``arch`` defaults to the file name's, e.g. ``mobile_sam``).
+    The prompt encoder and mask decoder parameters are then moved by ``jitter * randn`` so that fresh
+    initialisations (zero biases, unit norms) do not make different prompts look alike.
+
+    Returns:
+        The path written.
+    """
     from ultralytics.models.sam import build as sam_build
 
     path = Path(path)
+    name = f"{arch}.pt" if arch else path.name
     with torch.random.fork_rng(devices=[]), mock.patch.object(sam_build, "_load_checkpoint", lambda m, _c: m):
-        torch.manual_seed(seed)
-        model = sam_build.build_sam(str(path))
+        torch.manual_seed(_SEED)
+        model = sam_build.build_sam(name)
+        decoder = getattr(model, "sam_mask_decoder", None) or model.mask_decoder
+        prompts = getattr(model, "sam_prompt_encoder", None) or model.prompt_encoder
+        with torch.no_grad():
+            for p in [*decoder.parameters(), *prompts.parameters()]:
+                p.add_(jitter * torch.randn_like(p))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path

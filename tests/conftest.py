@@ -12,6 +12,35 @@ from PIL import Image
 from pipeline.types import CropMask, Instances
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_sam_cache(tmp_path_factory):
+    """No test (nor a command it runs) writes ONNX exports into the user's cache folder."""
+    from pipeline.sam.onnx_cache import CACHE_ENV  # here, not above: scripts that import this file stay light
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("default-sam-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def plain_mobile_sam(tmp_path_factory):
+    """A plain (not rigged) random-weight MobileSAM, in a read-only folder: answers vary with image and prompt."""
+    from tests.checkpoints import make_plain_sam_checkpoint
+
+    folder = tmp_path_factory.mktemp("plain-sam")
+    path = make_plain_sam_checkpoint(folder / "mobile_sam.pt")
+    folder.chmod(0o555)
+    yield path
+    folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def sam_cache(tmp_path_factory):
+    """The ONNX cache folder the SAM tests share, so each graph of ``plain_mobile_sam`` is exported once."""
+    return tmp_path_factory.mktemp("sam-cache")
+
+
 class FakeDetector:
     """Finds the bright discs drawn by ``draw_scene``: class = disc index mod len(names)."""
 

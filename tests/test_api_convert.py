@@ -339,7 +339,7 @@ def test_coco_size_that_is_not_the_files_is_reported_and_sam_redoes_its_rles(tmp
             ann["bbox"] = [0, 0, w, h]
     path.write_text(json.dumps(coco))
     sam = FakeSegmenter()
-    monkeypatch.setattr("pipeline.segment.Segmenter", lambda *a, **k: sam)  # what --segmenter would load
+    monkeypatch.setattr("pipeline.sam.Segmenter", lambda *a, **k: sam)  # what --segmenter would load
     report = convert(src, tmp_path / "out", progress=False).report  # no segmenter object: built when needed
     assert sam.calls == 1  # ... except for the image whose RLEs were made for another size
     [problem] = [p for p in report["source_problems"] if p["where"].endswith(img["file_name"])]
@@ -364,3 +364,28 @@ def test_unreadable_coco_structure_is_one_clear_error(tmp_path, change, message)
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
     with pytest.raises(SamlabelError, match=message.replace("(", r"\(")):
         convert(src, tmp_path / "out", progress=False, segmenter=FakeSegmenter())
+
+
+def test_out_beside_a_bare_coco_json_is_accepted(tmp_path):
+    """``convert data/instances.json --images data/imgs --out data/seg``: the json's folder is not the source."""
+    json_path, images, _ = coco_polygons_with_two_part_object(tmp_path / "data")
+    report = _convert(json_path, tmp_path / "data" / "seg", images=images, segmenter=NoSam()).report
+    assert report["instances_total"] == 2
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("data", "overlaps the source"),  # holds the json (and the images)
+        (".", "overlaps the source"),  # an ancestor of both
+        ("data/imgs", "overlaps --images"),
+        ("data/imgs/seg", "overlaps --images"),
+        ("data/instances.json", "overlaps the source"),
+    ],
+)
+def test_out_holding_a_bare_coco_json_or_touching_its_images_is_refused(tmp_path, out, message):
+    json_path, images, _ = coco_polygons_with_two_part_object(tmp_path / "data")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(SamlabelError, match=message):
+        convert(json_path, tmp_path / out, images=images, progress=False, overwrite=True, segmenter=NoSam())
+    assert sorted(p for p in tmp_path.rglob("*")) == before

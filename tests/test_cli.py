@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -90,18 +92,27 @@ def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
     "flag, name",
     [("--detector", "yolov8n.pt"), ("--segmenter", "mobile_sam.pt"), ("--detector", "missing/dir/best.pt")],
 )
-def test_missing_weights_one_line_exit_2(tmp_path, image_folder, weights, flag, name):
+def test_missing_weights_one_line_exit_2(tmp_path, image_folder, weights, flag, name, monkeypatch, capsys):
+    """The same test everywhere: an empty Ultralytics weights folder, and no network (blocked in this process)."""
     det, sam = weights
-    chosen = {"--detector": det, "--segmenter": sam, flag: name}
-    proc = _samlabel(
-        "label", image_folder, "--out", tmp_path / "o", "--detector", chosen["--detector"], "--segmenter",
-        chosen["--segmenter"], "-q", cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("samlabel: error:")]
+    monkeypatch.setattr("pipeline.weights.ultralytics_weights_dir", lambda: tmp_path / "ultralytics-weights")
+
+    def no_network(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.chdir(tmp_path)
+    chosen = {"--detector": str(det), "--segmenter": str(sam), flag: name}
+    argv = ["label", str(image_folder), "--out", str(tmp_path / "o"), "-q", "--runtime", "torch"]
+    code = main([*argv, "--detector", chosen["--detector"], "--segmenter", chosen["--segmenter"]])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("samlabel: error:")]
     assert name in line and f"{flag} PATH" in line
     assert not (tmp_path / name).exists()  # nothing half-downloaded left behind
+    assert not (tmp_path / "ultralytics-weights" / Path(name).name).exists()
 
 
 @pytest.mark.parametrize(
@@ -173,3 +184,30 @@ def test_convert_roboflow_export_with_offline_checkpoint(tmp_path, weights, layo
     assert sum(len(v) for v in ultralytics_segment_labels(out).values()) == 5
     check_yolo_matches_coco(out)
     assert_valid(out)
+
+
+def test_sam_arch_loads_a_renamed_checkpoint_from_a_read_only_folder_on_onnx(tmp_path, weights):
+    """Issue 10's acceptance: `--sam-arch mobile_sam` loads my_finetuned.pt; `--runtime onnx` works with the
+    weights in a read-only folder (exports go to --cache-dir, nothing is written beside the weights)."""
+    import os
+    import shutil
+
+    from tests.roboflow import roboflow_yolo
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(weights[1], models / "my_finetuned.pt")
+    os.chmod(models, 0o555)
+    try:
+        src = roboflow_yolo(tmp_path / "src")
+        args = ("convert", src, "--segmenter", models / "my_finetuned.pt", "-q", "--runtime", "onnx")
+        refused = _samlabel(*args, "--out", tmp_path / "no")
+        assert refused.returncode == 2 and "--sam-arch" in refused.stderr and "Traceback" not in refused.stderr
+        cache = tmp_path / "cache"
+        proc = _samlabel(*args, "--out", tmp_path / "out", "--sam-arch", "mobile_sam", "--cache-dir", cache)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in models.iterdir()) == ["my_finetuned.pt"]
+        assert any(p.suffix == ".onnx" for p in cache.rglob("*"))
+        assert_valid(tmp_path / "out")
+    finally:
+        os.chmod(models, 0o755)

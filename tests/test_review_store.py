@@ -175,6 +175,21 @@ def test_saves_follow_the_datasets_settings_and_keep_its_report(tmp_path, settin
     assert_valid(out)
 
 
+def test_coco_layout_dataset(tmp_path):
+    out = make_dataset(tmp_path, layout="coco", formats="yolo,coco")
+    store = ReviewStore(out)
+    iid = image_id(IMAGE)
+    assert store.image_path(iid) == out / "images" / "train" / "sub_b.JPG"
+    store.save(iid, version=1, reviewed=True, instances=_recolour(store))
+    coco = json.loads((out / "annotations" / "instances_train.json").read_text())
+    [img] = [i for i in coco["images"] if i["file_name"] == "sub_b.JPG"]
+    anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
+    assert img["reviewed"] and anns[0]["category_id"] == 3 and anns[0]["source"] == "review"
+    assert (out / "labels" / "train" / "sub_b.txt").read_text().startswith("2 ")
+    assert not (out / "train").exists()
+    assert_valid(out)
+
+
 def test_server_and_runs_exclude_each_other(out, monkeypatch):
     with locked(out):  # what `samlabel review` holds while it serves
         with pytest.raises(SamlabelError, match="another samlabel run"):

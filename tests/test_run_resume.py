@@ -54,6 +54,23 @@ def _start(src, out, delay=0.1):
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _fill_disk_after(n: int, monkeypatch):
+    """Label files fail with ENOSPC after the first ``n``; returns the real writer (to undo with monkeypatch)."""
+    import pipeline.formats.yolo as yolo_seg
+
+    real = yolo_seg.fsio.write_text
+    calls = {"n": 0}
+
+    def full(path, text):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, text)
+
+    monkeypatch.setattr(yolo_seg.fsio, "write_text", full)
+    return real
+
+
 def _journal_lines(out):
     path = out / ".samlabel" / "journal.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
@@ -138,16 +155,7 @@ def test_disk_full_mid_run_is_a_clear_error_and_resumable(many_images, tmp_path,
     import pipeline.formats.yolo as yolo_seg
 
     out = tmp_path / "ds"
-    real = yolo_seg.fsio.write_text
-    calls = {"n": 0}
-
-    def full_after_ten(path, text):
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real(path, text)
-
-    monkeypatch.setattr(yolo_seg.fsio, "write_text", full_after_ten)
+    real = _fill_disk_after(10, monkeypatch)
     with pytest.raises(SamlabelError, match="No space left on device.*run the same command again to resume"):
         label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
     assert 0 < _journal_lines(out) < 40  # the images before the failure are saved
@@ -199,3 +207,52 @@ def test_an_image_gets_the_same_record_alone_and_third_in_a_run(tmp_path):
     third, first = record(tmp_path / "run"), record(tmp_path / "one")
     assert len(first["instances"]) + len(first["dropped"]) == 300
     assert third == first
+
+
+def _timings(out):
+    return json.loads((out / "report.json").read_text())["timings"]
+
+
+def test_rerunning_a_finished_dataset_keeps_the_timings_of_the_runs_that_made_it(many_images, tmp_path):
+    out = tmp_path / "ds"
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    first = _timings(out)
+    assert first["runs"] == 1 and first["total"] == first["this_run"] and first["total"]["images"] == 40
+    assert first["total"]["seconds"] > 0 and set(first["total"]["stage_seconds"]) >= {"detect", "segment", "read"}
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    again = _timings(out)
+    assert again["total"] == first["total"] and again["runs"] == 1
+    assert again["this_run"]["images"] == 0 and again["this_run"]["images_per_second"] is None
+
+
+def test_timings_add_up_over_an_interrupted_and_a_resumed_run(many_images, tmp_path, monkeypatch):
+    import pipeline.formats.yolo as yolo_seg
+    from pipeline.run.state import runs
+
+    out = tmp_path / "ds"
+    real = _fill_disk_after(10, monkeypatch)
+    with pytest.raises(SamlabelError):
+        label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    done = _journal_lines(out)
+    monkeypatch.setattr(yolo_seg.fsio, "write_text", real)
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    t, shares = _timings(out), runs(out)
+    assert 0 < done < 40 and t["runs"] == len(shares) == 2 and [s["images"] for s in shares] == [done, 40 - done]
+    assert t["total"]["images"] == 40 and t["this_run"]["images"] == 40 - done
+    assert t["total"]["seconds"] == pytest.approx(sum(s["seconds"] for s in shares), abs=2e-3)
+
+
+def test_a_killed_runs_time_is_lost_never_counted_twice(many_images, tmp_path):
+    out = tmp_path / "ds"
+    proc = _start(many_images, out, delay=0.05)
+    deadline = time.time() + 120
+    while _journal_lines(out) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = _journal_lines(out)
+    assert 5 <= killed < 40
+    label(many_images, out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    t = _timings(out)
+    assert t["runs"] == 1 and t["total"]["images"] == t["this_run"]["images"] == 40 - killed
+    assert t["total"]["seconds"] == t["this_run"]["seconds"]

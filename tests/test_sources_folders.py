@@ -105,3 +105,56 @@ def test_split_is_deterministic_and_stable_when_images_are_added():
     }
     share = sum(s == "train" for s in first.values()) / len(rels)
     assert 0.75 < share < 0.85
+
+
+@pytest.mark.parametrize("out, source", [(".", "."), (".", "sub"), (".", "sub/x.jpg"), (".", "sub/*.jpg")])
+def test_an_output_folder_that_is_or_holds_the_source_is_refused_in_one_line(tmp_path, out, source):
+    """``label src/ --out src/`` excludes every image as the output's own: said as what it is, not 'no images'."""
+    _touch(tmp_path, "a.jpg", "sub/x.jpg")
+    where = "is" if out == source else "contains"
+    with pytest.raises(SamlabelError, match=rf"^--out \S+ {where} the source \S+: the dataset would be written") as e:
+        find_images([tmp_path / source], exclude=tmp_path / out)
+    assert "\n" not in str(e.value)
+
+
+def test_label_into_the_source_folder_says_so(tmp_path):
+    from pipeline import label
+    from tests.conftest import FakeDetector, FakeSegmenter, make_photos
+
+    src = make_photos(tmp_path / "src")
+    with pytest.raises(SamlabelError, match="is the source"):
+        label(src, src, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert not (src / "train").exists() and not (src / ".samlabel").exists()
+
+
+@pytest.mark.parametrize("glob_source", [False, True])
+def test_folders_holding_a_dataset_are_not_searched(tmp_path, caplog, glob_source):
+    """Images of a dataset inside a source (samlabel's state, or data.yaml + split folders) are its copies."""
+    _touch(tmp_path, "a.jpg", "sub/b.jpg")
+    _touch(tmp_path, "ds/.samlabel/state.json", "ds/train/images/a.jpg", "ds/valid/images/sub_b.jpg")
+    _touch(tmp_path, "sub/export/data.yaml", "sub/export/train/images/x.jpg", "sub/export/test/images/y.jpg")
+    _touch(tmp_path, "sub/coco/annotations/instances_train.json", "sub/coco/images/train/z.jpg")
+    _touch(tmp_path, "sub/notads/train/images/kept.jpg")  # split folders without data.yaml: a plain folder
+    source = str(tmp_path / "**" / "*.jpg") if glob_source else tmp_path
+    with caplog.at_level("INFO", logger="pipeline"):
+        rels = [rel for _, rel in find_images([source])]
+    assert rels == ["a.jpg", "sub/b.jpg", "sub/notads/train/images/kept.jpg"]
+    skipped = {r.getMessage().split(":")[0] for r in caplog.records if "holds a dataset" in r.getMessage()}
+    assert skipped == {str(tmp_path / "ds"), str(tmp_path / "sub" / "export"), str(tmp_path / "sub" / "coco")}
+
+
+def test_a_dataset_given_as_the_source_is_searched(tmp_path):
+    _touch(tmp_path, "ds/.samlabel/state.json", "ds/train/images/a.jpg")
+    assert [rel for _, rel in find_images([tmp_path / "ds"])] == ["train/images/a.jpg"]
+
+
+def test_labeling_again_does_not_take_an_earlier_dataset_inside_the_source_for_new_images(tmp_path, caplog):
+    from pipeline import label
+    from tests.conftest import FakeDetector, FakeSegmenter, make_photos
+
+    src = make_photos(tmp_path / "src")
+    first = label(src, src / "ds", detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    with caplog.at_level("INFO", logger="pipeline"):
+        other = label(src, tmp_path / "other", detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert sum(other.report["images"].values()) == sum(first.report["images"].values()) == 6
+    assert any(f"{src / 'ds'}: holds a dataset" in r.getMessage() for r in caplog.records)

@@ -52,3 +52,19 @@ def test_replace_does_not_mutate():
 def test_crop_mask_requires_2d_bool():
     with pytest.raises(ValueError, match="2-D bool"):
         CropMask(np.ones((2, 2), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        CropMask(np.array([[True, False], [True, True]]), x0=3, y0=4),  # a crop placed in its image
+        CropMask(np.zeros((0, 0), dtype=bool), x0=2, y0=1),  # empty, with its placement
+    ],
+)
+def test_crop_mask_pickles(mask):
+    """Ray sends masks between workers by pickle: the copy equals the original, placement and shape included."""
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(mask))
+    assert copy == mask and (copy.shape, copy.x0, copy.y0, copy.area) == (mask.shape, mask.x0, mask.y0, mask.area)
+    assert np.array_equal(copy.bits, mask.bits)

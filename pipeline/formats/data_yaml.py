@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.errors import SamlabelError
@@ -77,16 +77,18 @@ def resolve_split_dir(entry: str, base: Path, yaml_dir: Path) -> Path | None:
     return None
 
 
-def to_data_yaml(names: Sequence[str], splits: Sequence[str]) -> dict:
+def to_data_yaml(names: Sequence[str], splits: Sequence[str], images_dir: Callable[[str], str] | None = None) -> dict:
     """data.yaml for the splits that have images. Ultralytics needs both ``train`` and ``val``: a missing one
     points at the other split (as Roboflow does), so a dataset that is all train still trains and validates.
 
     There is no ``path`` key: Ultralytics then resolves the split folders against data.yaml's own folder.
+    ``images_dir`` gives a split's image folder (``pipeline.formats.layout``; default ``<split>/images``).
     """
     data = {"nc": len(names), "names": list(names)}
     if not splits:
         return data
-    folders = {key: f"{split}/images" for key, split in YAML_KEYS.items() if split in splits}
+    images_dir = images_dir or (lambda split: f"{split}/images")
+    folders = {key: images_dir(split) for key, split in YAML_KEYS.items() if split in splits}
     data["train"] = folders.get("train") or folders.get("val") or folders["test"]
     data["val"] = folders.get("val") or folders.get("train") or folders["test"]
     if "test" in folders:
@@ -99,7 +101,9 @@ def missing_note(data: dict, splits: Sequence[str]) -> str | None:
     missing = [k for k in ("train", "val") if YAML_KEYS[k] not in splits]
     if not splits or not missing:
         return None
+    other = {"train": "valid", "val": "train"}[missing[0]]  # the fallback to_data_yaml took, in its order
+    target = other if other in splits else "test"
     return (
         f"no {' or '.join(missing)} images: data.yaml points {' and '.join(missing)} at "
-        f"{data[missing[0]].split('/')[0]} (Ultralytics needs both train and val)"
+        f"{target} (Ultralytics needs both train and val)"
     )

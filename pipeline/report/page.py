@@ -155,10 +155,12 @@ def _summary(page: Page) -> str:
             n = len(report[key])
             tiles.append((label, f"{n:,}", "listed below" if n else "none", n > 0))
     timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
-    if _is_number(timings.get("images_per_second")):
-        seconds = timings.get("this_run_seconds")
-        hint = f"{_num(seconds)} s this run" if _is_number(seconds) else ""
-        tiles.append(("Speed", f"{timings['images_per_second']:,.1f} img/s", hint, False))
+    total = timings.get("total") if isinstance(timings.get("total"), dict) else {}  # older reports: this run only
+    speed = total.get("images_per_second", timings.get("images_per_second"))
+    if _is_number(speed):
+        seconds = total.get("seconds", timings.get("this_run_seconds"))
+        hint = f"{_num(seconds)} s in all runs" if "seconds" in total else f"{_num(seconds)} s this run"
+        tiles.append(("Speed", f"{speed:,.1f} img/s", hint if _is_number(seconds) else "", False))
     cards = "".join(
         f'<div class="tile{" warn" if warn else ""}"><div class="label">{label}</div>'
         f'<div class="value">{value}</div><div class="hint">{hint}</div></div>'
@@ -381,7 +383,11 @@ def _run(page: Page) -> str:
     t_rows = []
     for k, v in timings.items():
         if isinstance(v, dict):
-            t_rows += [[_e(f"{k}: {kk}"), _num(vv)] for kk, vv in v.items()]
+            for kk, vv in v.items():  # total / this_run: {seconds, ..., stage_seconds: {stage: s}}
+                if isinstance(vv, dict):
+                    t_rows += [[_e(f"{k}: {kk}: {name}"), _num(x)] for name, x in vv.items()]
+                else:
+                    t_rows.append([_e(f"{k}: {kk}"), _num(vv)])
         else:
             t_rows.append([_e(k), _num(v)])
     content = (

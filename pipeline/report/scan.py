@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.formats import layout
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.formats.yolo import read_label_file
 from pipeline.images import IMAGE_SUFFIXES
@@ -199,8 +200,17 @@ class Scan:
         return self.names[class_id] if 0 <= class_id < len(self.names) else f"class {class_id}"
 
 
+def dataset_layout(root: Path) -> layout.Layout:
+    """The dataset's layout (Roboflow's, or COCO's ``annotations/`` + ``images/<split>``) from its files."""
+    return layout.detect(root) or layout.ROBOFLOW
+
+
 def coco_path(root: Path, split: str) -> Path:
-    return root / split / "_annotations.coco.json"
+    return root / dataset_layout(root).coco_file(split)
+
+
+def images_dir(root: Path, split: str) -> Path:
+    return root / dataset_layout(root).images_dir(split)
 
 
 def load_coco(path: Path) -> dict:
@@ -285,8 +295,8 @@ def _add(scan: Scan, item: Item) -> None:
 
 def _split_items(root: Path, split: str, scan: Scan, cache: dict | None) -> Iterator[Item] | None:
     """The split's instances from its COCO file, else from its YOLO label files; None when the split is absent."""
-    split_dir = root / split
-    if not split_dir.is_dir():
+    lay = dataset_layout(root)
+    if not (root / lay.images_dir(split)).is_dir() and not (root / lay.coco_file(split)).is_file():
         return None
     path = coco_path(root, split)
     if path.is_file():
@@ -301,9 +311,9 @@ def _split_items(root: Path, split: str, scan: Scan, cache: dict | None) -> Iter
                 cache[split] = coco
             _extend_names(scan, coco)
             return _coco_items(coco, split, scan)
-    if (split_dir / "labels").is_dir():
-        return _yolo_items(split_dir, split, scan)
-    images = _image_names(split_dir / "images")
+    if (root / lay.labels_dir(split)).is_dir():
+        return _yolo_items(root / lay.images_dir(split), root / lay.labels_dir(split), split, scan)
+    images = _image_names(root / lay.images_dir(split))
     scan.splits[split] = SplitSummary(source="none", images=len(images), images_without_instances=len(images))
     return iter(())
 
@@ -406,14 +416,14 @@ def _image_names(images_dir: Path) -> list[str]:
     return sorted(p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _yolo_items(split_dir: Path, split: str, scan: Scan) -> Iterator[Item]:
-    images = _image_names(split_dir / "images")
+def _yolo_items(images_dir: Path, labels_dir: Path, split: str, scan: Scan) -> Iterator[Item]:
+    images = _image_names(images_dir)
     by_stem: dict[str, str] = {}
     for name in images:
         by_stem.setdefault(Path(name).stem, name)
     summary = scan.splits[split] = SplitSummary(source="yolo", images=len(images))
     seen: set[str] = set()
-    for label in sorted((split_dir / "labels").glob("*.txt")):
+    for label in sorted(labels_dir.glob("*.txt")):
         try:
             rows = read_label_file(label)
         except (OSError, ValueError, UnicodeDecodeError) as e:

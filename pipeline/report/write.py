@@ -14,7 +14,18 @@ from pipeline.formats.data_yaml import SPLITS
 from pipeline.formats.yolo import read_label_file
 from pipeline.images import load_image
 from pipeline.report import charts, page, thumbs
-from pipeline.report.scan import HISTOGRAMS, Item, Scan, annotation_id, coco_path, load_coco, scan_dataset, usable
+from pipeline.report.scan import (
+    HISTOGRAMS,
+    Item,
+    Scan,
+    annotation_id,
+    coco_path,
+    dataset_layout,
+    images_dir,
+    load_coco,
+    scan_dataset,
+    usable,
+)
 
 MAX_FLAGGED = 60
 MAX_SAMPLE = 24
@@ -269,7 +280,7 @@ def _yolo_cards(root: Path, split: str, wanted: dict[tuple, list[Item]], cache: 
         rgb, problem = _load(root, split, key[0])
         shapes: dict = {}
         if rgb is not None:
-            label = root / split / "labels" / (Path(key[0]).stem + ".txt")
+            label = root / dataset_layout(root).label_file(split, key[0])
             try:
                 rows = read_label_file(label)
             except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -300,9 +311,9 @@ def _load(root: Path, split: str, file_name: str):
     rel = Path(file_name)
     if rel.is_absolute() or ".." in rel.parts:
         return None, f"file name {file_name!r} leaves the images folder; not read"
-    path = root / split / "images" / rel
+    path = images_dir(root, split) / rel
     if not path.is_file():
-        return None, f"image not found: {split}/images/{file_name}"
+        return None, f"image not found: {path.relative_to(root)}"
     try:
         return load_image(path).rgb, None
     except ImageReadError as e:

@@ -512,7 +512,9 @@ def serve(
         if sam is None:
             s = store.settings
             weights, dev, rt = segmenter or s.segmenter, device or s.device, runtime or s.runtime
-            loader = lambda: SamSession.load(weights, arch=sam_arch, device=dev, runtime=rt)  # noqa: E731
+            arch = sam_arch or (getattr(s, "sam_arch", None) if segmenter is None else None)
+            cache = getattr(s, "cache_dir", None)
+            loader = lambda: SamSession.load(weights, arch=arch, device=dev, runtime=rt, cache_dir=cache)  # noqa: E731
         sock = _bind(host, port)
         real_port = sock.getsockname()[1]
         token = secrets.token_urlsafe(32)

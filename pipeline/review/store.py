@@ -39,7 +39,7 @@ import numpy as np
 from pipeline import fsio
 from pipeline.config import Settings, field_names
 from pipeline.errors import SamlabelError
-from pipeline.formats import coco, yolo
+from pipeline.formats import coco, layout, yolo
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.quality import FLAGS
@@ -136,6 +136,7 @@ class ReviewStore:
         known = set(field_names())
         self.settings = Settings(**{k: v for k, v in self.state["settings"].items() if k in known})
         self.names: list[str] = list(self.state["names"])
+        self.paths = layout.get(self.settings.layout)  # where the dataset's files lie (roboflow or coco layout)
         self.journal = Journal(self.out)
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -171,9 +172,9 @@ class ReviewStore:
 
         The caller holds the run lock, so no writer is at work: every such file is an orphan.
         """
-        folders = [self.out, self.out / STATE_DIR]
+        folders = {self.out, self.out / STATE_DIR}
         for split in SPLITS:
-            folders += [self.out / split, self.out / split / "labels"]
+            folders |= {(self.out / self.paths.coco_file(split)).parent, self.out / self.paths.labels_dir(split)}
         for folder in folders:
             for pattern in (".*.tmp", ".*.anns"):
                 for path in folder.glob(pattern):
@@ -209,9 +210,9 @@ class ReviewStore:
             return self._full(self._entry(iid))
 
     def image_path(self, iid: str) -> Path:
-        """The image file in the dataset (``<split>/images/<name>``)."""
+        """The image file in the dataset (``<split>/images/<name>`` in the Roboflow layout)."""
         record = self._entry(iid).record
-        return self.out / record.split / "images" / record.name
+        return self.out / self.paths.image(record.split, record.name)
 
     def hw(self, iid: str) -> tuple[int, int]:
         return self._entry(iid).record.hw
@@ -445,14 +446,16 @@ class ReviewStore:
     def _apply(self, record: ImageRecord, lines: list[str]) -> None:
         """Bring the image's label file, its split's COCO file and report.json in line with the journal."""
         if "yolo" in self.settings.formats:
-            yolo.write_label_file(self.out / record.split / "labels" / (Path(record.name).stem + ".txt"), lines)
+            yolo.write_label_file(self.out / self.paths.label_file(record.split, record.name), lines)
         newest = {**self._skipped, **{e.record.rel: (e.offset, e.record) for e in self._entries.values()}}
-        tally = run_report.tally_records(newest, self.names)
+        tally = run_report.tally_records(newest, self.names, self.paths)
         if "coco" in self.settings.formats:
             self._write_coco(record)
         report_path = self.out / "report.json"
         report = json.loads(report_path.read_text(encoding="utf-8"))
-        report.update(run_report.report_sections(tally, names=self.names, settings=self.settings))
+        sections = run_report.report_sections(tally, names=self.names, settings=self.settings)
+        del sections["skipped_images"]  # a review skips nothing: the run's list (with what it named) stays
+        report.update(sections)
         fsio.write_text(report_path, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
         (self.out / STATE_DIR / REPORT_STALE).touch()
         (self.out / STATE_DIR / PENDING).unlink(missing_ok=True)
@@ -475,7 +478,7 @@ class ReviewStore:
         texts[record.rel] = _coco_texts(record)
         order = sorted(texts, key=lambda rel: self._entries[self._by_rel[rel]].record.name)
         coco.write_coco_texts(
-            self.out / split / coco.ROBOFLOW_NAME, names=self.names, images=(texts[rel] for rel in order)
+            self.out / self.paths.coco_file(split), names=self.names, images=(texts[rel] for rel in order)
         )
 
     def _recover(self) -> None:

@@ -9,6 +9,7 @@ clean one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -65,7 +66,7 @@ def run_dataset(
 
     Args:
         items: images with their output name and split (and source labels, for ``convert``).
-        out: dataset folder; created if missing.
+        out: dataset folder; created here if missing (not by the checks before).
         names: class names in class-id order.
         settings: run settings (formats, COCO encoding, simplification, resegment).
         segmenter: fills missing masks; may be ``None`` when every instance already has one.
@@ -81,7 +82,7 @@ def run_dataset(
         SamlabelError: ``out`` cannot be written, or holds a different run and ``overwrite`` is False.
     """
     out = Path(out)
-    run_state.check_writable(out)
+    run_state.create_out(out)  # the run starts: only now is the folder made
     run_state.refuse_foreign(out, overwrite)
     with run_state.locked(out):  # before anything is checked or cleared: two runs never interleave
         fp = run_state.fingerprint(command, settings, names, items, fingerprint_extra)
@@ -102,25 +103,53 @@ def run_dataset(
             LOGGER.info("resuming %s: %d of %d images already done", out, len(items) - len(todo), len(items))
         started = time.perf_counter()
         seconds: Counter = Counter()
-        _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
-                 command=command, progress=progress, seconds=seconds)  # fmt: skip
-        elapsed = time.perf_counter() - started
-        timings = {
-            "this_run_seconds": round(elapsed, 3),
-            "images_this_run": len(todo),
-            "images_per_second": round(len(todo) / elapsed, 3) if elapsed > 0 and todo else None,
-            "stage_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
-        }
+        saved = [0]  # images this run finished
+        unfinished: list[dict] = []  # images a Ray run could not finish (not journaled: the next run retries them)
+        try:
+            if settings.engine == "ray":  # the same stages on a Ray cluster
+                from pipeline.run import ray_engine
+
+                unfinished = ray_engine.process(todo, out=out, journal=journal, settings=settings, detector=detector,
+                                                segmenter=segmenter, command=command, progress=progress,
+                                                seconds=seconds)  # fmt: skip
+                saved[0] = len(todo) - len(unfinished)
+            else:
+                _process(todo, out=out, journal=journal, settings=settings, detector=detector, segmenter=segmenter,
+                         command=command, progress=progress, seconds=seconds, saved=saved)  # fmt: skip
+        except BaseException:  # an interrupted run still adds what it did to the dataset's totals
+            with contextlib.suppress(OSError):
+                _add_run(out, time.perf_counter() - started, saved[0], seconds)
+            raise
+        this_run = _add_run(out, time.perf_counter() - started, saved[0], seconds)
+        timings = run_report.timings(this_run, run_state.runs(out))
         report = run_report.finalize(
             out, names=names, settings=settings, state=state, wanted={it.rel for it in items}, timings=timings,
-            prelude=prelude or {},
+            prelude={**(prelude or {}), **({"unfinished_images": unfinished} if unfinished else {})},
         )  # fmt: skip
     run_report.log_summary(out, report)
+    if unfinished:
+        raise SamlabelError(
+            f"{len(unfinished)} image(s) not finished ({unfinished[0]['source']}: {unfinished[0]['reason']}; all in "
+            f"{out / 'report.json'}); the others are saved: run the same command again to retry them"
+        )
     return RunResult(out=out, report=report)
 
 
-def _process(todo, *, out, journal, settings, detector, segmenter, command, progress, seconds: Counter) -> None:
-    """The loop: read ahead on one thread, models here, files and the journal line on another."""
+def _add_run(out: Path, elapsed: float, images: int, seconds: Counter) -> dict:
+    """This run's share; recorded in the run state when it did something (a re-run of a finished dataset does not)."""
+    share = {"seconds": elapsed, "images": images, "stage_seconds": dict(seconds)}
+    if images:
+        run_state.add_run(out, share)
+    return share
+
+
+def _process(
+    todo, *, out, journal, settings, detector, segmenter, command, progress, seconds: Counter, saved: list[int]
+) -> None:
+    """The loop: read ahead on one thread, models here, files and the journal line on another.
+
+    ``saved[0]`` counts the images whose journal line is written (the bar does not count when disabled).
+    """
     bar = tqdm(
         total=len(todo),
         unit="img",
@@ -130,7 +159,6 @@ def _process(todo, *, out, journal, settings, detector, segmenter, command, prog
         # always images/s (tqdm would switch to s/img below one image per second)
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
     )
-    saved = [0]  # images whose journal line is written (the bar does not count when disabled)
     with journal.appender() as append:
 
         def finish(item: ImageItem, loaded) -> None:  # writer thread: files, then the journal line
@@ -148,12 +176,14 @@ def _process(todo, *, out, journal, settings, detector, segmenter, command, prog
 
         try:
             with _Stages(prefetch=PREFETCH) as stages:
-                for item, loaded in stages.read(todo, lambda it: _read(it, seconds)):
+                for item, loaded in stages.read(todo, lambda it: read_item(it, seconds)):
                     if not isinstance(loaded, ImageRecord):
-                        loaded = (loaded, _infer(item, loaded, detector, segmenter, settings, seconds))
+                        loaded = (loaded, infer_item(item, loaded, detector, segmenter, settings, seconds))
                     stages.write(finish, item, loaded)
         except KeyboardInterrupt:
             LOGGER.error("interrupted: %d images are saved; run the same command again to resume", saved[0])
+            raise
+        except SamlabelError:  # some are OSErrors too (weights not found): their own message, not a write failure
             raise
         except OSError as e:
             raise SamlabelError(
@@ -210,23 +240,23 @@ class _Stages:
                 future.result()
 
 
-def _read(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
+def read_item(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     """The decoded image, or the record of an image that cannot be used."""
     t = time.perf_counter()
     try:
         image = load_image(item.path)
-    except ImageReadError as e:
-        LOGGER.warning("skipped %s", e)
+    except ImageReadError as e:  # skipped images are named once, at the end (run_report.log_summary)
+        LOGGER.debug("skipped %s", e)
         return ImageRecord.skipped(item, str(e))
     seconds["read"] += time.perf_counter() - t
     if min(image.hw) < MIN_SIDE:
         reason = f"{item.path}: {image.hw[1]}x{image.hw[0]} pixels; Ultralytics drops images under {MIN_SIDE} px a side"
-        LOGGER.warning("skipped %s", reason)
+        LOGGER.debug("skipped %s", reason)
         return ImageRecord.skipped(item, reason)
     return image
 
 
-def _infer(item: ImageItem, image: LoadedImage, detector, segmenter, settings: Settings, seconds: Counter) -> Instances:
+def infer_item(item: ImageItem, image: LoadedImage, detector, segmenter, settings: Settings, seconds: Counter) -> Instances:
     """Detect (unless the item has source labels) and segment what has no mask."""
     if item.labels is not None:
         instances = item.labels.to_instances(image.hw, resegment=settings.resegment)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Settings
-from pipeline.formats import coco, yolo
+from pipeline.formats import coco, layout, yolo
 from pipeline.images import LoadedImage, export_image
 from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.quality import compute_signals, flag
@@ -91,11 +91,12 @@ def to_record(
 def write_files(
     record: ImageRecord, item: ImageItem, image: LoadedImage, lines: list[str], out: Path, settings: Settings
 ) -> None:
-    """The image (copied, linked, or re-encoded upright) and, for YOLO, its label file (atomic writes)."""
-    split_dir = out / record.split
-    export_image(item.path, image, split_dir / "images" / record.name, link=settings.link)
+    """The image (copied, linked, or re-encoded upright) and, for YOLO, its label file (atomic writes), where
+    ``settings.layout`` puts them."""
+    paths = layout.get(settings.layout)
+    export_image(item.path, image, out / paths.image(record.split, record.name), link=settings.link)
     if "yolo" in settings.formats:
-        yolo.write_label_file(split_dir / "labels" / (Path(record.name).stem + ".txt"), lines)
+        yolo.write_label_file(out / paths.label_file(record.split, record.name), lines)
 
 
 def coco_annotations(record: ImageRecord) -> list[dict]:

@@ -16,7 +16,7 @@ import yaml
 from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
-from pipeline.formats import coco
+from pipeline.formats import coco, layout
 from pipeline.formats.data_yaml import SPLITS, missing_note, to_data_yaml
 from pipeline.quality import FLAGS
 from pipeline.run.outputs import QUALITY_FIELDS, coco_annotations
@@ -37,6 +37,7 @@ class _Tally:
     """What the report needs of every image, gathered in one pass over the journal (no masks kept)."""
 
     names: Sequence[str]
+    paths: layout.Layout
     offsets: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     per_class: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     skipped: list[dict] = field(default_factory=list)
@@ -55,7 +56,7 @@ class _Tally:
         self.offsets[r.split].append((r.name, offset))
         self.reviewed += r.reviewed
         self.per_class[r.split].update(self.names[c] for c in r.instances.class_id)
-        image = f"{r.split}/images/{r.name}"
+        image = self.paths.image(r.split, r.name)
         self.dropped += [
             {"image": image, **describe(r.dropped, i, self.names), "reason": reason}
             for i, reason in enumerate(r.dropped_reasons)
@@ -131,10 +132,12 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     for offset, record in journal.records():
         if record.rel in wanted:
             newest[record.rel] = (offset, light(record))
-    tally = tally_records(newest, names)
+    paths = layout.get(settings.layout)
+    tally = tally_records(newest, names, paths)
     splits = [s for s in SPLITS if tally.offsets.get(s)]
-    data_yaml = to_data_yaml(names, splits)
-    if splits:
+    data_yaml = to_data_yaml(names, splits, paths.images_dir)
+    with_yaml = bool(splits) and (paths.writes_data_yaml_always or "yolo" in settings.formats)
+    if with_yaml:
         fsio.write_text(out / "data.yaml", yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True))
     if "coco" in settings.formats:
         for split in splits:
@@ -143,13 +146,13 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
         "command": state["command"],
         "names": list(names),
         "settings": state["settings"],
-        **report_sections(tally, names=names, settings=settings),
-        **prelude,
+        **report_sections(tally, names=names, settings=settings, skipped_before=prelude.get("skipped_images", ())),
+        **{k: v for k, v in prelude.items() if k != "skipped_images"},
         "timings": timings,
     }
     if tally.problems:  # what only the image files showed (sizes), after what reading the source showed
         report["source_problems"] = list(prelude.get("source_problems", [])) + tally.problems
-    note = missing_note(data_yaml, splits)
+    note = missing_note(data_yaml, splits) if with_yaml else None
     if note:
         report["data_yaml_note"] = note
         LOGGER.warning("%s", note)
@@ -158,8 +161,9 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
     if splits:
         _write_html(out)
     if not splits:
+        _log_skipped(out, report["skipped_images"])
         raise SamlabelError(
-            f"no image could be written to {out}: all {len(tally.skipped)} were skipped "
+            f"no image could be written to {out}: all {len(report['skipped_images'])} were skipped "
             f"(reasons in {out / 'report.json'})"
         )
     return json.loads(text)
@@ -175,16 +179,44 @@ def _write_html(out: Path) -> None:
         LOGGER.warning("report.html not written (%s); rebuild it with `samlabel report %s`", e, out)
 
 
-def tally_records(newest: dict[str, tuple[int, ImageRecord]], names: Sequence[str]) -> _Tally:
+def timings(this_run: dict, runs: list[dict]) -> dict:
+    """report.json's ``timings``: ``total`` over the ``runs`` that made the dataset (each run's share, as
+    ``state.add_run`` recorded it), ``this_run`` apart, and how many runs the total counts.
+
+    Each part is ``{"seconds", "images", "images_per_second", "stage_seconds"}``; a re-run of a finished
+    dataset is a ``this_run`` of 0 images and leaves ``total`` as it was.
+    """
+    stages: Counter = Counter()
+    for r in runs:
+        stages.update(r["stage_seconds"])
+    total = {"seconds": sum(r["seconds"] for r in runs), "images": sum(r["images"] for r in runs)}
+    return {"total": _timing(**total, stage_seconds=stages), "this_run": _timing(**this_run), "runs": len(runs)}
+
+
+def _timing(*, seconds: float, images: int, stage_seconds: dict) -> dict:
+    return {
+        "seconds": round(seconds, 3),
+        "images": images,
+        "images_per_second": round(images / seconds, 3) if seconds > 0 and images else None,
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
+    }
+
+
+def tally_records(
+    newest: dict[str, tuple[int, ImageRecord]], names: Sequence[str], paths: layout.Layout = layout.ROBOFLOW
+) -> _Tally:
     """What the report counts, from the newest record of each image (rel -> (journal offset, record))."""
-    tally = _Tally(names)
+    tally = _Tally(names, paths)
     for _rel, (offset, record) in sorted(newest.items()):
         tally.add(offset, record)
     return tally
 
 
-def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings) -> dict:
-    """The parts of report.json that come from the records (the rest: command, settings, source, timings)."""
+def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings, skipped_before=()) -> dict:
+    """The parts of report.json that come from the records (the rest: command, settings, source, timings).
+
+    ``skipped_before``: images skipped before any record was made (named in the source, not found), listed first.
+    """
     splits = [s for s in SPLITS if tally.offsets.get(s)]
     per_class = tally.per_class
     return {
@@ -192,7 +224,7 @@ def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings) 
         "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
         "instances_total": sum(sum(c.values()) for c in per_class.values()),
         "reviewed_images": tally.reviewed,
-        "skipped_images": tally.skipped,
+        "skipped_images": [*skipped_before, *tally.skipped],  # named ones, then unreadable
         "dropped_instances": tally.dropped,
         "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
         "quality": tally.quality(dataclasses.asdict(settings.quality_thresholds())),
@@ -200,9 +232,9 @@ def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings) 
 
 
 def write_split_coco(out: Path, split: str, *, names: Sequence[str], tally: _Tally) -> None:
-    """Write ``out/<split>/_annotations.coco.json`` from the journal records the tally points at (atomic)."""
+    """Write the split's COCO file (where the tally's layout puts it) from the journal records the tally points at."""
     coco.write_coco(
-        out / split / coco.ROBOFLOW_NAME,
+        out / tally.paths.coco_file(split),
         names=names,
         images=_coco_images(Journal(out), sorted(tally.offsets[split])),
     )
@@ -233,14 +265,33 @@ def _coco_images(journal: Journal, entries: list[tuple[str, int]]) -> Iterator[t
             yield coco_image(r), coco_annotations(r)
 
 
+#: Up to this many skipped images are each named on the console at the end of a run; more are counted.
+MAX_LISTED_SKIPS = 20
+
+
 def log_summary(out: Path, report: dict) -> None:
+    """The end of a run on the console: every skipped image (of this run or the earlier ones that made the
+    dataset) on one line with its reason, or their count past ``MAX_LISTED_SKIPS``; then the totals."""
     t = report["timings"]
+    skipped = report["skipped_images"]
+    _log_skipped(out, skipped)
     LOGGER.info(
-        "%s: %s images, %d instances; %d images skipped, %d instances without a usable mask (see report.json)%s",
+        "%s: %d images written %s, %d instances; %d images skipped (unreadable or unusable), "
+        "%d instances without a usable mask (see report.json)%s",
         out,
+        sum(report["images"].values()),
         dict(report["images"]),
         report["instances_total"],
-        len(report["skipped_images"]),
+        len(skipped),
         len(report["dropped_instances"]),
-        f"; {t['images_per_second']} images/s" if t["images_per_second"] else "",
+        f"; {t['this_run']['images_per_second']} images/s" if t["this_run"]["images_per_second"] else "",
     )
+
+
+def _log_skipped(out: Path, skipped: list[dict]) -> None:
+    if len(skipped) <= MAX_LISTED_SKIPS:
+        for s in skipped:
+            LOGGER.warning("skipped %s", s["reason"])
+    else:
+        LOGGER.warning("skipped %d images; each with its reason in %s (skipped_images)", len(skipped),
+                       out / "report.json")  # fmt: skip

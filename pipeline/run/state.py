@@ -20,15 +20,17 @@ from pathlib import Path
 from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
-from pipeline.formats.data_yaml import SPLITS
+from pipeline.formats import layout
 from pipeline.types import ImageItem, ImageRecord
 
-STATE_DIR = ".samlabel"
+STATE_DIR = layout.STATE_DIR
 #: Version of the state and journal layout. 2: journal lines are ``ImageRecord`` JSON (1: COCO annotations).
 FORMAT_VERSION = 2
 
 #: Settings that change how a run goes, not what it writes: a resume may change them.
 NOT_FINGERPRINTED = ("device", "sam_batch", "runtime", "cache_dir")
+#: ... and where the run goes: a local run may be resumed on Ray and the other way round.
+NOT_FINGERPRINTED += ("engine", "ray_address", "ray_actors", "ray_gpus_per_actor")
 
 
 def fingerprint(command: str, settings: Settings, names: Sequence[str], items: Sequence[ImageItem], extra) -> str:
@@ -53,19 +55,41 @@ def _size(path: Path) -> int:
 
 
 def check_writable(out: str | Path) -> None:
-    """Create ``out`` if needed and prove it can be written, before any slow work starts.
+    """Prove ``out`` can be written, before any slow work starts, without creating it.
+
+    An existing folder is probed with a file; a missing one must have a writable nearest existing parent
+    (``create_out`` makes it when the run starts, so a refused run leaves no empty folder behind).
 
     Raises:
-        SamlabelError: it cannot be created or written.
+        SamlabelError: it cannot be written, or created.
     """
     out = Path(out)
+    if out.is_dir():
+        try:
+            probe = out / f".samlabel-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+        return
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if out.exists() or parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "it is not a folder" if out.exists() else f"{parent} is not a writable folder"
+        raise SamlabelError(f"output folder {out} cannot be written ({why}); choose another --out")
+
+
+def create_out(out: Path) -> None:
+    """Make ``out`` (and its parents) where the run starts; ``check_writable`` first.
+
+    Raises:
+        SamlabelError: it cannot be written or created.
+    """
+    check_writable(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".samlabel-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise SamlabelError(f"output folder {out} cannot be written ({e}); choose another --out") from None
+    check_writable(out)
 
 
 def refuse_foreign(out: Path, overwrite: bool) -> None:
@@ -135,7 +159,7 @@ def clear(out: Path) -> None:
     state = out / STATE_DIR
     keep = ("source", "lock")  # extracted inputs, and the lock this run holds
     doomed = [p for p in state.iterdir() if p.name not in keep] if state.is_dir() else []
-    for p in [*doomed, *(out / name for name in (*SPLITS, "data.yaml", "report.json"))]:
+    for p in [*doomed, *(out / name for name in layout.WRITTEN)]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
@@ -155,6 +179,34 @@ def locked(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def add_run(out: Path, timing: dict) -> None:
+    """Append one finished run's share (``seconds``, ``images``, ``stage_seconds``) to ``DIR/.samlabel/runs.jsonl``.
+
+    Written once, at the run's end (also when it was interrupted): a run killed before it adds nothing, so its
+    time is lost but never counted twice; a torn last line is ignored by ``runs``.
+    """
+    with open(out / STATE_DIR / "runs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(timing, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def runs(out: Path) -> list[dict]:
+    """The shares ``add_run`` recorded, oldest first."""
+    path = out / STATE_DIR / "runs.jsonl"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            entry = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict) and {"seconds", "images", "stage_seconds"} <= set(entry):
+            found.append(entry)
+    return found
 
 
 class Journal:

@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco as coco_format
-from pipeline.formats import data_yaml, yolo
+from pipeline.formats import data_yaml, layout, yolo
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.fsio import safe_relative
 from pipeline.images import IMAGE_SUFFIXES
@@ -91,11 +91,13 @@ def read_dataset(
     """Detect the layout of ``src`` and read it.
 
     Args:
-        src: a data.yaml, a YOLO/Roboflow folder, a COCO json, a Roboflow COCO folder, or a .zip of one.
+        src: a data.yaml, a YOLO/Roboflow folder, a COCO json, a Roboflow COCO folder, a COCO-layout folder
+            (``annotations/instances_<split>.json`` + ``images/<split>/``), or a .zip of one.
         images: image folder for a bare COCO json.
         names: class names for a bare images/ + labels/ pair without classes.txt.
         keep_unlabeled: keep images that have no label file (as images without objects).
-        extract_to: where a .zip is extracted (inside the output folder).
+        extract_to: where a .zip is extracted (inside the output folder); only what the dataset uses (all
+            images with ``keep_unlabeled``), see ``pipeline.sources.archive``.
 
     Raises:
         SamlabelError: nothing recognisable, with what was looked for.
@@ -104,7 +106,7 @@ def read_dataset(
     if src.is_file() and src.suffix.lower() == ".zip":
         if extract_to is None:
             raise SamlabelError("a .zip source needs a folder to extract into")
-        src = safe_extract(src, extract_to)
+        src = safe_extract(src, extract_to, keep_unlabeled=keep_unlabeled)
     problems = Problems()
     found = _detect_and_read(src, images, names, problems)
     items, unlabeled = [], []
@@ -132,6 +134,9 @@ def _detect_and_read(src: Path, images, names, problems: Problems) -> _Found:
         return read_coco_splits({"train": (src, Path(images))}, problems, kind=f"COCO json {src.name}")
     if not src.is_dir():
         raise SamlabelError(f"{src}: no such file or folder")
+    coco_layout = layout.coco_splits(src)  # before data.yaml: one may sit beside it for the YOLO labels
+    if coco_layout:
+        return read_coco_splits(coco_layout, problems, kind="COCO layout")
     for name in ("data.yaml", "data.yml", "dataset.yaml"):
         if (src / name).is_file():
             return read_yolo_yaml(src / name, problems)
@@ -146,7 +151,8 @@ def _detect_and_read(src: Path, images, names, problems: Problems) -> _Found:
         return read_yolo_pair(src / "images", src / "labels", names, problems)
     raise SamlabelError(
         f"{src}: no dataset recognised. Looked for: data.yaml (YOLO / Roboflow YOLO export); "
-        "train|valid|test/_annotations.coco.json (Roboflow COCO export); images/ + labels/ (YOLO pair, "
+        "train|valid|test/_annotations.coco.json (Roboflow COCO export); annotations/instances_<split>.json + "
+        "images/<split>/ (COCO layout); images/ + labels/ (YOLO pair, "
         "with --names or classes.txt); a COCO .json file (with --images DIR); or a .zip of one of these"
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.errors import SamlabelError
 from pipeline.formats.data_yaml import SPLITS, canonical_split
+from pipeline.formats.layout import holds_dataset
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.types import ImageItem
 
@@ -55,38 +56,49 @@ def assign_split(rel: str, fractions: dict[str, float]) -> str:
     return next(reversed(fractions))
 
 
-def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -> list[tuple[Path, str]]:
+def find_images(
+    sources: Sequence[str | Path], *, exclude: Path | None = None, skipped: list[dict] | None = None
+) -> list[tuple[Path, str]]:
     """Expand image files, folders (recursive) and glob patterns.
 
     Hidden files and folders, non-image suffixes, symlink loops, names that are not valid UTF-8
-    and anything below ``exclude`` (the output folder) are skipped. Each result is ``(path, rel)``,
+    and anything below ``exclude`` (the output folder) are skipped. The files a user should hear about
+    (a name that is not valid UTF-8, a file named explicitly without an image suffix) are appended to
+    ``skipped`` as ``{"source", "reason"}``, as report.json lists skipped images (logged here when
+    ``skipped`` is None). Each result is ``(path, rel)``,
     ``rel`` being the POSIX path relative to the source folder (or glob root). With several
     sources, ``rel`` starts with the source's folder name (``cam1/0001.jpg``, ``cam2/0001.jpg``), so
     two sources never give two images the same identity.
 
     Raises:
-        SamlabelError: a source matches nothing that exists.
+        SamlabelError: a source matches nothing that exists, or is ``exclude`` or lies inside it (all its
+            images would be excluded).
     """
     found: dict[Path, str] = {}
     linked: dict[Path, bool] = {}  # whether the name kept for a file is a symlink's
     excluded = exclude.resolve() if exclude is not None else None
+    if excluded is not None:
+        _refuse_source_in_output(sources, exclude, excluded)
     labels = _source_labels(sources)
     for source, label in zip(sources, labels, strict=True):
         text = str(source)
         path = Path(text)
         if path.is_dir():
-            pairs = _walk(path)
+            pairs = _walk(path, excluded)
         elif path.is_file():
             pairs = [(path, path.name)] if _is_image(path) else []
             if not pairs:
-                LOGGER.warning("%s: not an image suffix (%s), ignored", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+                _skip(skipped, path, f"not an image suffix ({', '.join(sorted(IMAGE_SUFFIXES))})")
         elif glob.has_magic(text):
             root = _glob_root(text)
             pairs = []
+            in_dataset = _DatasetFolders(root, excluded)
             for match in sorted(glob.glob(text, recursive=True)):
                 p = Path(match)
+                if in_dataset(p if p.is_dir() else p.parent):
+                    continue
                 if p.is_dir():
-                    pairs += [(f, f"{p.relative_to(root).as_posix()}/{r}") for f, r in _walk(p)]
+                    pairs += [(f, f"{p.relative_to(root).as_posix()}/{r}") for f, r in _walk(p, excluded)]
                 elif p.is_file() and _is_image(p) and not _hidden(p.relative_to(root)):
                     pairs.append((p, p.relative_to(root).as_posix()))
         else:
@@ -96,12 +108,35 @@ def find_images(sources: Sequence[str | Path], *, exclude: Path | None = None) -
             if excluded is not None and (real == excluded or excluded in real.parents):
                 continue
             if not _utf8(rel):
-                LOGGER.warning("%s: file name is not valid UTF-8, skipped (rename it to include it)", p)
+                _skip(skipped, p, "file name is not valid UTF-8 (rename it to include it)")
                 continue
             # One file reached by several names is labeled once, under its own name rather than a symlink's.
             if real not in found or (linked[real] and not p.is_symlink()):
                 found[real], linked[real] = (f"{label}/{rel}" if label else rel), p.is_symlink()
     return sorted(((p, rel) for p, rel in found.items()), key=lambda pr: (pr[1], str(pr[0])))
+
+
+def _skip(skipped: list[dict] | None, path: Path, why: str) -> None:
+    """Record (or log) a file left out; a name that is not UTF-8 is written with its bytes escaped."""
+    shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+    if skipped is None:
+        LOGGER.warning("skipped %s: %s", shown, why)
+    else:
+        skipped.append({"source": shown, "reason": f"{shown}: {why}"})
+
+
+def _refuse_source_in_output(sources: Sequence[str | Path], out: Path, excluded: Path) -> None:
+    """A source that is the output folder, or lies inside it, would give no image at all: say so in one line."""
+    for source in sources:
+        text = str(source)
+        path = Path(text)
+        root = (path if path.exists() else _glob_root(text)).resolve()
+        if root == excluded or excluded in root.parents:
+            where = "is" if root == excluded else "contains"
+            raise SamlabelError(
+                f"--out {out} {where} the source {text}: the dataset would be written among its own inputs, "
+                f"which are never read from it; choose an --out outside the source or a new folder inside it"
+            )
 
 
 def _source_labels(sources: Sequence[str | Path]) -> list[str]:
@@ -167,8 +202,10 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def _walk(root: Path) -> list[tuple[Path, str]]:
-    """Images below ``root``; follows symlinked folders once each, so loops end."""
+def _walk(root: Path, exclude: Path | None = None) -> list[tuple[Path, str]]:
+    """Images below ``root``; follows symlinked folders once each, so loops end; does not go into a folder below
+    ``root`` that holds a dataset (a samlabel output, or any data.yaml + split folders): its images are copies.
+    Nor into ``exclude`` (the output folder), silently."""
     out, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -177,12 +214,44 @@ def _walk(root: Path) -> list[tuple[Path, str]]:
             dirnames[:] = []
             continue
         seen.add(real)
+        if exclude is not None and Path(real) == exclude:
+            dirnames[:] = []
+            continue
+        if Path(dirpath) != root and _skip_dataset(Path(dirpath)):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath, name)
             if not name.startswith(".") and _is_image(p) and p.is_file():
                 out.append((p, p.relative_to(root).as_posix()))
     return out
+
+
+def _skip_dataset(folder: Path) -> bool:
+    why = holds_dataset(folder)
+    if why:
+        LOGGER.info("%s: holds a dataset (%s); its images are not inputs (give it as a source to include them)",
+                    folder, why)  # fmt: skip
+    return why is not None
+
+
+class _DatasetFolders:
+    """Whether a folder below a glob's root is, or lies inside, a dataset folder (each folder checked once)."""
+
+    def __init__(self, root: Path, exclude: Path | None) -> None:
+        self.root = root.absolute()
+        self.exclude = exclude
+        self.known: dict[Path, bool] = {}
+
+    def __call__(self, folder: Path) -> bool:
+        folder = folder.absolute()
+        if folder == self.root or self.root not in folder.parents:
+            return False
+        if folder not in self.known:
+            own = self.exclude is not None and folder.resolve() == self.exclude  # the output: left out silently
+            self.known[folder] = self(folder.parent) or own or _skip_dataset(folder)
+        return self.known[folder]
 
 
 def _glob_root(pattern: str) -> Path:

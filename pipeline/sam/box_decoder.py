@@ -16,7 +16,7 @@ identical until the first image-to-token attention, so here:
 * only the single-mask output that box prompts use (mask token 0) is computed.
 
 The arithmetic is the same as the reference up to the order of floating-point sums (logits agree
-to ~1e-5; ``tests/test_runtime.py``). The module is what the ``onnx`` runtime exports; PyTorch's
+to ~1e-5; ``tests/test_sam_box_decoder.py``). The module is what the ``onnx`` runtime exports; PyTorch's
 own ``MaskDecoder`` stays the reference of the ``torch`` runtime.
 """
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.box_decoder import BoxDecoder, reference_box_decoder
+from pipeline.sam.box_decoder import BoxDecoder, reference_box_decoder
 
 BOXES = torch.tensor(
     [
@@ -70,14 +70,13 @@ def test_pixel_order_of_the_upscaling(sam):
 
 def test_onnx_export_takes_any_box_count(sam, tmp_path):
     pytest.importorskip("onnxruntime")
-    from pipeline import onnx_runtime
+    from pipeline.sam.onnx_backend import OnnxBoxDecoder, box_decoder_self_check
+    from pipeline.sam.onnx_export import export_box_decoder
 
-    weights = tmp_path / "mobile_sam.pt"
-    torch.save(sam.state_dict(), weights)
-    path = onnx_runtime.ensure_decoder_onnx(sam, weights)
-    assert path.name.endswith(f".{onnx_runtime.DECODER_TAG}.onnx") and path.parent == tmp_path
-    decoder = onnx_runtime.OnnxBoxDecoder(path)
-    assert onnx_runtime.decoder_self_check(sam, decoder) < 1e-3
+    path = export_box_decoder(sam.prompt_encoder, sam.mask_decoder, tmp_path / "box.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.onnx"]  # no temporary files left
+    decoder = OnnxBoxDecoder(path)
+    assert box_decoder_self_check(sam.prompt_encoder, sam.mask_decoder, decoder) < 1e-3
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(7))
     ref = reference_box_decoder(sam.prompt_encoder, sam.mask_decoder)
     for n in (1, 3, 9):

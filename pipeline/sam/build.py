@@ -1,0 +1,141 @@
+"""Load a SAM checkpoint into the Ultralytics architecture it was trained for.
+
+Ultralytics picks the architecture from the end of the file name (``mobile_sam.pt``, ``sam2.1_t.pt``
+...). Here ``arch`` can name it instead, so any file name works (``my_finetuned.pt`` with
+``arch="mobile_sam"``), and the checkpoint is compared with the architecture before it is loaded:
+one that does not fit fails with one line naming the first key that differs.
+
+This module uses Ultralytics' model *builders* (``ultralytics.models.sam.build``); everything that
+runs a model goes through :mod:`pipeline.sam.torch_backend`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from pipeline.errors import SamlabelError
+
+
+@lru_cache(maxsize=1)
+def sam_archs() -> tuple[str, ...]:
+    """The architectures Ultralytics builds: the keys of its ``sam_model_map`` without ``.pt``.
+
+    ``("sam_h", "sam_l", "sam_b", "mobile_sam", "sam2_t", ..., "sam2.1_l")`` with Ultralytics 8.4.
+    """
+    from ultralytics.models.sam.build import sam_model_map
+
+    return tuple(name.removesuffix(".pt") for name in sam_model_map)
+
+
+def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> str:
+    """``arch`` checked against :func:`sam_archs`, or the architecture the file name ends with.
+
+    Raises:
+        SamlabelError: ``arch`` is not an architecture, or it is ``None`` and the file name ends with none.
+    """
+    choices = sam_archs()
+    if arch is not None:
+        if arch not in choices:
+            raise SamlabelError(f"--sam-arch {arch}: expected one of {', '.join(choices)}")
+        return arch
+    name = Path(path).name
+    matches = [a for a in choices if name.endswith(f"{a}.pt")]
+    if not matches:
+        raise SamlabelError(
+            f"{flag} {path}: the file name does not say which SAM architecture it holds (it ends with none of "
+            f"{', '.join(a + '.pt' for a in choices)}); pass --sam-arch, one of {', '.join(choices)}"
+        )
+    return max(matches, key=len)
+
+
+def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> torch.nn.Module:
+    """The SAM / SAM2 model of checkpoint ``path``, in eval mode on the CPU.
+
+    Args:
+        path: a state dict saved with ``torch.save`` (or a dict holding one under ``"model"``), as
+            Ultralytics' and Meta's releases are.
+        arch: one of :func:`sam_archs`; ``None`` takes it from the file name, as Ultralytics does.
+        flag: the option that set ``path``, named in errors.
+
+    Raises:
+        SamlabelError: no architecture (see :func:`resolve_arch`), an unreadable file, or a state dict
+            that does not fit the architecture (the message names the first key that differs).
+    """
+    arch = resolve_arch(path, arch, flag=flag)
+    state = _read_state_dict(Path(path), flag=flag)
+    model = build_arch(arch)
+    expected = model.state_dict()
+    if not any(key in expected for key in state):
+        first = ", ".join(repr(k) for k in list(state)[:3])
+        raise SamlabelError(f"{flag} {path}: not SAM weights (no {arch} key among its {len(state)} keys: {first} ...)")
+    problems = mismatches(state, expected, arch=arch)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SamlabelError(
+            f"{flag} {path}: the checkpoint does not fit {arch}: {problems[0]}{more} "
+            "(is it another SAM size? pass the right --sam-arch)"
+        )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def mismatches(state: Mapping[str, object], expected: Mapping[str, torch.Tensor], *, arch: str) -> list[str]:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected``, in the model's key order.
+
+    Each item is ``missing key 'k'``, ``key 'k' has shape (a, b), <arch> expects (c, d)`` or
+    ``unexpected key 'k'`` (the last ones after the others, in the checkpoint's order).
+    """
+    problems = []
+    for key, tensor in expected.items():
+        if key not in state:
+            problems.append(f"missing key {key!r}")
+        elif tuple(getattr(state[key], "shape", ())) != tuple(tensor.shape):
+            got = tuple(getattr(state[key], "shape", ()))
+            problems.append(f"key {key!r} has shape {got}, {arch} expects {tuple(tensor.shape)}")
+    problems.extend(f"unexpected key {key!r}" for key in state if key not in expected)
+    return problems
+
+
+# Ultralytics' builders read SAM2.1's extra layers from the checkpoint's *name* and then load (or download) it.
+# ``build_arch`` hands them the released name and skips their loading by swapping ``_load_checkpoint`` for the
+# duration of the call; the swap changes a module attribute, so it is done by one thread at a time.
+_BUILD_LOCK = threading.Lock()
+
+
+def build_arch(arch: str) -> torch.nn.Module:
+    """A randomly initialised ``arch`` model built by Ultralytics' own builder; nothing is read or downloaded.
+
+    The initialisation draws from a forked RNG, so the caller's global random state is left as it was.
+    """
+    from ultralytics.models.sam import build as sam_build
+
+    builder = sam_build.sam_model_map[f"{arch}.pt"]
+    with (
+        _BUILD_LOCK,
+        mock.patch.object(sam_build, "_load_checkpoint", lambda model, _checkpoint: model),
+        torch.random.fork_rng(devices=[]),
+    ):
+        return builder(f"{arch}.pt")
+
+
+def _read_state_dict(path: Path, *, flag: str) -> Mapping[str, object]:
+    """The state dict in ``path`` (Ultralytics' loader: full unpickling, as for its own checkpoints), on the CPU."""
+    from ultralytics.utils.patches import torch_load
+
+    try:
+        with open(path, "rb") as f:
+            state = torch_load(f, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types (pickle, zip, torch)
+        raise SamlabelError(f"{flag} {path}: cannot load it as SAM weights ({type(e).__name__}: {e})") from None
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise SamlabelError(f"{flag} {path}: cannot load it as SAM weights (it holds a {type(state).__name__}, "
+                            "not a state dict)")  # fmt: skip
+    return state

@@ -1,0 +1,471 @@
+"""SAM on ONNX Runtime: sessions on the exported graphs, each checked against PyTorch once.
+
+The image encoder dominates SAM's runtime: on a 2-core AVX2 CPU the MobileSAM (TinyViT) encoder takes about
+1.3 s per 1024x1024 image in PyTorch (2 threads) and about 0.7 s in ONNX Runtime (SAM2-tiny: ~2.9 s vs
+~2.35 s), with outputs matching to ~1e-5. The box decoder (:class:`pipeline.sam.box_decoder.BoxDecoder`,
+exported with a free box count) runs at ~27-29 ms per box for 2-8 boxes, against ~40 ms for Ultralytics'
+decoder exported as it is and 60-75 ms in PyTorch.
+
+:class:`OnnxBackend` has the interface of :class:`pipeline.sam.torch_backend.TorchBackend` (``encode`` /
+``decode``) and keeps that backend as its reference:
+
+* SAM-1 family (SAM b/l/h, MobileSAM): the encoder, the box decoder (box-only single-mask prompts) and
+  the prompt decoder (:class:`pipeline.sam.prompt_decoder.PromptDecoder`: points, boxes with points, mask
+  inputs, multimask; exported the first time such a prompt comes) run on ONNX Runtime.
+* SAM2 / SAM2.1: the encoder runs on ONNX Runtime, the decoder on PyTorch (its high-resolution features
+  and its stability-based choice of the single mask are not exported).
+
+Exports live in an :class:`pipeline.sam.onnx_cache.OnnxCache`. ``onnx`` and ``onnxruntime`` are optional
+dependencies (``pip install samlabel[onnx]``), imported lazily so that importing this module never fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import SamlabelError
+from pipeline.sam.onnx_cache import CacheWriteError, OnnxCache
+from pipeline.sam.onnx_export import (
+    BOX_DECODER,
+    PROMPT_DECODER,
+    EncoderOutput,
+    export_box_decoder,
+    export_encoder,
+    export_prompt_decoder,
+    unflatten_outputs,
+)
+from pipeline.sam.prompts import SAM_INPUT, Prompts
+from pipeline.sam.torch_backend import TorchBackend
+from pipeline.threads import default_threads, torch_threads
+
+logger = logging.getLogger(__name__)
+
+_SELF_CHECK_SEED = 0
+_CHECK_ATOL = 1e-3
+
+
+def import_ort() -> Any:
+    """Import onnxruntime or raise an ImportError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "The ONNX runtime backend needs the optional dependencies: pip install 'samlabel[onnx]' "
+            "(onnx and onnxruntime)."
+        ) from e
+    return onnxruntime
+
+
+# ORT's global thread pool is process-wide by nature: it can be set only once, before ORT's environment
+# exists, so whether this process's sessions share it is one value for the process, decided by the first
+# session (None: not decided yet). The lock makes that first decision once when sessions open concurrently.
+_GLOBAL_POOL: list[bool | None] = [None]
+_GLOBAL_POOL_LOCK = threading.Lock()
+
+
+def session_options(threads: int | None = None) -> Any:
+    """ORT session options: every optimization, errors-only logging, and threads that do not fight.
+
+    Sessions created without an explicit ``threads`` share one process-wide intra-op pool (as many
+    threads as ``pipeline.threads.default_threads()``). With a pool per session, the encoder's threads
+    keep spinning after its call while the decoder's start: measured 0.95 s -> 0.88 s per image
+    (encoder + 5 boxes) with the shared pool. If the shared pool cannot be set up (ORT's environment
+    already exists), each session gets its own pool without spinning.
+    """
+    ort = import_ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only; ORT's shape-merge warnings are harmless
+    shared = threads is None and _shared_pool()
+    if shared:
+        so.use_per_session_threads = False
+    else:
+        if threads is not None:
+            so.intra_op_num_threads = int(threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def _shared_pool() -> bool:
+    with _GLOBAL_POOL_LOCK:
+        if _GLOBAL_POOL[0] is None:
+            try:
+                from onnxruntime.capi import _pybind_state
+
+                _pybind_state.set_global_thread_pool_sizes(default_threads(), 1)
+                _GLOBAL_POOL[0] = True
+            except Exception as e:  # noqa: BLE001 - ORT's errors derive from Exception only; all mean: no pool
+                logger.debug("no shared ONNX Runtime thread pool (%s)", e)
+                _GLOBAL_POOL[0] = False
+        return bool(_GLOBAL_POOL[0])
+
+
+def _session(path: Path, *, threads: int | None, providers: list[str]) -> Any:
+    """An ``InferenceSession`` on ``path``; ORT's own errors (a corrupt file ...) as RuntimeError."""
+    ort = import_ort()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    available = ort.get_available_providers()
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=[p for p in providers if p in available]
+        )
+    except Exception as e:  # noqa: BLE001 - ORT's errors (InvalidProtobuf, Fail ...) derive from Exception only
+        raise RuntimeError(
+            f"ONNX Runtime cannot open {Path(path).name} ({type(e).__name__}: {e}); delete it to export it again"
+        ) from e
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session that answers like the torch image encoder it was exported from.
+
+    Calling it takes the same normalized ``(1, 3, S, S)`` tensor as the torch encoder and returns the same
+    structure: a ``(1, 256, S/16, S/16)`` tensor for SAM / MobileSAM, the ``dict`` for SAM2. Outputs are on
+    the input's device with the input's dtype (computation is float32). ``CUDAExecutionProvider`` is used
+    first when onnxruntime offers it, else ``CPUExecutionProvider``.
+
+    Attributes:
+        path: The ONNX file.
+        session: The ``onnxruntime.InferenceSession``.
+        image_size: Square input side ``S`` the graph was exported for.
+        output_names: ONNX output names, in order.
+        providers: Execution providers in use.
+    """
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        """Open an ONNX Runtime session on an exported encoder.
+
+        Args:
+            path: ONNX file written by :func:`pipeline.sam.onnx_export.export_encoder`.
+            threads: ORT intra-op threads; ``None`` shares the process-wide pool (see :func:`session_options`).
+
+        Raises:
+            ImportError: If onnxruntime is not installed.
+            FileNotFoundError: If ``path`` does not exist.
+            RuntimeError: If ONNX Runtime cannot open it.
+            ValueError: If the graph's input is not a static ``(1, 3, S, S)`` image.
+        """
+        self.path = Path(path)
+        t0 = time.perf_counter()
+        self.session = _session(self.path, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        self.providers: list[str] = list(self.session.get_providers())
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"{self.path}: expected one input, got {[i.name for i in inputs]}")
+        self._input_name: str = inputs[0].name
+        shape = list(inputs[0].shape)
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape) or shape[:2] != [1, 3] or shape[2] != shape[3]:
+            raise ValueError(f"{self.path}: expected a static (1, 3, S, S) input, got {shape}")
+        self.image_size: int = shape[2]
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+        logger.info(
+            "ONNX encoder %s: input %s, %d output(s), providers %s, threads %s, loaded in %.2f s",
+            self.path.name,
+            shape,
+            len(self.output_names),
+            self.providers,
+            "shared" if threads is None else threads,
+            time.perf_counter() - t0,
+        )
+
+    def __call__(self, image: torch.Tensor) -> EncoderOutput:
+        """Encode one normalized ``(1, 3, S, S)`` image (any float dtype, any device).
+
+        Raises:
+            ValueError: If ``image`` is not ``(1, 3, S, S)``.
+        """
+        expected = (1, 3, self.image_size, self.image_size)
+        if tuple(image.shape) != expected:
+            raise ValueError(f"ONNX encoder expects an input of shape {expected}, got {tuple(image.shape)}")
+        x = image.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        outs = self.session.run(None, {self._input_name: x})
+        tensors = [torch.from_numpy(o).to(device=image.device, dtype=image.dtype) for o in outs]
+        return unflatten_outputs(self.output_names, tensors)
+
+
+class OnnxBoxDecoder:
+    """ONNX Runtime box decoder: (embedding (1, 256, 64, 64), boxes (N, 4) in encoder-input pixels)
+    -> (logits (N, 1, 256, 256), scores (N, 1)), on the embedding's device.
+
+    All N boxes go through one call, sharing the image-side work (the caller bounds N).
+    """
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session = _session(self.path, threads=threads, providers=["CPUExecutionProvider"])
+
+    def __call__(self, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, scores = self.session.run(None, {"embedding": _numpy(embedding), "boxes": _numpy(boxes)})
+        device = embedding.device
+        return torch.from_numpy(logits).to(device), torch.from_numpy(scores).to(device)
+
+
+class OnnxPromptDecoder:
+    """ONNX Runtime prompt decoder: (embedding (1, 256, 64, 64), coords (N, P, 2) in encoder-input pixels,
+    labels (N, P), masks (N, 1, 256, 256) or None) -> (logits (N, 4, 256, 256), scores (N, 4)) of every
+    mask token (0: the single mask, 1-3: the multimask candidates), on the embedding's device.
+
+    ``coords`` / ``labels`` hold box corners as points (labels 2 and 3) and SAM's padding point where a
+    prompt has no box (:meth:`pipeline.sam.prompts.Prompts.as_points` with ``pad=True``).
+    """
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session = _session(self.path, threads=threads, providers=["CPUExecutionProvider"])
+
+    def __call__(
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = coords.shape[0]
+        feeds = {
+            "embedding": _numpy(embedding),
+            "point_coords": _numpy(coords),
+            "point_labels": _numpy(labels),
+            "mask_input": np.zeros((n, 1, 256, 256), np.float32) if masks is None else _numpy(masks),
+            "has_mask_input": np.array([0.0 if masks is None else 1.0], np.float32),
+        }
+        logits, scores = self.session.run(None, feeds)
+        device = embedding.device
+        return torch.from_numpy(logits).to(device), torch.from_numpy(scores).to(device)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+
+
+class OnnxBackend:
+    """Encode (and, for the SAM-1 family, decode) on ONNX Runtime, with a :class:`TorchBackend` as reference.
+
+    Built in ``torch_threads()`` (the exports and checks run PyTorch). Each graph is exported into
+    ``cache`` when missing and checked against PyTorch on fixed inputs the first time it is used with
+    these weights (the pass is recorded beside it). See the module doc for what runs where.
+
+    Args:
+        reference: the PyTorch backend of the same weights (SAM2 decodes with it; the checks compare with it).
+        cache: where the exports of these weights live.
+        strict: a prompt decoder that cannot be exported or fails its check raises (``True``, for
+            ``--runtime onnx``) or falls back to PyTorch with a warning (``False``, for ``auto``).
+
+    Raises:
+        ImportError: onnxruntime is missing.
+        CacheWriteError: an export is missing and the cache folder cannot be written.
+        ValueError / RuntimeError / TypeError: an export fails, or fails its check.
+    """
+
+    name = "onnx"
+
+    def __init__(self, reference: TorchBackend, cache: OnnxCache, *, strict: bool) -> None:
+        import_ort()
+        self.reference = reference
+        self.cache = cache
+        self.strict = strict
+        encoder = reference.image_encoder
+        path = cache.ensure(f"encoder{SAM_INPUT}", lambda p: export_encoder(encoder, p, image_size=SAM_INPUT))
+        self.encoder = OnnxEncoder(path)
+        cache.check_once(path, lambda: encoder_self_check(encoder, self.encoder))
+        self._parts = reference.decoder_parts()
+        self.box_decoder: OnnxBoxDecoder | None = None
+        if self._parts is not None:
+            path = cache.ensure(BOX_DECODER, lambda p: export_box_decoder(*self._parts, p))
+            self.box_decoder = OnnxBoxDecoder(path)
+            cache.check_once(path, lambda: box_decoder_self_check(*self._parts, self.box_decoder))
+        self._prompt_decoder: OnnxPromptDecoder | None = None
+        self._prompt_decoder_error: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.reference.device
+
+    def encode(self, image: torch.Tensor):
+        """Decoder-ready features of one encoder input: the ONNX encoder, then the reference's feature step."""
+        return self.reference.features(self.encoder(image))
+
+    def decode(self, features, prompts: Prompts, *, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`TorchBackend.decode`: logits (N, K, 256, 256), scores (N, K)."""
+        if self._parts is None:  # SAM2: the decoder stays on PyTorch
+            return self.reference.decode(features, prompts, multimask=multimask)
+        if prompts.box_only and not multimask:
+            return self.box_decoder(features, prompts.boxes)
+        decoder = self.prompt_decoder()
+        if decoder is None:
+            return self.reference.decode(features, prompts, multimask=multimask)
+        coords, labels = prompts.as_points(box_first=False, pad=True)
+        logits, scores = decoder(features, coords, labels, prompts.masks)
+        tokens = slice(1, None) if multimask else slice(0, 1)
+        return logits[:, tokens], scores[:, tokens]
+
+    def prompt_decoder(self) -> OnnxPromptDecoder | None:
+        """The checked prompt decoder, exported on first use; ``None`` when it failed and ``strict`` is off.
+
+        Raises:
+            SamlabelError: it cannot be had and ``strict`` is on (see :func:`failure_message`).
+        """
+        if self._prompt_decoder is None and self._prompt_decoder_error is None:
+            try:
+                with torch_threads():
+                    path = self.cache.ensure(PROMPT_DECODER, lambda p: export_prompt_decoder(*self._parts, p))
+                    decoder = OnnxPromptDecoder(path)
+                    self.cache.check_once(path, lambda: prompt_decoder_self_check(*self._parts, decoder))
+                self._prompt_decoder = decoder
+            except ONNX_FAILURES as e:
+                if self.strict:
+                    raise SamlabelError(failure_message(e, cache=self.cache)) from None
+                self._prompt_decoder_error = str(e)
+                logger.warning("ONNX prompt decoder not used (%s); decoding prompts with PyTorch", e)
+        return self._prompt_decoder
+
+
+#: What setting up ONNX Runtime can raise: missing package, unwritable cache, failed export or check.
+ONNX_FAILURES = (ImportError, ValueError, RuntimeError, OSError, TypeError)
+
+
+def failure_message(error: BaseException, *, cache: OnnxCache) -> str:
+    """One line for ``--runtime onnx``: what failed (one of :data:`ONNX_FAILURES`) and the fix."""
+    name, detail = cache.weights.name, " ".join(str(error).split())  # one line, whatever the cause printed
+    if isinstance(error, ImportError):
+        return (
+            f"--runtime onnx: cannot use ONNX Runtime for {name} ({detail}); "
+            "install it with `pip install samlabel[onnx]` or use --runtime torch"
+        )
+    if isinstance(error, CacheWriteError):
+        return f"--runtime onnx: {detail}; pass a writable --cache-dir or use --runtime torch"
+    return f"--runtime onnx: cannot use ONNX Runtime for {name} ({detail}); use --runtime torch"
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def _flatten(out: Any) -> list[tuple[str, torch.Tensor]]:
+    """Flatten an encoder output to ``(name, tensor)`` pairs for comparison."""
+    if isinstance(out, torch.Tensor):
+        return [("output", out)]
+    if isinstance(out, dict):
+        pairs = []
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor):
+                pairs.append((str(k), v))
+            else:
+                pairs.extend((f"{k}.{i}", t) for i, t in enumerate(v))
+        return pairs
+    raise TypeError(f"unsupported encoder output type {type(out).__name__}")
+
+
+def encoder_self_check(
+    torch_encoder: torch.nn.Module, onnx_encoder: OnnxEncoder, *, atol: float = _CHECK_ATOL
+) -> float:
+    """Compare the ONNX encoder with the torch encoder on one fixed input.
+
+    The input is ``torch.randn(1, 3, S, S)`` from a ``torch.Generator`` seeded with 0 (a plausible normalized
+    image; ``S = onnx_encoder.image_size``), cast to the torch encoder's parameter dtype and device. The torch
+    encoder runs in eval mode under ``torch.inference_mode()`` and is put back in its previous mode.
+
+    Returns:
+        The max absolute difference over all output elements (float32 MobileSAM: ~1e-5).
+
+    Raises:
+        ValueError: If the outputs differ in structure or shape, contain non-finite values, or differ by
+            more than ``atol``.
+    """
+    size = onnx_encoder.image_size
+    try:
+        param = next(torch_encoder.parameters())
+        device, dtype = param.device, param.dtype
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    g = torch.Generator().manual_seed(_SELF_CHECK_SEED)
+    x = torch.randn(1, 3, size, size, generator=g).to(device=device, dtype=dtype)
+
+    was_training = torch_encoder.training
+    torch_encoder.eval()
+    try:
+        with torch.inference_mode():
+            ref = _flatten(torch_encoder(x))
+            got = _flatten(onnx_encoder(x))
+    finally:
+        torch_encoder.train(was_training)
+
+    if [n for n, _ in ref] != [n for n, _ in got]:
+        raise ValueError(f"ONNX encoder outputs {[n for n, _ in got]} do not match torch outputs {[n for n, _ in ref]}")
+    diff = 0.0
+    for (name, r), (_, o) in zip(ref, got, strict=True):
+        if r.shape != o.shape:
+            raise ValueError(f"ONNX encoder output {name!r} has shape {tuple(o.shape)}, torch {tuple(r.shape)}")
+        diff = max(diff, _max_diff(f"ONNX encoder output {name!r}", r, o))
+    if diff > atol:
+        raise ValueError(
+            f"ONNX encoder {onnx_encoder.path.name} differs from the torch encoder by {diff:.3g} "
+            f"(max abs) > atol {atol:g}; delete the file to re-export, or use the torch runtime"
+        )
+    logger.info("ONNX encoder self-check passed: max abs diff %.3g (atol %g)", diff, atol)
+    return diff
+
+
+_CHECK_BOXES = [[10.0, 20.0, 500.0, 400.0], [600.0, 100.0, 1000.0, 900.0], [0.0, 0.0, 1024.0, 768.0]]
+
+
+def box_decoder_self_check(
+    prompt_encoder, mask_decoder, decoder: OnnxBoxDecoder, *, atol: float = _CHECK_ATOL
+) -> float:
+    """Max abs difference of logits and scores between ``decoder`` and Ultralytics' decoder on fixed boxes.
+
+    Raises:
+        ValueError: above ``atol`` or non-finite.
+    """
+    from pipeline.sam.box_decoder import reference_box_decoder
+
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(_SELF_CHECK_SEED))
+    boxes = torch.tensor(_CHECK_BOXES)
+    with torch.inference_mode():
+        ref = reference_box_decoder(prompt_encoder, mask_decoder)(embedding, boxes)
+    got = decoder(embedding, boxes)
+    return _check_decoder(decoder.path, ref, got, atol=atol)
+
+
+def prompt_decoder_self_check(
+    prompt_encoder, mask_decoder, decoder: OnnxPromptDecoder, *, atol: float = _CHECK_ATOL
+) -> float:
+    """Max abs difference of every mask token's logits and scores between ``decoder`` and Ultralytics'
+    prompt encoder + mask decoder, on fixed prompts: points alone (with SAM's padding point), and boxes
+    with points and a mask input.
+
+    Raises:
+        ValueError: above ``atol`` or non-finite.
+    """
+    from pipeline.sam.prompt_decoder import reference_prompt_decoder
+
+    g = torch.Generator().manual_seed(_SELF_CHECK_SEED)
+    embedding = torch.randn(1, 256, 64, 64, generator=g)
+    points = torch.tensor([[[200.0, 300.0], [250.0, 320.0]], [[700.0, 500.0], [20.0, 40.0]], [[5.0, 5.0], [900, 700]]])
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.int32)
+    masks = 4 * torch.randn(3, 1, 256, 256, generator=g)
+    boxes = torch.tensor(_CHECK_BOXES)
+    reference = reference_prompt_decoder(prompt_encoder, mask_decoder)
+    diff = 0.0
+    for p, m in [(Prompts(points=points, labels=labels), None), (Prompts(boxes, points, labels), masks)]:
+        with torch.inference_mode():
+            ref = reference(embedding, points, labels, p.boxes, m)
+        got = decoder(embedding, *p.as_points(box_first=False, pad=True), m)
+        diff = max(diff, _check_decoder(decoder.path, ref, got, atol=atol))
+    return diff
+
+
+def _check_decoder(path: Path, ref, got, *, atol: float) -> float:
+    diff = max(_max_diff(f"ONNX mask decoder {path.name}", r, o) for r, o in zip(ref, got, strict=True))
+    if diff > atol:
+        raise ValueError(f"ONNX mask decoder {path.name} differs from PyTorch by {diff:.3g} > {atol:g}")
+    logger.info("ONNX decoder %s self-check passed: max abs diff %.3g", path.name, diff)
+    return diff
+
+
+def _max_diff(what: str, ref: torch.Tensor, got: torch.Tensor) -> float:
+    if ref.shape != got.shape:
+        raise ValueError(f"{what} has shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}")
+    d = (ref.double().cpu() - got.double().cpu()).abs().max().item()
+    if d != d:  # NaN
+        raise ValueError(f"{what}: non-finite values in the self-check")
+    return d

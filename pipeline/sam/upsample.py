@@ -1,0 +1,142 @@
+"""Upsampling of SAM's low-resolution logits to image masks, exactly as Ultralytics' postprocess does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from pipeline.sam.prompts import LOWRES, SAM_INPUT
+from pipeline.types import CropMask
+
+
+class Upsampler:
+    """Bilinear resize of SAM's low-res logits to the image, exactly as Ultralytics' postprocess does.
+
+    Ultralytics crops the letterboxed content from the 256 x 256 logits and resizes it to (H, W)
+    (``F.interpolate``, or ``F.grid_sample`` when the content ends mid-pixel). Both are separable:
+    ``out = Ry @ logits @ Rx.T`` with fixed (H, 256) and (W, 256) matrices. A bilinear output pixel
+    can only be positive if one of the low-res pixels it mixes is, so each mask is evaluated only
+    on the window those pixels reach: memory and time follow the object, not the image.
+    """
+
+    def __init__(self, hw: tuple[int, int], *, lowres: int = LOWRES, device: torch.device | str = "cpu") -> None:
+        self.hw = hw
+        ry, rx = _interp_matrices(hw[0], hw[1], lowres)
+        self.ry = torch.from_numpy(ry).to(device)
+        self.rx = torch.from_numpy(rx).to(device)
+        self._y_span = _spans(ry)
+        self._x_span = _spans(rx)
+
+    def __call__(self, logits: torch.Tensor, *, threshold: float = 0.0) -> CropMask:
+        """Threshold one (lowres, lowres) logit map at image resolution, as a ``CropMask``."""
+        return self.at_thresholds(logits, (threshold,))[0]
+
+    def at_thresholds(self, logits: torch.Tensor, thresholds: Sequence[float]) -> list[CropMask]:
+        """One logit map thresholded at each of ``thresholds``, from one upsampling of one window.
+
+        The window is that of the lowest threshold, which holds every higher threshold's mask, so
+        several masks cost about one. With one threshold this is ``__call__``; with several, a mask
+        equals ``__call__``'s up to float rounding of the window product (a pixel within ~1e-6 of a
+        threshold may differ).
+
+        SAM's stability score (the IoU of the masks at the model's threshold + 1 and - 1, at image
+        resolution; the first mask lies inside the second, so the IoU is an area ratio)::
+
+            hi, lo = upsampler.at_thresholds(logits, (threshold + 1.0, threshold - 1.0))
+            stability = hi.area / lo.area if lo.area else 0.0
+
+        Args:
+            logits: float (lowres, lowres) logits of one mask.
+            thresholds: logit thresholds, in any order.
+
+        Returns:
+            One ``CropMask`` per threshold, in the order given (empty ``(0, 0)`` crops where nothing is above).
+        """
+        if len(thresholds) == 0:
+            raise ValueError("thresholds: expected at least one threshold, got none")
+        empty = CropMask(np.zeros((0, 0), dtype=bool))
+        positive = logits > min(thresholds)
+        rows = torch.nonzero(positive.any(dim=1)).flatten()
+        cols = torch.nonzero(positive.any(dim=0)).flatten()
+        if rows.numel() == 0:
+            return [empty] * len(thresholds)
+        y0, y1 = self._window(self._y_span, int(rows[0]), int(rows[-1]))
+        x0, x1 = self._window(self._x_span, int(cols[0]), int(cols[-1]))
+        window = self.ry[y0:y1] @ logits.float() @ self.rx[x0:x1].T
+        masks = []
+        for threshold in thresholds:
+            positive = (window > threshold).cpu().numpy()
+            rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+            if rows.size == 0:
+                masks.append(empty)
+                continue
+            bits = positive[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            masks.append(CropMask(bits, x0 + int(cols[0]), y0 + int(rows[0])))
+        return masks
+
+    @staticmethod
+    def _window(span: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
+        first, last = span
+        return int(first[lo : hi + 1].min()), int(last[lo : hi + 1].max()) + 1
+
+    def full(self, logits: torch.Tensor) -> torch.Tensor:
+        """Full-image float logits (H, W); for tests and comparisons."""
+        return self.ry @ logits.float() @ self.rx.T
+
+
+def _spans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each low-res index j, the first and last output index whose weight on j is non-zero."""
+    nz = matrix != 0
+    any_ = nz.any(axis=0)
+    # A low-res index that no output reads from (letterbox padding) must not widen the window.
+    first = np.where(any_, nz.argmax(axis=0), matrix.shape[0])
+    last = np.where(any_, matrix.shape[0] - 1 - nz[::-1].argmax(axis=0), -1)
+    return first, last
+
+
+@lru_cache(maxsize=8)
+def _interp_matrices(h: int, w: int, lowres: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (H, lowres) and (W, lowres) float32 matrices of Ultralytics' SAM mask postprocess."""
+    gain = min(SAM_INPUT / h, SAM_INPUT / w)
+    ratio_h = round(h * gain) * lowres / SAM_INPUT / h
+    ratio_w = round(w * gain) * lowres / SAM_INPUT / w
+    bottom, right = max(round(h * ratio_h), 1), max(round(w * ratio_w), 1)
+    if abs(h * ratio_h - bottom) + abs(w * ratio_w - right) > 1e-3:  # content ends mid-pixel: grid_sample
+        return _grid_sample_matrix(h, ratio_h, lowres), _grid_sample_matrix(w, ratio_w, lowres)
+    return _resize_matrix(h, bottom, lowres), _resize_matrix(w, right, lowres)
+
+
+def _resize_matrix(out_len: int, in_len: int, lowres: int) -> np.ndarray:
+    """``F.interpolate(x[:in_len], out_len, mode="bilinear", align_corners=False)`` as a matrix."""
+    # float32 arithmetic, as in PyTorch's CPU and CUDA kernels, so the weights match theirs bit for bit.
+    dst = np.arange(out_len, dtype=np.float32)
+    scale = np.float32(in_len / out_len)
+    src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0.0))
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    frac = src - i0
+    return _two_taps(out_len, lowres, i0, i1, frac)
+
+
+def _grid_sample_matrix(out_len: int, gain: float, lowres: int) -> np.ndarray:
+    """Ultralytics' ``affine_grid`` + ``grid_sample`` (bilinear, border, align_corners=False) as a matrix."""
+    f32 = np.float32
+    scale = f32(out_len * gain / lowres)
+    norm = (f32(2) * np.arange(out_len, dtype=f32) + f32(1)) / f32(out_len) - f32(1)
+    src = ((scale * norm + (scale - f32(1))) + f32(1)) * f32(lowres) / f32(2) - f32(0.5)
+    src = np.clip(src, f32(0), f32(lowres - 1))
+    i0 = np.floor(src).astype(np.int64)
+    frac = src - i0
+    i1 = np.minimum(i0 + 1, lowres - 1)
+    return _two_taps(out_len, lowres, i0, i1, frac)
+
+
+def _two_taps(out_len: int, lowres: int, i0: np.ndarray, i1: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    m = np.zeros((out_len, lowres), dtype=np.float32)
+    rows = np.arange(out_len)
+    np.add.at(m, (rows, i0), np.float32(1) - frac)
+    np.add.at(m, (rows, i1), frac)
+    return m

@@ -1,0 +1,66 @@
+"""The traceable prompt decoder computes what Ultralytics' prompt encoder + mask decoder compute, for any
+prompt count and point count, and its ONNX export does too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.sam import load_sam
+from pipeline.sam.prompt_decoder import PromptDecoder, reference_prompt_decoder
+from pipeline.sam.prompts import Prompts
+
+
+@pytest.fixture(scope="module")
+def sam(plain_mobile_sam):
+    return load_sam(plain_mobile_sam)
+
+
+def _prompts(n: int, p: int, *, boxes: bool, seed: int) -> Prompts:
+    g = torch.Generator().manual_seed(seed)
+    xy0 = torch.rand(n, 2, generator=g) * 600
+    return Prompts(
+        boxes=torch.cat([xy0, xy0 + 20 + torch.rand(n, 2, generator=g) * 400], dim=1) if boxes else None,
+        points=torch.rand(n, p, 2, generator=g) * 1000,
+        labels=torch.randint(0, 2, (n, p), generator=g, dtype=torch.int32),
+    )
+
+
+@pytest.mark.parametrize("boxes", [False, True], ids=["points", "box+points"])
+@pytest.mark.parametrize("with_masks", [False, True], ids=["", "mask"])
+def test_same_answers_as_ultralytics(sam, boxes, with_masks):
+    """Exactly equal: the same operations in the same order (broadcasting where Ultralytics repeats)."""
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(3))
+    prompts = _prompts(3, 2, boxes=boxes, seed=4)
+    masks = 3 * torch.randn(3, 1, 256, 256, generator=torch.Generator().manual_seed(5)) if with_masks else None
+    coords, labels = prompts.as_points(box_first=False, pad=True)
+    decoder = PromptDecoder(sam.prompt_encoder, sam.mask_decoder).eval()
+    with torch.inference_mode():
+        ref_logits, ref_scores = reference_prompt_decoder(sam.prompt_encoder, sam.mask_decoder)(
+            embedding, prompts.points, prompts.labels, prompts.boxes, masks
+        )
+        no_mask = torch.zeros(3, 1, 256, 256) if masks is None else masks
+        logits, scores = decoder(embedding, coords, labels.float(), no_mask, torch.tensor([float(masks is not None)]))
+    assert logits.shape == (3, 4, 256, 256) and scores.shape == (3, 4)
+    assert ref_logits.abs().max() > 1 and (ref_logits > 0).any() and (ref_logits < 0).any()  # a real test
+    assert torch.equal(logits, ref_logits) and torch.equal(scores, ref_scores)
+
+
+def test_onnx_export_takes_any_prompt_and_point_count(sam, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pipeline.sam.onnx_backend import OnnxPromptDecoder, prompt_decoder_self_check
+    from pipeline.sam.onnx_export import export_prompt_decoder
+
+    path = export_prompt_decoder(sam.prompt_encoder, sam.mask_decoder, tmp_path / "prompt.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompt.onnx"]  # no temporary files left
+    decoder = OnnxPromptDecoder(path)
+    assert prompt_decoder_self_check(sam.prompt_encoder, sam.mask_decoder, decoder) < 1e-3
+    embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(7))
+    reference = reference_prompt_decoder(sam.prompt_encoder, sam.mask_decoder)
+    for n, p, boxes in [(1, 1, False), (4, 3, True)]:
+        prompts = _prompts(n, p, boxes=boxes, seed=n)
+        with torch.inference_mode():
+            ref_logits, ref_scores = reference(embedding, prompts.points, prompts.labels, prompts.boxes)
+        logits, scores = decoder(embedding, *prompts.as_points(box_first=False, pad=True), None)
+        assert logits.shape == (n, 4, 256, 256) and scores.shape == (n, 4)
+        assert (logits - ref_logits).abs().max() < 1e-4 and (scores - ref_scores).abs().max() < 1e-5

@@ -1,0 +1,46 @@
+"""Missing weights: the error names the option the way the caller gave it (Python argument or CLI flag)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import convert, label
+from pipeline.cli import main
+from pipeline.errors import WeightsNotFoundError
+from pipeline.weights import resolve_weights
+from tests.conftest import FakeSegmenter
+from tests.roboflow import roboflow_yolo
+
+
+def test_resolve_weights_words_the_error_for_python_and_for_the_cli():
+    with pytest.raises(WeightsNotFoundError) as e:
+        resolve_weights("missing/dir/best.pt", flag="--detector")
+    assert str(e.value) == (
+        "detector='missing/dir/best.pt': no such file; give the path of a weights file with detector='PATH'"
+    )
+    assert e.value.cli_message == (
+        "--detector missing/dir/best.pt: no such file; give the path of a weights file with --detector PATH"
+    )
+
+
+def test_python_label_names_the_detector_argument(tmp_path, image_folder):
+    with pytest.raises(WeightsNotFoundError, match=r"^detector='missing/best.pt': .*detector='PATH'$") as e:
+        label(image_folder, tmp_path / "o", detector="missing/best.pt", segmenter=FakeSegmenter(), progress=False)
+    assert "--detector" not in str(e.value)
+
+
+def test_python_convert_names_the_segmenter_argument(tmp_path):
+    """A box dataset needs SAM: missing SAM weights are refused before the run, named as ``segmenter=``."""
+    with pytest.raises(WeightsNotFoundError, match=r"^segmenter='missing/mobile_sam.pt': .*segmenter='PATH'$") as e:
+        convert(roboflow_yolo(tmp_path / "src"), tmp_path / "o", segmenter="missing/mobile_sam.pt", progress=False)
+    assert "--segmenter" not in str(e.value)
+
+
+def test_cli_names_the_flag(tmp_path, image_folder, capsys):
+    assert main(["label", str(image_folder), "--out", str(tmp_path / "o"), "--detector", "missing/best.pt"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "samlabel: error: --detector missing/best.pt: no such file; give the path of a weights file with "
+        "--detector PATH" in err
+    )
+    assert "detector='" not in err
