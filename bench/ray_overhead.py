@@ -131,9 +131,8 @@ def real_runs(tmp: Path, n: int) -> dict:
 
 def encode_decode_split(sam: Path, src: Path) -> dict:
     """Seconds per image of the SAM image encoder and of the box decoder (5 boxes), timed on the stage's own calls."""
-    from pipeline.sam import Segmenter
-
     from pipeline.images import load_image
+    from pipeline.sam import Segmenter
 
     seg = Segmenter(str(sam), device="cpu", runtime="torch")
     enc, dec = [], []

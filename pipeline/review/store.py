@@ -45,6 +45,7 @@ from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.quality import FLAGS
 from pipeline.review import rle as rle_codec
 from pipeline.run import report as run_report
+from pipeline.run import state as run_state
 from pipeline.run.outputs import QUALITY_FIELDS, coco_annotations, with_quality
 from pipeline.run.state import STATE_DIR, Journal
 from pipeline.types import CropMask, ImageRecord
@@ -168,18 +169,7 @@ class ReviewStore:
             self._by_rel[rel] = iid
 
     def _drop_temp_files(self) -> None:
-        """Remove what a killed writer left of its atomic writes (``fsio.atomic_path``: ``.<name>.<random>.tmp``).
-
-        The caller holds the run lock, so no writer is at work: every such file is an orphan.
-        """
-        folders = {self.out, self.out / STATE_DIR}
-        for split in SPLITS:
-            folders |= {(self.out / self.paths.coco_file(split)).parent, self.out / self.paths.labels_dir(split)}
-        for folder in folders:
-            for pattern in (".*.tmp", ".*.anns"):
-                for path in folder.glob(pattern):
-                    if path.is_file():
-                        path.unlink(missing_ok=True)
+        run_state.drop_temp_files(self.out, self.paths)
 
     def _check_finished(self) -> None:
         try:

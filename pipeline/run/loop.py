@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pipeline.config import Settings
 from pipeline.errors import ImageReadError, SamlabelError
+from pipeline.formats import layout
 from pipeline.images import MIN_SIDE, LoadedImage, load_image
 from pipeline.run import report as run_report
 from pipeline.run import state as run_state
@@ -97,6 +98,7 @@ def run_dataset(
         )
         journal = run_state.Journal(out)
         journal.drop_torn_tail()
+        run_state.drop_temp_files(out, layout.get(settings.layout))  # what a killed run left half-written
         done = journal.done()
         todo = [it for it in items if it.rel not in done]
         if done:
@@ -256,7 +258,9 @@ def read_item(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     return image
 
 
-def infer_item(item: ImageItem, image: LoadedImage, detector, segmenter, settings: Settings, seconds: Counter) -> Instances:
+def infer_item(
+    item: ImageItem, image: LoadedImage, detector, segmenter, settings: Settings, seconds: Counter
+) -> Instances:
     """Detect (unless the item has source labels) and segment what has no mask."""
     if item.labels is not None:
         instances = item.labels.to_instances(image.hw, resegment=settings.resegment)

@@ -21,6 +21,7 @@ from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import layout
+from pipeline.formats.data_yaml import SPLITS
 from pipeline.types import ImageItem, ImageRecord
 
 STATE_DIR = layout.STATE_DIR
@@ -261,3 +262,23 @@ class Journal:
                 os.fsync(f.fileno())
 
             yield append
+
+
+def drop_temp_files(out: Path, paths) -> None:
+    """Remove what a killed writer left of its atomic writes (``fsio.atomic_path``: ``.<name>.<random>.tmp``).
+
+    The caller holds the run lock, so no writer is at work: every such file is an orphan. ``paths`` is the
+    dataset's ``formats.layout.Layout``.
+    """
+    folders = {out, out / STATE_DIR}
+    for split in SPLITS:
+        folders |= {
+            (out / paths.coco_file(split)).parent,
+            out / paths.labels_dir(split),
+            out / paths.images_dir(split),
+        }
+    for folder in folders:
+        for pattern in (".*.tmp", ".*.anns"):
+            for path in folder.glob(pattern):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
