@@ -81,17 +81,9 @@ def label(
     if detector is None or segmenter is None:
         check_device(cfg.device)
     if detector is None:
-        from pipeline.detect import Detector
+        from pipeline.run.stages import DetectorRecipe
 
-        detector = Detector(
-            cfg.detector,
-            classes=cfg.classes,
-            conf=cfg.conf,
-            iou=cfg.iou,
-            max_det=cfg.max_det,
-            imgsz=cfg.imgsz,
-            device=cfg.device,
-        )
+        detector = DetectorRecipe(cfg).build()
     if segmenter is None:
         segmenter = build_segmenter(cfg)
     return run_dataset(
