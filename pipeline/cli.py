@@ -106,7 +106,9 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("src", metavar="DATASET", help="a dataset with masks: samlabel output, data.yaml, COCO json ...")
     p.add_argument("--out", required=True, metavar="FILE", help="the fine-tuned checkpoint (.pt) to write")
-    p.add_argument("--segmenter", default="mobile_sam.pt", metavar="W", help="SAM weights to start from [mobile_sam.pt]")
+    p.add_argument(
+        "--segmenter", default="mobile_sam.pt", metavar="W", help="SAM weights to start from [mobile_sam.pt]"
+    )
     p.add_argument("--sam-arch", metavar="ARCH", help="architecture of --segmenter when its file name does not say")
     p.add_argument("--images", metavar="DIR", help="image folder of a bare COCO json")
     p.add_argument("--names", metavar="A,B,C", help="class names of a bare images/ + labels/ pair")
@@ -114,7 +116,9 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir", metavar="DIR", help="image-embedding cache [$SAMLABEL_CACHE_DIR/embeddings, else the user cache]"
     )
-    p.add_argument("--overwrite", action="store_true", help="start over when FILE holds another (or a finished) fine-tune")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start over when FILE holds another (or a finished) fine-tune"
+    )
     for f in dataclasses.fields(FinetuneOptions):
         choices = f.metadata.get("choices")
         p.add_argument(

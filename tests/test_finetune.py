@@ -199,6 +199,13 @@ def test_finetune_raises_heldout_mask_iou_and_the_file_works_in_the_sam_stage(sh
     assert list(state) == list(base_state)
     changed = {k.split(".")[0] for k in state if not torch.equal(state[k], base_state[k])}
     assert changed == {"mask_decoder"}
+    # Ultralytics' own builder loads it (it picks the architecture from the name's end)
+    from ultralytics.models.sam.build import build_sam
+
+    named = shapes.root / "models" / "renamed_mobile_sam.pt"
+    named.write_bytes(out.read_bytes())
+    built = build_sam(str(named)).state_dict()
+    assert all(torch.equal(built[k], state[k]) for k in state)
 
     # held-out images, never trained or validated on: the SAM stage with each file, measured with evaluate
     before = _heldout_iou(shapes.base, shapes.heldout, shapes.root / "pred_before")
@@ -297,3 +304,70 @@ def test_finetune_sam2_trains_its_decoder_and_the_sam_stage_loads_the_result(tmp
     # SAM2's conv_s0 / conv_s1 act on the backbone features before they are cached: frozen with the encoder
     assert changed and all(k.startswith("mask_decoder.") and ".conv_s" not in k for k in changed)
     _heldout_iou(out, ds / "valid", tmp_path / "pred")  # the SAM stage loads and runs the checkpoint
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_the_before_after_table_and_writes_the_curve(shapes, capsys):
+    from pipeline.cli import main
+
+    out = shapes.root / "cli" / "tuned.pt"
+    argv = ["finetune", str(shapes.ds), "--out", str(out), "--segmenter", str(shapes.base), "--cache-dir",
+            str(shapes.cache), "-q", "--epochs", "1", "--batch", "8", "--clicks", "0"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "before     after    change" in printed
+    curve = json.loads(Paths(out).curve.read_text())
+    rows = {ln.split()[0]: ln.split()[1:] for ln in printed.splitlines() if ln.split()[:1] in (["all"], ["disc"])}
+    assert float(rows["all"][0]) == pytest.approx(curve["baseline"]["val_iou"], abs=1e-4)
+    assert float(rows["all"][1]) == pytest.approx(curve["best"]["val_iou"], abs=1e-4)
+    assert [p["epoch"] for p in curve["curve"]] == [0, 1] and curve["finished"]
+    # the printed table again, from the finished run, without training
+    assert main(argv) == 0 and capsys.readouterr().out == printed
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--train", "everything"], None),  # argparse: invalid choice, exit 2
+        (["--out", "model.onnx"], "give a .pt file name"),
+    ],
+)
+def test_cli_bad_options_exit_2_with_one_line(shapes, tmp_path, capsys, extra, message):
+    from pipeline.cli import main
+
+    argv = ["finetune", str(shapes.ds), "--out", str(tmp_path / "m.pt"), "--segmenter", str(shapes.base), *extra]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own refusal
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    if message:
+        [line] = [ln for ln in err.splitlines() if ln.startswith("samlabel: error:")]
+        assert message in line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_missing_default_weights_offline_is_one_line(shapes, tmp_path, monkeypatch, capsys):
+    import socket
+
+    from pipeline.cli import main
+
+    monkeypatch.setattr("pipeline.weights.ultralytics_weights_dir", lambda: tmp_path / "ultralytics-weights")
+
+    def no_network(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.chdir(tmp_path)
+    code = main(["finetune", str(shapes.ds), "--out", str(tmp_path / "m.pt"), "-q"])  # --segmenter mobile_sam.pt
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("samlabel: error:")]
+    assert "mobile_sam.pt" in line and "--segmenter PATH" in line
+    assert not (tmp_path / "m.pt").exists()

@@ -31,6 +31,7 @@ from pipeline.types import CropMask, Instances
 
 LOGGER = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class LowresTarget:
     """How much of each low-res cell an object covers, kept as its tight crop.
