@@ -112,6 +112,9 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam-arch", metavar="ARCH", help="architecture of --segmenter when its file name does not say")
     p.add_argument("--images", metavar="DIR", help="image folder of a bare COCO json")
     p.add_argument("--names", metavar="A,B,C", help="class names of a bare images/ + labels/ pair")
+    p.add_argument(
+        "--reviewed-only", action="store_true", help="only the images checked in samlabel review (a samlabel dataset)"
+    )
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, 0 ... [the first GPU if any, else the CPU]")
     p.add_argument(
         "--cache-dir", metavar="DIR", help="image-embedding cache [$SAMLABEL_CACHE_DIR/embeddings, else the user cache]"
@@ -225,6 +228,7 @@ def _finetune(args: argparse.Namespace) -> int:
         arch=args.sam_arch,
         images=args.images,
         names=args.names.split(",") if args.names else None,
+        reviewed_only=args.reviewed_only,
         device=args.device,
         cache_dir=args.cache_dir,
         overwrite=args.overwrite,

@@ -173,13 +173,15 @@ def test_embedding_cache_is_reused_and_invalidated_by_other_weights(shapes, tmp_
 # -------------------------------------------------------------------------------------------- training
 
 
-def _heldout_iou(weights: Path, folder: Path, out: Path) -> float:
+def _heldout_iou(weights: Path, folder: Path, out: Path, *, arch: str = "mobile_sam") -> float:
     """``convert --resegment`` of a COCO folder with ``weights`` (the SAM stage), then ``evaluate``: IoU per object."""
     import pipeline
     from pipeline.evaluate import evaluate
 
     coco = folder / "_annotations.coco.json"
-    pipeline.convert(coco, out, images=folder, segmenter=str(weights), resegment=True, progress=False, **STAGE)
+    pipeline.convert(
+        coco, out, images=folder, segmenter=str(weights), resegment=True, progress=False, **{**STAGE, "sam_arch": arch}
+    )
     r = evaluate(out, coco, gt_images=folder, match_iou=0.0)
     return (r["mask_iou"]["mean"] or 0.0) * r["matched"] / r["instances"]["gt"]
 
@@ -303,7 +305,7 @@ def test_finetune_sam2_trains_its_decoder_and_the_sam_stage_loads_the_result(tmp
     }
     # SAM2's conv_s0 / conv_s1 act on the backbone features before they are cached: frozen with the encoder
     assert changed and all(k.startswith("mask_decoder.") and ".conv_s" not in k for k in changed)
-    _heldout_iou(out, ds / "valid", tmp_path / "pred")  # the SAM stage loads and runs the checkpoint
+    _heldout_iou(out, ds / "valid", tmp_path / "pred", arch="sam2.1_t")  # the SAM stage loads and runs the checkpoint
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -371,3 +373,30 @@ def test_cli_missing_default_weights_offline_is_one_line(shapes, tmp_path, monke
     [line] = [ln for ln in err.splitlines() if ln.startswith("samlabel: error:")]
     assert "mobile_sam.pt" in line and "--segmenter PATH" in line
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_reviewed_only_trains_on_the_images_checked_in_review(tmp_path, shapes):
+    """A review save appends the image's record with ``reviewed`` set; only those images are used."""
+    import dataclasses
+
+    from pipeline.run.state import Journal
+    from tests.review_helpers import make_dataset
+
+    out = make_dataset(tmp_path)
+    records = [rec for _, rec in Journal(out).records() if rec.status == "ok"]
+    chosen = records[1:]
+    with Journal(out).appender() as append:
+        for rec in chosen:
+            append(dataclasses.replace(rec, reviewed=True))
+
+    def names(data) -> set[str]:
+        return {s.path.name for s in [*data.train, *data.valid]}
+
+    every = load_training_data(out, val_fraction=0.5)
+    data = load_training_data(out, reviewed_only=True, val_fraction=0.5)
+    assert names(data) == names(every) & {rec.name for rec in chosen}
+    assert records[0].name in names(every) - names(data)
+    assert data.skipped["images not reviewed"] == len(records) - len(chosen)
+    assert data.digest() != every.digest()  # another data set: a resume of the other run is refused
+    with pytest.raises(SamlabelError, match="--reviewed-only: .* is not a dataset written by samlabel"):
+        load_training_data(shapes.ds, reviewed_only=True)

@@ -159,6 +159,7 @@ def load_training_data(
     images: str | Path | None = None,
     names: list[str] | None = None,
     val_fraction: float = 0.2,
+    reviewed_only: bool = False,
 ) -> TrainingData:
     """Read a dataset with masks and split it into training and validation samples.
 
@@ -166,14 +167,17 @@ def load_training_data(
     ``val_fraction`` of the training images validate instead, chosen by a hash of each image's ``rel``
     (so the choice never changes between runs or when images are added). A ``test`` split is not used.
     Objects without a mask (box-only labels) and images without any masked object are left out and
-    counted.
+    counted. With ``reviewed_only`` (a samlabel dataset) only the images checked in ``samlabel review``
+    are used, in both splits.
 
     Raises:
-        SamlabelError: unreadable dataset, or no training or no validation image with a mask.
+        SamlabelError: unreadable dataset, ``reviewed_only`` on a dataset samlabel did not write, or no
+            training or no validation image with a mask.
     """
     src = Path(src)
     if src.suffix.lower() == ".zip":
         raise SamlabelError(f"{src}: extract the zip first and fine-tune on the folder")
+    reviewed = reviewed_images(src) if reviewed_only else None
     ds = read_dataset(src, images=images, names=names, keep_unlabeled=False)
     for p in ds.problems:
         LOGGER.warning("%s: %s (%s)", p.where, p.problem, p.action)
@@ -186,6 +190,9 @@ def load_training_data(
             skipped[f"{it.split} images (not used)" if it.split not in by_split else "valid images also in train"] += 1
             continue
         seen.add(real)
+        if reviewed is not None and (it.split, it.path.name) not in reviewed:
+            skipped["images not reviewed"] += 1
+            continue
         sample = _sample(it, skipped)
         if sample is not None:
             by_split[it.split].append(sample)
@@ -205,6 +212,24 @@ def load_training_data(
             f"{sum(skipped.values())} left out: {dict(skipped)}); fine-tuning needs polygon or RLE masks in both"
         )
     return TrainingData(names=list(ds.names), train=train, valid=valid, val_source=val_source, skipped=dict(skipped))
+
+
+def reviewed_images(src: Path) -> set[tuple[str, str]]:
+    """(split, file name) of each image of the samlabel dataset ``src`` whose newest record is reviewed.
+
+    Raises:
+        SamlabelError: ``src`` (a folder, or its data.yaml) is not a dataset samlabel wrote.
+    """
+    from pipeline.run.state import STATE_DIR, Journal
+
+    root = src if src.is_dir() else src.parent
+    if not (root / STATE_DIR / "journal.jsonl").is_file():
+        raise SamlabelError(
+            f"--reviewed-only: {src} is not a dataset written by samlabel (no {STATE_DIR}/journal.jsonl), so "
+            "nothing says which images were reviewed; leave the flag out to train on every mask"
+        )
+    newest = {rec.rel: rec for _, rec in Journal(root).records()}
+    return {(r.split, r.name) for r in newest.values() if r.reviewed and r.status == "ok"}
 
 
 def _with_split(sample: Sample, split: str) -> Sample:

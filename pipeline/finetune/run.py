@@ -34,6 +34,7 @@ def finetune(
     arch: str | None = None,
     images: str | Path | None = None,
     names: list[str] | None = None,
+    reviewed_only: bool = False,
     options: FinetuneOptions | None = None,
     device: str | None = None,
     cache_dir: str | Path | None = None,
@@ -57,6 +58,7 @@ def finetune(
         arch: the architecture (``mobile_sam``, ``sam_b``, ``sam2.1_t`` ...); None takes it from the file name.
         images: image folder of a bare COCO json.
         names: class names of a bare images/ + labels/ pair.
+        reviewed_only: train and validate only on the images checked in ``samlabel review`` (a samlabel dataset).
         options: a ``FinetuneOptions``; keyword ``option_values`` (``epochs=10``, ``lr=3e-4`` ...) override it.
         device: ``cpu``, ``cuda``, ``cuda:1`` ...; default: the first GPU if any, else the CPU. On a GPU the
             forward passes run in mixed precision (bfloat16, or float16 with loss scaling).
@@ -81,8 +83,16 @@ def finetune(
         raise SamlabelError(f"--out {out}: give a .pt file name (the fine-tuned checkpoint)")
     paths = st.Paths(out)
     dev = _device(device)
-    data = load_training_data(dataset, images=images, names=names, val_fraction=opts.val_fraction)
-    LOGGER.info("fine-tuning data: %s", data.describe())
+    data = load_training_data(
+        dataset, images=images, names=names, val_fraction=opts.val_fraction, reviewed_only=reviewed_only
+    )
+    d = data.describe()
+    left_out = ", ".join(f"{n} {what}" for what, n in d["skipped"].items() if n) or "nothing"
+    LOGGER.info(
+        "training on %d objects in %d images, validating on %d objects in %d images (%s); left out: %s",
+        d["train"]["objects"], d["train"]["images"], d["valid"]["objects"], d["valid"]["images"], d["valid_from"],
+        left_out,
+    )  # fmt: skip
     sam = TrainableSam(weights, arch, device=dev)
     parts = {
         "data": data.digest(),
