@@ -30,6 +30,7 @@ from pipeline.sources import assign_split
 from pipeline.threads import default_threads
 from pipeline.types import CropMask
 from tests.checkpoints import make_plain_sam_checkpoint
+from tests.helpers import offline
 from tests.shapes import write_coco_dataset, write_coco_split, write_yolo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,19 +355,9 @@ def test_cli_bad_options_exit_2_with_one_line(shapes, tmp_path, capsys, extra, m
 
 
 def test_cli_missing_default_weights_offline_is_one_line(shapes, tmp_path, monkeypatch, capsys):
-    import socket
-
     from pipeline.cli import main
 
-    monkeypatch.setattr("pipeline.weights.ultralytics_weights_dir", lambda: tmp_path / "ultralytics-weights")
-
-    def no_network(*args, **kwargs):
-        raise OSError("network blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    monkeypatch.chdir(tmp_path)
+    offline(monkeypatch, tmp_path)
     code = main(["finetune", str(shapes.ds), "--out", str(tmp_path / "m.pt"), "-q"])  # --segmenter mobile_sam.pt
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err

@@ -10,7 +10,6 @@ either the previous epoch's state or this one's.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import pickle
@@ -118,12 +117,5 @@ def clear(paths: Paths) -> None:
 def locked(paths: Paths) -> Iterator[None]:
     """Hold the lock beside ``out`` for the block; a second fine-tune to the same file is refused."""
     paths.lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(paths.lock, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SamlabelError(f"another samlabel finetune is writing {paths.out}; wait for it to end") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with fsio.exclusive_lock(paths.lock, busy=f"another samlabel finetune is writing {paths.out}; wait for it to end"):
+        yield
