@@ -1,4 +1,4 @@
-"""Command line: ``samlabel label|convert|validate|report|evaluate|review``. The only module that parses arguments or sets up logging."""
+"""Command line: ``samlabel label|convert|validate|report|evaluate|review|finetune``. The only module that parses arguments or sets up logging."""
 
 from __future__ import annotations
 
@@ -93,7 +93,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", metavar="D", help="cpu, 0, cuda:0 ... [the dataset's --device]")
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), help="SAM runtime [the dataset's --runtime]")
+
+    p = sub.add_parser(
+        "finetune", parents=[common], help="fine-tune SAM's mask decoder on a dataset's own masks (after review)"
+    )
+    _add_finetune_options(p)
     return parser
+
+
+def _add_finetune_options(p: argparse.ArgumentParser) -> None:
+    from pipeline.finetune import FinetuneOptions
+
+    p.add_argument("src", metavar="DATASET", help="a dataset with masks: samlabel output, data.yaml, COCO json ...")
+    p.add_argument("--out", required=True, metavar="FILE", help="the fine-tuned checkpoint (.pt) to write")
+    p.add_argument(
+        "--segmenter", default="mobile_sam.pt", metavar="W", help="SAM weights to start from [mobile_sam.pt]"
+    )
+    p.add_argument("--sam-arch", metavar="ARCH", help="architecture of --segmenter when its file name does not say")
+    p.add_argument("--images", metavar="DIR", help="image folder of a bare COCO json")
+    p.add_argument("--names", metavar="A,B,C", help="class names of a bare images/ + labels/ pair")
+    p.add_argument(
+        "--reviewed-only", action="store_true", help="only the images checked in samlabel review (a samlabel dataset)"
+    )
+    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, 0 ... [the first GPU if any, else the CPU]")
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="image-embedding cache [$SAMLABEL_CACHE_DIR/embeddings, else the user cache]"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="start over when FILE holds another (or a finished) fine-tune"
+    )
+    for f in dataclasses.fields(FinetuneOptions):
+        choices = f.metadata.get("choices")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=type(f.default),
+            default=None,
+            choices=choices,
+            metavar=None if choices else f.name.upper(),
+            help=f"{f.metadata['help']} [default: {f.default}]",
+        )
 
 
 def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
@@ -168,12 +207,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runtime=args.runtime,
                 on_ready=lambda url: print(f"review: {url}", flush=True),
             )
+        elif args.command == "finetune":
+            return _finetune(args)
     except SamlabelError as e:
         print(f"samlabel: error: {e.cli_message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from pipeline.finetune import FinetuneOptions, finetune, format_table
+
+    result = finetune(
+        args.src,
+        args.out,
+        segmenter=args.segmenter,
+        arch=args.sam_arch,
+        images=args.images,
+        names=args.names.split(",") if args.names else None,
+        reviewed_only=args.reviewed_only,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneOptions)},
+    )
+    print(format_table(result))
     return 0
 
 

@@ -28,13 +28,13 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.errors import SamlabelError
 from pipeline.formats import layout
+from pipeline.images import upright_hw
 from pipeline.sources import read_dataset
 from pipeline.types import CropMask, Instances
 
 #: How prediction scores (which rank detections for AP) are made; also in the result as ``"score"``.
 SCORE = "confidence x mask_score"
 
-_EXIF_ORIENTATION = 0x0112
 _EXAMPLES = 5
 
 
@@ -269,19 +269,11 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _upright_hw(path: Path) -> tuple[int, int]:
-    """(H, W) of the image after EXIF orientation, from the file header (no pixel decoding)."""
-    with Image.open(path) as im:
-        w, h = im.size
-        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-
-
 def _pair_size(pred_path: Path, gt_path: Path) -> tuple[tuple[int, int], str | None]:
     """The pair's (H, W), or a reason to skip it (unreadable, or the two files differ in size)."""
     try:
-        hw = _upright_hw(gt_path)
-        pred_hw = hw if os.path.realpath(pred_path) == os.path.realpath(gt_path) else _upright_hw(pred_path)
+        hw = upright_hw(gt_path)
+        pred_hw = hw if os.path.realpath(pred_path) == os.path.realpath(gt_path) else upright_hw(pred_path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return (0, 0), f"not a readable image ({type(e).__name__}: {e})"
     if pred_hw != hw:

@@ -83,6 +83,18 @@ def load_image(path: Path) -> LoadedImage:
     return LoadedImage(rgb=rgb, rotated=rotated, format=fmt)
 
 
+def upright_hw(path: Path) -> tuple[int, int]:
+    """(H, W) of the image after EXIF orientation, from the file header (no pixel decoding).
+
+    Raises:
+        OSError, ValueError, SyntaxError, Image.DecompressionBombError: not a readable image header.
+    """
+    with _pil_open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def _pil_open(path: Path) -> Image.Image:
     """``PIL.Image.open``, bypassing Ultralytics' global patch of it.
 

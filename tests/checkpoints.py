@@ -164,12 +164,14 @@ def make_sam_checkpoint(
     return path
 
 
-def make_plain_sam_checkpoint(path: Path, *, arch: str | None = None, jitter: float = 0.05) -> Path:
+def make_plain_sam_checkpoint(path: Path, *, arch: str | None = None, jitter: float = 0.05, seed: int = _SEED) -> Path:
     """Write a seeded random-weight SAM / SAM2 state dict, not rigged: answers depend on image and prompt.
 
     Built like :func:`make_sam_checkpoint` (``arch`` defaults to the file name's, e.g. ``mobile_sam``).
     The prompt encoder and mask decoder parameters are then moved by ``jitter * randn`` so that fresh
     initialisations (zero biases, unit norms) do not make different prompts look alike.
+
+    ``seed`` gives other random weights of the same architecture.
 
     Returns:
         The path written.
@@ -179,7 +181,7 @@ def make_plain_sam_checkpoint(path: Path, *, arch: str | None = None, jitter: fl
     path = Path(path)
     name = f"{arch}.pt" if arch else path.name
     with torch.random.fork_rng(devices=[]), mock.patch.object(sam_build, "_load_checkpoint", lambda m, _c: m):
-        torch.manual_seed(_SEED)
+        torch.manual_seed(seed)
         model = sam_build.build_sam(name)
         decoder = getattr(model, "sam_mask_decoder", None) or model.mask_decoder
         prompts = getattr(model, "sam_prompt_encoder", None) or model.prompt_encoder

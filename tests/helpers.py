@@ -87,3 +87,18 @@ def assert_valid(out: Path) -> None:
 
     problems = validate(out)
     assert problems == [], "\n".join(problems)
+
+
+def offline(monkeypatch, folder: Path) -> None:
+    """No network in this process, an empty Ultralytics weights folder under ``folder``, and ``folder`` as cwd."""
+    import socket
+
+    monkeypatch.setattr("pipeline.weights.ultralytics_weights_dir", lambda: folder / "ultralytics-weights")
+
+    def no_network(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.chdir(folder)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.helpers import (
     coco_by_image,
     coco_data,
     label_files_bytes,
+    offline,
     splits_of,
     ultralytics_segment_labels,
 )
@@ -95,15 +95,7 @@ def test_label_with_offline_checkpoints(image_folder, tmp_path, weights):
 def test_missing_weights_one_line_exit_2(tmp_path, image_folder, weights, flag, name, monkeypatch, capsys):
     """The same test everywhere: an empty Ultralytics weights folder, and no network (blocked in this process)."""
     det, sam = weights
-    monkeypatch.setattr("pipeline.weights.ultralytics_weights_dir", lambda: tmp_path / "ultralytics-weights")
-
-    def no_network(*args, **kwargs):
-        raise OSError("network blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    monkeypatch.chdir(tmp_path)
+    offline(monkeypatch, tmp_path)
     chosen = {"--detector": str(det), "--segmenter": str(sam), flag: name}
     argv = ["label", str(image_folder), "--out", str(tmp_path / "o"), "-q", "--runtime", "torch"]
     code = main([*argv, "--detector", chosen["--detector"], "--segmenter", chosen["--segmenter"]])

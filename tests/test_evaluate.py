@@ -16,7 +16,8 @@ from pycocotools.cocoeval import COCOeval
 
 from pipeline import convert
 from pipeline.errors import SamlabelError
-from pipeline.evaluate import _upright_hw, boundary_iou, evaluate, format_table, full_rle, match_instances
+from pipeline.evaluate import boundary_iou, evaluate, format_table, full_rle, match_instances
+from pipeline.images import upright_hw
 from pipeline.types import CropMask
 from tests.conftest import FakeSegmenter
 
@@ -361,6 +362,6 @@ def test_image_size_comes_upright_from_the_header(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees
     Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
     Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "u.jpg")
-    assert _upright_hw(tmp_path / "r.jpg") == (20, 10)
-    assert _upright_hw(tmp_path / "u.jpg") == (10, 20)
+    assert upright_hw(tmp_path / "r.jpg") == (20, 10)
+    assert upright_hw(tmp_path / "u.jpg") == (10, 20)
     assert math.hypot(*HW) == 80  # the tests' boundary band: D = round(0.02 * 80) = 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -171,15 +170,10 @@ def clear(out: Path) -> None:
 def locked(out: Path) -> Iterator[None]:
     """Hold ``DIR/.samlabel/lock`` for the block; a second run on the same folder is refused, not interleaved."""
     (out / STATE_DIR).mkdir(exist_ok=True)
-    with open(out / STATE_DIR / "lock", "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SamlabelError(f"another samlabel run is writing to {out}; wait for it to end") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with fsio.exclusive_lock(
+        out / STATE_DIR / "lock", busy=f"another samlabel run is writing to {out}; wait for it to end"
+    ):
+        yield
 
 
 def add_run(out: Path, timing: dict) -> None:
