@@ -37,7 +37,7 @@ class TrainableSam:
     Args:
         weights: a checkpoint file (already resolved).
         arch: its architecture, or None to take it from the file name.
-        device: where the model runs.
+        device: where the model runs (an Ultralytics device string; None: the first GPU if any, else the CPU).
 
     Attributes:
         backend: the SAM stage's ``TorchBackend`` around the model.
@@ -48,11 +48,13 @@ class TrainableSam:
         threshold: the model's mask logit threshold.
     """
 
-    def __init__(self, weights: str | Path, arch: str | None = None, *, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, weights: str | Path, arch: str | None = None, *, device: torch.device | str | None = "cpu"
+    ) -> None:
         self.arch = resolve_arch(weights, arch)
         with torch_threads():
             model = load_sam(weights, self.arch)
-        self.backend = TorchBackend(model, arch=self.arch, device=str(device))
+        self.backend = TorchBackend(model, arch=self.arch, device=None if device is None else str(device))
         if self.backend.dtype != torch.float32:  # a half-precision model cannot be trained stably
             self.backend.model.float()
         self.model = self.backend.model

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from pipeline.api import check_device
 from pipeline.errors import SamlabelError
 from pipeline.finetune import state as st
 from pipeline.finetune.data import EmbeddingCache, TrainingData, default_cache_dir, load_training_data
@@ -82,7 +82,7 @@ def finetune(
     if out.suffix != ".pt":
         raise SamlabelError(f"--out {out}: give a .pt file name (the fine-tuned checkpoint)")
     paths = st.Paths(out)
-    dev = _device(device)
+    check_device(device)
     data = load_training_data(
         dataset, images=images, names=names, val_fraction=opts.val_fraction, reviewed_only=reviewed_only
     )
@@ -93,7 +93,7 @@ def finetune(
         d["train"]["objects"], d["train"]["images"], d["valid"]["objects"], d["valid"]["images"], d["valid_from"],
         left_out,
     )  # fmt: skip
-    sam = TrainableSam(weights, arch, device=dev)
+    sam = TrainableSam(weights, arch, device=device)
     parts = {
         "data": data.digest(),
         "weights": file_sha256(weights),
@@ -110,27 +110,12 @@ def finetune(
         with torch_threads():
             return _run(
                 data, paths, sam=sam, weights=weights, dataset=dataset, opts=opts, parts=parts,
-                device=dev, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), saved=saved,
+                cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), saved=saved,
                 progress=progress,
             )  # fmt: skip
 
 
-def _device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = str(device)
-    if spec.isdigit():
-        spec = f"cuda:{spec}"
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise SamlabelError(f"--device {device}: expected cpu, cuda, cuda:N or a GPU index") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise SamlabelError(f"--device {device}: no such GPU here; use --device cpu")
-    return dev
-
-
-def _run(data: TrainingData, paths: st.Paths, *, sam: TrainableSam, weights, dataset, opts, parts, device, cache_dir,
+def _run(data: TrainingData, paths: st.Paths, *, sam: TrainableSam, weights, dataset, opts, parts, cache_dir,
          saved, progress) -> dict:  # fmt: skip
     started = time.perf_counter()
     cache = EmbeddingCache(cache_dir, sam.features_key())
@@ -147,7 +132,7 @@ def _run(data: TrainingData, paths: st.Paths, *, sam: TrainableSam, weights, dat
         "dataset": str(dataset),
         "data": data.describe(),
         "options": dataclasses.asdict(opts),
-        "device": str(device),
+        "device": str(sam.device),
         "curve": [],
         "baseline": None,
         "best": None,

@@ -623,6 +623,15 @@ function fmt(v) {
   return v === null || v === undefined ? "\u2013" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(3)) : String(v);
 }
 
+function appendFlagChips(parent, flags) {
+  for (const f of flags) {
+    const chip = document.createElement("span");
+    chip.className = "flag";
+    chip.textContent = f;
+    parent.appendChild(chip);
+  }
+}
+
 function renderSide() {
   const info = $("image-info");
   info.textContent = "";
@@ -655,12 +664,7 @@ function renderSide() {
     if (inst.flags.length) {
       const flags = document.createElement("span");
       flags.className = "flags";
-      for (const f of inst.flags) {
-        const chip = document.createElement("span");
-        chip.className = "flag";
-        chip.textContent = f;
-        flags.appendChild(chip);
-      }
+      appendFlagChips(flags, inst.flags);
       li.appendChild(flags);
     }
     li.addEventListener("click", () => {
@@ -677,12 +681,7 @@ function renderSide() {
   $("sel-class").value = inst.cls;
   const flags = $("sel-flags");
   flags.textContent = "";
-  for (const f of inst.flags) {
-    const chip = document.createElement("span");
-    chip.className = "flag";
-    chip.textContent = f;
-    flags.appendChild(chip);
-  }
+  appendFlagChips(flags, inst.flags);
   if (!inst.flags.length) flags.textContent = inst.edited ? "edited: flags are recomputed on save" : "no flags";
   const table = $("sel-scores");
   table.textContent = "";
