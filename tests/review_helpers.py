@@ -21,7 +21,13 @@ from tests.conftest import FakeDetector, FakeSegmenter, make_photos
 
 with warnings.catch_warnings():  # Starlette >= 1.0 would like httpx2 (the brief installs httpx; both work)
     warnings.filterwarnings("ignore", message=".*httpx2")
-    from fastapi.testclient import TestClient  # noqa: F401 - re-exported for the review tests
+    from fastapi.testclient import TestClient as _TestClient
+
+
+def TestClient(app, **kwargs) -> _TestClient:  # noqa: N802 - stands in for the class
+    """FastAPI's test client at ``http://127.0.0.1`` (the app answers only loopback ``Host`` names)."""
+    kwargs.setdefault("base_url", "http://127.0.0.1")
+    return _TestClient(app, **kwargs)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"

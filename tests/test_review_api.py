@@ -99,7 +99,9 @@ def test_page_token_sets_a_strict_httponly_cookie_then_the_cookie_is_enough(out,
     page = c.get("/")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
-    assert c.get("/", params={"token": "wrong-token-0123456789"}, follow_redirects=False).status_code != 303
+    wrong = c.get("/", params={"token": "wrong-token-0123456789"}, follow_redirects=False)
+    assert "set-cookie" not in wrong.headers  # a wrong token logs nobody in (the cookie still does)
+    assert TestClient(c.app).get("/", params={"token": "wrong-token-0123456789"}).status_code == 403
 
 
 def test_token_compared_in_constant_time(out, sam, monkeypatch):

@@ -61,6 +61,9 @@ EDITED = "review"
 #: Why an instance deleted in review is listed under ``dropped_instances``.
 DELETED = "deleted in review"
 
+#: Most instances an image may have after a save (more is refused, 400): bounds the time a save takes.
+MAX_INSTANCES = 1000
+
 
 class ReviewError(SamlabelError, ValueError):
     """An edit that cannot be applied as sent (the API answers 400 with this message)."""
@@ -343,14 +346,24 @@ class ReviewStore:
         Raises:
             ImageNotFound: no such image.
             VersionConflict: ``version`` is not the image's current version.
-            ReviewError: an instance that cannot be applied (unknown class or id, bad or empty mask, bad box).
+            ReviewError: an instance that cannot be applied (unknown class or id, bad or empty mask, bad box),
+                or more than ``MAX_INSTANCES`` instances.
         """
+        if len(instances) > MAX_INSTANCES:
+            raise ReviewError(
+                f"{len(instances)} instances sent: an image may have at most {MAX_INSTANCES}; "
+                "leave out what is not an object"
+            )
         with self._lock:
             entry = self._entry(iid)
             if version != entry.version:
                 raise VersionConflict(version, entry.version)
             old = self._full(entry)
-            record, lines = self._edited(old, instances, reviewed=bool(reviewed), known_mask=known_mask)
+        # decoding the masks and the quality signals take the time: outside the lock, so other requests go on
+        record, lines = self._edited(old, instances, reviewed=bool(reviewed), known_mask=known_mask)
+        with self._lock:
+            if version != entry.version:  # another save committed meanwhile
+                raise VersionConflict(version, entry.version)
             if record.to_json() != old.to_json():  # saving what is there already changes nothing
                 self._commit(entry, record, lines)
             return entry.version
