@@ -29,6 +29,7 @@ def TestClient(app, **kwargs) -> _TestClient:  # noqa: N802 - stands in for the 
     kwargs.setdefault("base_url", "http://127.0.0.1")
     return _TestClient(app, **kwargs)
 
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"
 

@@ -510,6 +510,7 @@ def test_the_host_served_on_is_answered(out, sam, monkeypatch):
     real_bind = review_server._bind
     monkeypatch.setattr(review_server, "_bind", lambda host, port: real_bind("127.0.0.1", 0))
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+
     def client():
         token = urls[-1].split("?token=")[1]
         return TestClient(seen["app"], headers={"authorization": f"Bearer {token}"})
@@ -569,9 +570,7 @@ def test_a_save_decodes_outside_the_lock_and_checks_the_version_at_commit(client
     monkeypatch.setattr(rle_codec, "decode", slow_decode)
     answers = {}
     body = {"version": image["version"], "instances": _new_instances(image, 3)}
-    slow = threading.Thread(
-        target=lambda: answers.update(slow=client.put(f"/api/images/{image['id']}", json=body))
-    )
+    slow = threading.Thread(target=lambda: answers.update(slow=client.put(f"/api/images/{image['id']}", json=body)))
     slow.start()
     try:
         assert decoding.wait(30)

@@ -10,8 +10,12 @@ import httpx
 import pytest
 
 from tests.review_helpers import make_dataset, start_server, wait_until
-from tests.test_review_browser import SHOTS, _to_page, browser  # noqa: F401 - the fixture
-from tests.test_review_browser import pytestmark  # noqa: F401 - skipped without chromium
+from tests.test_review_browser import (  # noqa: F401 - the fixture
+    SHOTS,
+    _to_page,
+    browser,
+    pytestmark,  # noqa: F401 - skipped without chromium
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +141,9 @@ def test_a_failed_sam_status_poll_is_shown_and_polling_goes_on(browser, served):
 
 def test_a_failed_image_open_is_shown(page, served):
     queue = _queue(served)
-    page.route(f"**/api/images/{queue[4]['id']}", lambda route: route.fulfill(status=500, json={"detail": "disk on fire"}))
+    page.route(
+        f"**/api/images/{queue[4]['id']}", lambda route: route.fulfill(status=500, json={"detail": "disk on fire"})
+    )
     page.locator(f'#queue li[data-id="{queue[4]["id"]}"]').click()
     page.wait_for_function("() => document.getElementById('status').className === 'error'", timeout=10_000)
     assert "disk on fire" in page.locator("#status").inner_text()

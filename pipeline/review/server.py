@@ -349,11 +349,9 @@ def _embed(session: Any, store: ReviewStore, iid: str) -> None:
     session.embed(iid, lambda: load_image(store.image_path(iid)).rgb)
 
 
-def _prompts(
-    body: PredictBody, hw: tuple[int, int]
-) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """The request's box (4,) and points (P, 2) with labels (P,), checked: coordinates within an image's
-    size of the image (``1e39`` is a finite float, but not a float32, and no pixel)."""
+def _prompts(body: PredictBody, hw: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The request's box (4,) and points (P, 2) with labels (P,), checked: coordinates at most one image
+    size outside the image (``1e39`` is a finite float, but not a float32, and no pixel)."""
     if body.box is None and not body.points:
         raise ReviewError("predict needs a box, points, or both")
     reach = max(hw)
