@@ -463,7 +463,8 @@ class ReviewStore:
             pending.unlink(missing_ok=True)
             raise
         size = self.journal.path.stat().st_size - offset
-        entry.offset, entry.version, entry.record, entry.size = offset, entry.version + 1, run_report.light(record), size
+        entry.offset, entry.version, entry.size = offset, entry.version + 1, size
+        entry.record = run_report.light(record)
         self._apply(record, lines)
         self._compact_if_due()
 
