@@ -49,7 +49,14 @@ from pipeline.images import load_image
 from pipeline.quality import FLAGS
 from pipeline.review import rle as rle_codec
 from pipeline.review.sam import Candidate, SamSession
-from pipeline.review.store import ImageNotFound, InstanceEdit, ReviewError, ReviewStore, VersionConflict
+from pipeline.review.store import (
+    ImageNotFound,
+    InstanceEdit,
+    ReviewError,
+    ReviewStore,
+    StoreStopping,
+    VersionConflict,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +70,9 @@ DEFAULT_PORT = 8765
 
 #: The names a request's ``Host`` may give (with any port) besides the ``--host`` served on.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+#: The name of the thread that loads SAM in the background (:func:`sam_loading`).
+SAM_THREAD = "samlabel-review-sam"
 
 STATIC = Path(__file__).parent / "static"
 #: The only files the app serves besides the page and the dataset's images: name -> media type.
@@ -170,7 +180,7 @@ class SamSlot:
             finally:
                 self.ready.set()
 
-        threading.Thread(target=load, name="samlabel-review-sam", daemon=True).start()
+        threading.Thread(target=load, name=SAM_THREAD, daemon=True).start()
 
     def status(self) -> str:
         if not self.ready.is_set():
@@ -187,6 +197,17 @@ class SamSlot:
 
 class _Unavailable(Exception):
     pass
+
+
+def sam_loading() -> bool:
+    """Whether a SAM model is still being loaded in the background.
+
+    Such a thread is inside torch's C++ code most of the time; at interpreter exit CPython (3.11 to 3.13)
+    ends a daemon thread that wakes up with ``pthread_exit``, whose unwinding through those frames calls
+    ``std::terminate`` (the process aborts: "terminate called without an active exception"). The
+    command line therefore ends the process with ``os._exit`` once the dataset is closed, when this is True.
+    """
+    return any(t.name == SAM_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 # ----------------------------------------------------------------------------------------- the app
@@ -233,6 +254,10 @@ def create_app(
     @app.exception_handler(ReviewError)
     async def _bad(_request: Request, e: ReviewError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(StoreStopping)
+    async def _stopping(_request: Request, e: StoreStopping) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=503)
 
     @app.exception_handler(_Unavailable)
     async def _unavailable(_request: Request, e: _Unavailable) -> JSONResponse:
@@ -576,7 +601,7 @@ def serve(
         shown = "127.0.0.1" if wide else host
         url = f"http://{f'[{shown}]' if ':' in shown else shown}:{real_port}/?token={token}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
+        server = _make_server(config, store)
         if on_ready is not None:
             on_ready(url)
         opener = None
@@ -613,6 +638,22 @@ def _redirect_file(url: str) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return path
+
+
+def _make_server(config, store: ReviewStore):
+    """uvicorn's server, whose stop first lets the save in progress commit (however long it takes; a second
+    Ctrl-C stops waiting), so that its client gets the real answer; saves that come after are refused (503)."""
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            while not self.force_exit and not await asyncio.to_thread(store.stop_saving, 0.1):
+                pass
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def _stop_signals() -> dict:
