@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,10 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import layout
 from pipeline.formats.data_yaml import SPLITS
+from pipeline.safepath import UnsafePathError
 from pipeline.types import ImageItem, ImageRecord
+
+LOGGER = logging.getLogger(__name__)
 
 STATE_DIR = layout.STATE_DIR
 #: Version of the state and journal layout. 2: journal lines are ``ImageRecord`` JSON (1: COCO annotations).
@@ -234,6 +238,9 @@ class Journal:
                     break
                 try:
                     record = ImageRecord.from_json(json.loads(raw))
+                except UnsafePathError as e:  # a split or name that would build a path outside the dataset
+                    LOGGER.warning("%s: the record at byte %d is ignored: %s", self.path, offset, e)
+                    record = None
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     record = None  # a line from an interrupted write of an older run: skipped
                 if record is not None:

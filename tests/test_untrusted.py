@@ -1,0 +1,127 @@
+"""A dataset is untrusted input: what its journal, state.json and data.yaml name never reaches outside it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.review.server import create_app
+from pipeline.review.store import ReviewStore, image_id
+from pipeline.safepath import UnsafePathError
+from pipeline.types import ImageRecord
+from tests.helpers import assert_valid, coco_by_image
+from tests.review_helpers import TOKEN, FakeSamSession, TestClient, copy_dataset, make_dataset
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+SECRET = b"\x89PNG not an image of the dataset: a secret outside it"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("untrusted"), split="train=1")
+
+
+@pytest.fixture
+def out(base, tmp_path):
+    return copy_dataset(base, tmp_path / "copy")
+
+
+def _records(out: Path) -> list[dict]:
+    lines = (out / ".samlabel" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _append(out: Path, *records: dict) -> None:
+    with open(out / ".samlabel" / "journal.jsonl", "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------- journal
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("split", "../outside", "is not one of the split names"),
+        ("split", "train/../../x", "is not one of the split names"),
+        ("split", "val", "is not one of the split names"),  # samlabel writes 'valid'
+        ("name", "../../etc/hostname", "is not a plain file name"),
+        ("name", "/etc/hostname", "is not a plain file name"),
+        ("name", "sub/a.jpg", "is not a plain file name"),
+        ("name", "..", "is not a plain file name"),
+        ("name", "", "is not a plain file name"),
+        ("name", "a\0.jpg", "is not a plain file name"),
+        ("name", 7, "is not a plain file name"),
+    ],
+)
+def test_a_record_with_a_path_in_its_split_or_name_is_refused_when_read(out, field, value, match):
+    record = next(r for r in _records(out) if r["status"] == "ok")
+    with pytest.raises(UnsafePathError, match=match):
+        ImageRecord.from_json({**record, field: value})
+    assert ImageRecord.from_json(record).name == record["name"]  # the untouched record reads
+
+
+def test_review_neither_serves_nor_writes_outside_the_dataset(out, tmp_path, caplog):
+    """A hostile newest record of an image points its name at a file outside; another's split at a folder
+    outside. Review ignores both records (with a warning), serves the image's own file, and a save writes
+    only inside the dataset."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(SECRET)
+    first, second = [r for r in _records(out) if r["status"] == "ok"][:2]
+    climb = os.path.relpath(secret, out / "train" / "images")  # ../../../secret.png
+    _append(out, {**first, "name": climb}, {**second, "split": "../../escape"})
+    before = _files(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        store = ReviewStore(out)
+    client = TestClient(create_app(store, token=TOKEN, sam=FakeSamSession()), headers=AUTH)
+    for row in client.get("/api/images").json():
+        got = client.get(f"/api/images/{row['id']}/image")
+        assert got.status_code == 200 and got.content != SECRET
+    served = client.get(f"/api/images/{image_id(first['rel'])}/image").content
+    assert served == (out / "train" / "images" / first["name"]).read_bytes()
+    image = client.get(f"/api/images/{image_id(second['rel'])}").json()
+    assert image["split"] == "train"
+    put = {"version": image["version"], "reviewed": True, "instances": [
+        {"id": i["id"], "class": i["class"], "rle": i["rle"]} for i in image["instances"]]}  # fmt: skip
+    assert client.put(f"/api/images/{image['id']}", json=put).status_code == 200
+    after = _files(tmp_path)
+    outside = {k for k in {*before, *after} if not k.startswith("copy/ds/")}
+    assert {k: after.get(k) for k in outside} == {k: before.get(k) for k in outside}  # nothing outside changed
+    assert not (tmp_path / "copy" / "escape").exists() and not (tmp_path / "escape").exists()
+    assert "is not a plain file name" in caplog.text and "is not one of the split names" in caplog.text
+
+
+def test_a_symlinked_folder_does_not_lead_the_review_outside(out, tmp_path):
+    """``train/images`` replaced by a link to a folder outside: the image is not served from there."""
+    elsewhere = tmp_path / "elsewhere"
+    (out / "train" / "images").rename(elsewhere)
+    (out / "train" / "images").symlink_to(elsewhere, target_is_directory=True)
+    client = TestClient(create_app(ReviewStore(out), token=TOKEN, sam=FakeSamSession()), headers=AUTH)
+    row = client.get("/api/images").json()[0]
+    got = client.get(f"/api/images/{row['id']}/image")
+    assert got.status_code == 400 and "leads outside" in got.json()["detail"]
+
+
+def test_a_resumed_run_writes_nothing_outside(base, out, tmp_path, caplog):
+    """The same label command again (a resume) over a journal whose record names a split outside."""
+    first = next(r for r in _records(out) if r["status"] == "ok")
+    _append(out, {**first, "split": "../../escape"})
+    before = _files(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        make_dataset(tmp_path / "copy", split="train=1")  # the label command that wrote it, resumed
+    after = _files(tmp_path)
+    outside = {k for k in {*before, *after} if not k.startswith("copy/ds/")}
+    assert {k: after.get(k) for k in outside} == {k: before.get(k) for k in outside}
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "copy" / "escape").exists()
+    assert first["name"] in coco_by_image(out, "train")  # the image keeps its own record
+    assert_valid(out)
+    assert "is not one of the split names" in caplog.text
