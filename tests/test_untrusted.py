@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import SamlabelError
 from pipeline.review.server import create_app
 from pipeline.review.store import ReviewStore, image_id
 from pipeline.safepath import UnsafePathError
 from pipeline.types import ImageRecord
 from tests.helpers import assert_valid, coco_by_image
-from tests.review_helpers import TOKEN, FakeSamSession, TestClient, copy_dataset, make_dataset
+from tests.review_helpers import TOKEN, FakeSamSession, TestClient, copy_dataset, make_dataset, wait_until
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SECRET = b"\x89PNG not an image of the dataset: a secret outside it"
@@ -125,3 +126,53 @@ def test_a_resumed_run_writes_nothing_outside(base, out, tmp_path, caplog):
     assert first["name"] in coco_by_image(out, "train")  # the image keeps its own record
     assert_valid(out)
     assert "is not one of the split names" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ state.json's SAM
+
+
+class _RunsCode:
+    """Pickles as a call to ``open(path, "w")``: unpickling it creates ``path`` (a stand-in for any code)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def _point_segmenter_at(out: Path, weights: Path) -> None:
+    path = out / ".samlabel" / "state.json"
+    state = json.loads(path.read_text())
+    state["settings"]["segmenter"] = str(weights)
+    path.write_text(json.dumps(state))
+
+
+def test_review_does_not_unpickle_the_segmenter_a_dataset_names(out, tmp_path):
+    import torch
+
+    from pipeline.review.server import sam_loader
+
+    ran = tmp_path / "code-ran"
+    evil = tmp_path / "evil_mobile_sam.pt"  # the name says mobile_sam: it passes the architecture check
+    torch.save({"model": _RunsCode(ran)}, evil)
+    _point_segmenter_at(out, evil)
+    store = ReviewStore(out)
+    client = TestClient(create_app(store, token=TOKEN, sam_loader=sam_loader(store.settings)), headers=AUTH)
+    assert wait_until(lambda: client.get("/api/meta").json()["sam"] == "unavailable")
+    error = client.get("/api/meta").json()["sam_error"]
+    assert "the dataset's segmenter (from its .samlabel/state.json) cannot be used" in error
+    assert "holds Python objects besides tensors" in error and "Pass --segmenter" in error
+    assert not ran.exists()
+    # named on the command line it is the user's file: still read as weights only, never run
+    with pytest.raises(SamlabelError, match=r"holds Python objects besides tensors \(it refers to io.open\)"):
+        sam_loader(store.settings, segmenter=str(evil))()
+    assert not ran.exists()
+
+
+def test_review_loads_the_plain_state_dict_a_dataset_names(out, plain_mobile_sam):
+    from pipeline.review.server import sam_loader
+
+    _point_segmenter_at(out, plain_mobile_sam)
+    session = sam_loader(ReviewStore(out).settings, runtime="torch")()
+    assert session.segmenter.arch == "mobile_sam"
