@@ -176,3 +176,62 @@ def test_review_loads_the_plain_state_dict_a_dataset_names(out, plain_mobile_sam
     _point_segmenter_at(out, plain_mobile_sam)
     session = sam_loader(ReviewStore(out).settings, runtime="torch")()
     assert session.segmenter.arch == "mobile_sam"
+
+
+# ------------------------------------------------------------------------------------------------ data.yaml
+
+
+def _pointing_outside(tmp_path: Path, entry: str) -> tuple[Path, Path]:
+    """A Roboflow YOLO dataset whose data.yaml takes train from another dataset, outside its folder."""
+    from tests.roboflow import roboflow_yolo
+
+    outside, ds = roboflow_yolo(tmp_path / "outside"), roboflow_yolo(tmp_path / "ds")
+    entry = entry.format(outside=outside)
+    text = (ds / "data.yaml").read_text().replace("train: ../train/images", f"train: {entry}")
+    (ds / "data.yaml").write_text(text)
+    return ds, outside
+
+
+def _images_written(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.glob("*/images/*"))
+
+
+@pytest.mark.parametrize("entry", ["{outside}/train/images", "../outside/train/images", "../../outside/train/images"])
+def test_a_dataset_data_yaml_that_points_outside_is_refused(tmp_path, entry):
+    from pipeline import convert
+    from tests.conftest import FakeSegmenter
+
+    ds, _outside = _pointing_outside(tmp_path, entry)
+    out = tmp_path / "out"
+    report = convert(ds, out, segmenter=FakeSegmenter(), progress=False).report
+    assert _images_written(out) == ["test/images/e_jpg.rf.5.jpg", "valid/images/d_jpg.rf.4.jpg"]  # no train
+    [refused] = [p for p in report["source_problems"] if p["where"] == "data.yaml: train"]
+    assert "leads outside the dataset folder" in refused["problem"] and refused["action"].startswith("split refused")
+
+
+def test_a_data_yaml_in_an_archive_is_confined_to_it(tmp_path):
+    import zipfile
+
+    from pipeline import convert
+    from tests.conftest import FakeSegmenter
+
+    ds, outside = _pointing_outside(tmp_path, "{outside}/train/images")
+    archive = tmp_path / "ds.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(ds.rglob("*")):
+            zf.write(p, p.relative_to(ds).as_posix())
+    out = tmp_path / "out"
+    report = convert(archive, out, segmenter=FakeSegmenter(), progress=False).report
+    assert not any("train/" in name for name in _images_written(out))
+    assert any("leads outside the dataset folder" in p["problem"] for p in report["source_problems"])
+
+
+def test_a_data_yaml_the_user_names_may_point_elsewhere(tmp_path):
+    from pipeline import convert
+    from tests.conftest import FakeSegmenter
+
+    ds, _outside = _pointing_outside(tmp_path, "{outside}/train/images")
+    out = tmp_path / "out"
+    convert(ds / "data.yaml", out, segmenter=FakeSegmenter(), progress=False)
+    assert [n for n in _images_written(out) if n.startswith("train/")] == [
+        "train/images/a_jpg.rf.1.jpg", "train/images/b_jpg.rf.2.jpg", "train/images/c_jpg.rf.3.jpg"]  # fmt: skip
