@@ -112,6 +112,16 @@ def test_a_symlinked_folder_does_not_lead_the_review_outside(out, tmp_path):
     assert got.status_code == 400 and "leads outside" in got.json()["detail"]
 
 
+def test_the_report_reads_no_image_through_a_folder_that_leads_outside(out, tmp_path):
+    from pipeline.report import write_report_html
+
+    elsewhere = tmp_path / "elsewhere"
+    (out / "train" / "images").rename(elsewhere)
+    (out / "train" / "images").symlink_to(elsewhere, target_is_directory=True)
+    html = write_report_html(out).read_text(encoding="utf-8")
+    assert "leads outside" in html and "not read" in html
+
+
 def test_a_resumed_run_writes_nothing_outside(base, out, tmp_path, caplog):
     """The same label command again (a resume) over a journal whose record names a split outside."""
     first = next(r for r in _records(out) if r["status"] == "ok")
