@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from pipeline import safepath
+
 
 class CropMask:
     """A binary mask kept as its tight crop, run-length encoded, so memory follows the object's outline.
@@ -342,6 +344,9 @@ class ImageRecord:
     reviewed: bool = False
 
     def __post_init__(self) -> None:
+        # paths are built from split and name, and a journal line is untrusted input
+        safepath.split(self.split, what=f"image {self.rel!r}: split")
+        safepath.component(self.name, what=f"image {self.rel!r}: file name")
         if self.status not in ("ok", "skipped"):
             raise ValueError(f"ImageRecord.status: expected 'ok' or 'skipped', got {self.status!r}")
         if len(self.segmentations) != len(self.instances):

@@ -44,6 +44,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import cookie_parser
 
+from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import load_image
 from pipeline.quality import FLAGS
@@ -581,11 +582,7 @@ def serve(
         store = ReviewStore(out)
         loader = None
         if sam is None:
-            s = store.settings
-            weights, dev, rt = segmenter or s.segmenter, device or s.device, runtime or s.runtime
-            arch = sam_arch or (getattr(s, "sam_arch", None) if segmenter is None else None)
-            cache = getattr(s, "cache_dir", None)
-            loader = lambda: SamSession.load(weights, arch=arch, device=dev, runtime=rt, cache_dir=cache)  # noqa: E731
+            loader = sam_loader(store.settings, segmenter=segmenter, sam_arch=sam_arch, device=device, runtime=runtime)
         sock = _bind(host, port)
         real_port = sock.getsockname()[1]
         token = secrets.token_urlsafe(32)
@@ -654,6 +651,37 @@ def _make_server(config, store: ReviewStore):
             await super().shutdown(sockets)
 
     return Server(config)
+
+
+def sam_loader(
+    settings: Settings,
+    *,
+    segmenter: str | None = None,
+    sam_arch: str | None = None,
+    device: str | None = None,
+    runtime: str | None = None,
+) -> Callable[[], SamSession]:
+    """What builds review's SAM session: the options given, else the dataset's own (its ``state.json`` settings).
+
+    The dataset's weights file is untrusted like the rest of the dataset: it is read as a plain state dict
+    (``pipeline.sam.build``; never unpickled), and one that is not says to pass ``--segmenter``. The dataset's
+    ``cache_dir`` is not used (ONNX exports would be written wherever it names): the default cache is.
+    """
+    weights, dev, rt = segmenter or settings.segmenter, device or settings.device, runtime or settings.runtime
+    arch = sam_arch or (getattr(settings, "sam_arch", None) if segmenter is None else None)
+
+    def load() -> SamSession:
+        try:
+            return SamSession.load(weights, arch=arch, device=dev, runtime=rt)
+        except SamlabelError as e:
+            if segmenter is not None:
+                raise
+            raise SamlabelError(
+                f"the dataset's segmenter (from its .samlabel/state.json) cannot be used: {e}. "
+                "Pass --segmenter with SAM weights you trust (e.g. mobile_sam.pt)"
+            ) from None
+
+    return load
 
 
 def _stop_signals() -> dict:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import fsio
+from pipeline import fsio, safepath
 from pipeline.config import Settings, field_names
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco, layout, yolo
@@ -228,9 +228,16 @@ class ReviewStore:
             return self._full(self._entry(iid))
 
     def image_path(self, iid: str) -> Path:
-        """The image file in the dataset (``<split>/images/<name>`` in the Roboflow layout)."""
+        """The image file in the dataset (``<split>/images/<name>`` in the Roboflow layout).
+
+        Raises:
+            ReviewError: its folder leads outside the dataset (a symlink); it is not served.
+        """
         record = self._entry(iid).record
-        return self.out / self.paths.image(record.split, record.name)
+        try:
+            return safepath.inside(self.out, self.paths.image(record.split, record.name), what="image")
+        except safepath.UnsafePathError as e:
+            raise ReviewError(str(e)) from None
 
     def hw(self, iid: str) -> tuple[int, int]:
         return self._entry(iid).record.hw
@@ -509,7 +516,8 @@ class ReviewStore:
     def _apply(self, record: ImageRecord, lines: list[str]) -> None:
         """Bring the image's label file, its split's COCO file and report.json in line with the journal."""
         if "yolo" in self.settings.formats:
-            yolo.write_label_file(self.out / self.paths.label_file(record.split, record.name), lines)
+            label = self.paths.label_file(record.split, record.name)
+            yolo.write_label_file(safepath.inside(self.out, label, what="label file"), lines)
         newest = {**self._skipped, **{e.record.rel: (e.offset, e.record) for e in self._entries.values()}}
         tally = run_report.tally_records(newest, self.names, self.paths)
         if "coco" in self.settings.formats:
@@ -540,9 +548,8 @@ class ReviewStore:
                         texts[e.record.rel] = _coco_texts(self.journal.read_at(f, e.offset))
         texts[record.rel] = _coco_texts(record)
         order = sorted(texts, key=lambda rel: self._entries[self._by_rel[rel]].record.name)
-        coco.write_coco_texts(
-            self.out / self.paths.coco_file(split), names=self.names, images=(texts[rel] for rel in order)
-        )
+        path = safepath.inside(self.out, self.paths.coco_file(split), what="COCO file")
+        coco.write_coco_texts(path, names=self.names, images=(texts[rel] for rel in order))
 
     def _recover(self) -> None:
         """Finish a save a kill interrupted: re-apply the newest record of the pending image."""

@@ -28,6 +28,7 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import layout
 from pipeline.formats.data_yaml import SPLITS
+from pipeline.safepath import UnsafePathError
 from pipeline.types import ImageItem, ImageRecord
 
 STATE_DIR = layout.STATE_DIR
@@ -288,6 +289,12 @@ class Journal:
                 offset += len(raw)
 
     def _damaged(self, number: int, offset: int, error: Exception) -> str:
+        if isinstance(error, UnsafePathError):  # hostile or hand-edited: say exactly what, and open nothing
+            return (
+                f"{self.path}: line {number} (byte {offset}) names a path samlabel will not build: {error}. "
+                "samlabel does not open a dataset whose journal points outside it. If you trust the dataset, "
+                "keep a copy of the file, remove that line and run the command again"
+            )
         why = f"{type(error).__name__}: {error}"[:200]
         return (
             f"{self.path}: line {number} (byte {offset}) is not an image record ({why}); the journal is damaged "
