@@ -43,7 +43,8 @@ async function api(method, path, body) {
     data = null;
   }
   if (!res.ok) {
-    const err = new Error((data && data.detail ? JSON.stringify(data.detail) : res.statusText) || String(res.status));
+    const detail = data && data.detail;
+    const err = new Error((typeof detail === "string" ? detail : detail ? JSON.stringify(detail) : res.statusText) || String(res.status));
     err.status = res.status;
     err.data = data;
     throw err;
