@@ -204,11 +204,11 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
     import threading
 
     from pipeline.formats import yolo
-    from pipeline.run import loop
+    from pipeline.run import local, steps
 
     loads, seen = [], []
     loaded = threading.Condition()
-    real_load = loop.load_image
+    real_load = steps.load_image
 
     def counting_load(path):
         image = real_load(path)
@@ -223,7 +223,7 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
         def __call__(self, rgb, instances):
             k = len(seen)
             with loaded:  # wait (an event, not a sleep) until the reader is as far ahead as it may go
-                assert loaded.wait_for(lambda: len(loads) >= min(k + 1 + loop.PREFETCH, n), timeout=30)
+                assert loaded.wait_for(lambda: len(loads) >= min(k + 1 + local.PREFETCH, n), timeout=30)
                 seen.append(len(loads))
             return super().__call__(rgb, instances)
 
@@ -234,13 +234,13 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
         writers.append(threading.current_thread().name)
         return real_write(*a, **k)
 
-    monkeypatch.setattr(loop, "load_image", counting_load)
+    monkeypatch.setattr(steps, "load_image", counting_load)
     monkeypatch.setattr(yolo, "write_label_file", recording_write)
     out = tmp_path / "ds"
     label(image_folder, out, detector=FakeDetector(), segmenter=WaitingSegmenter(), progress=False)
     assert len(seen) == n and all(name.startswith("samlabel-read") for name in loads)
     # at call k (0-based) images 0..k and exactly one more are read: overlap, and a bound on memory
-    assert seen == [min(k + 1 + loop.PREFETCH, n) for k in range(n)]
+    assert seen == [min(k + 1 + local.PREFETCH, n) for k in range(n)]
     assert len(writers) == n and all(name.startswith("samlabel-write") for name in writers)
     assert_valid(out)
 
