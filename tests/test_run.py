@@ -267,3 +267,33 @@ def test_no_readable_image_is_an_error_with_a_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert sorted(s["source"] for s in report["skipped_images"]) == [str(src / "a.jpg"), str(src / "b.png")]
     assert not (out / "data.yaml").exists()
+
+
+def test_the_fake_stages_implement_the_stage_protocols():
+    """The fakes stand in for the real stages because they implement the same Protocols the run is typed with."""
+    from pipeline.types import DetectorStage, SegmenterStage
+
+    assert isinstance(FakeDetector(), DetectorStage) and isinstance(FakeSegmenter(), SegmenterStage)
+    assert not isinstance(FakeSegmenter(), DetectorStage)  # no class names: not a detector
+
+
+def test_each_engine_comes_from_one_table_and_returns_one_result(image_folder, tmp_path, monkeypatch):
+    """--engine picks from run.loop.ENGINES (one entry per options.Engine value); the engine returns an EngineResult."""
+    from typing import get_args
+
+    from pipeline.options import Engine
+    from pipeline.run import local, loop, ray_engine
+    from pipeline.run.steps import EngineResult
+
+    assert loop.ENGINES == {"local": local.process, "ray": ray_engine.process}
+    assert tuple(loop.ENGINES) == get_args(Engine)
+    results = []
+
+    def recording(todo, job):
+        results.append(local.process(todo, job))
+        return results[-1]
+
+    monkeypatch.setitem(loop.ENGINES, "local", recording)
+    kw = dict(detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    report = label(image_folder, tmp_path / "ds", **kw).report
+    assert results == [EngineResult(saved=sum(report["images"].values()) + len(report["skipped_images"]))]
