@@ -97,7 +97,6 @@ QUALITY_FIELDS = (*WRITTEN_SIGNALS, "flags")
 MULTIMASK = options.MULTIMASK
 
 
-
 @dataclass(frozen=True)
 class QualityThresholds:
     """Where each flag starts; a value exactly at a threshold raises no flag.

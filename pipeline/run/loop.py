@@ -97,15 +97,7 @@ def run_dataset(
         if done:
             LOGGER.info("resuming %s: %d of %d images already done", out, len(items) - len(todo), len(items))
         started = time.perf_counter()
-        job = Job(
-            out=out,
-            journal=journal,
-            settings=settings,
-            detector=detector,
-            segmenter=segmenter,
-            command=command,
-            progress=progress,
-        )
+        job = Job(out, journal, settings, detector=detector, segmenter=segmenter, command=command, progress=progress)
         try:
             result = ENGINES[settings.engine](todo, job)
         except BaseException:  # an interrupted run still adds what it did to the dataset's totals
@@ -134,5 +126,3 @@ def _add_run(out: Path, elapsed: float, images: int, seconds: Counter) -> dict:
     if images:
         run_state.add_run(out, share)
     return share
-
-

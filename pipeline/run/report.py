@@ -26,7 +26,6 @@ from pipeline.types import ImageRecord, Instances
 LOGGER = logging.getLogger(__name__)
 
 
-
 @dataclass
 class _Tally:
     """What the report needs of every image, gathered in one pass over the journal (no masks kept)."""

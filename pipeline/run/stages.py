@@ -52,15 +52,8 @@ class DetectorRecipe(Recipe):
         from pipeline.detect import Detector
 
         s = self.settings
-        return Detector(
-            s.detector,
-            classes=s.classes,
-            conf=s.conf,
-            iou=s.iou,
-            max_det=s.max_det,
-            imgsz=s.imgsz,
-            device=device or s.device,
-        )
+        thresholds = dict(conf=s.conf, iou=s.iou, max_det=s.max_det)
+        return Detector(s.detector, classes=s.classes, imgsz=s.imgsz, device=device or s.device, **thresholds)
 
 
 class SegmenterRecipe(Recipe):
@@ -82,15 +75,8 @@ class SegmenterRecipe(Recipe):
         from pipeline.sam import Segmenter
 
         s = self.settings
-        return Segmenter(
-            s.segmenter,
-            arch=s.sam_arch,
-            device=s.device,
-            batch=s.sam_batch,
-            runtime=s.runtime,
-            cache_dir=s.cache_dir,
-            multimask=s.multimask,
-        )
+        how = dict(batch=s.sam_batch, runtime=s.runtime, cache_dir=s.cache_dir, multimask=s.multimask)
+        return Segmenter(s.segmenter, arch=s.sam_arch, device=s.device, **how)
 
 
 class _OnFirstCall:

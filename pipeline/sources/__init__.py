@@ -7,4 +7,13 @@ from pipeline.sources.datasets import SourceDataset, read_dataset
 from pipeline.sources.folders import assign_split, find_images, parse_split, plan_items
 from pipeline.sources.labels import to_instances
 
-__all__ = ["SPLITS", "SourceDataset", "assign_split", "find_images", "parse_split", "plan_items", "read_dataset", "to_instances"]
+__all__ = [
+    "SPLITS",
+    "SourceDataset",
+    "assign_split",
+    "find_images",
+    "parse_split",
+    "plan_items",
+    "read_dataset",
+    "to_instances",
+]
