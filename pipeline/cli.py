@@ -190,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pathlib import Path
 
             from pipeline.report import write_report_html
+            from pipeline.review.store import complete_pending_save
 
+            if Path(args.dir).is_dir():
+                complete_pending_save(Path(args.dir))  # a review save a kill interrupted, before its files are read
             print(write_report_html(Path(args.dir)))
         elif args.command == "evaluate":
             return _evaluate(args)
@@ -212,11 +215,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _finetune(args)
     except SamlabelError as e:
         print(f"samlabel: error: {e.cli_message}", file=sys.stderr)
-        return 2
+        return _end(args, 2)
     except KeyboardInterrupt:
         print("samlabel: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        return _end(args, 130)
+    return _end(args, 0)
+
+
+def _end(args: argparse.Namespace, code: int) -> int:
+    """``code``; but a review stopped while SAM was still loading ends the process here, with ``os._exit``
+    (the dataset is saved and closed by now): that thread cannot live through interpreter exit
+    (``pipeline.review.server.sam_loading``)."""
+    if args.command == "review" and "pipeline.review.server" in sys.modules:
+        from pipeline.review.server import sam_loading
+
+        if sam_loading():
+            import os
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
 
 
 def _finetune(args: argparse.Namespace) -> int:

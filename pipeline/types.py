@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipeline import safepath
 from pipeline.masks import CropMask
 
 
@@ -231,6 +232,9 @@ class ImageRecord:
     reviewed: bool = False
 
     def __post_init__(self) -> None:
+        # paths are built from split and name, and a journal line is untrusted input
+        safepath.split(self.split, what=f"image {self.rel!r}: split")
+        safepath.component(self.name, what=f"image {self.rel!r}: file name")
         if self.status not in ("ok", "skipped"):
             raise ValueError(f"ImageRecord.status: expected 'ok' or 'skipped', got {self.status!r}")
         if len(self.segmentations) != len(self.instances):

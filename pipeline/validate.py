@@ -24,7 +24,9 @@ def validate(out: str | Path) -> list[str]:
     Checks data.yaml (names, split folders), images vs label files vs COCO entries, label lines
     (class ids in range, polygons of >= 3 points inside [0, 1]), COCO ids, categories against
     data.yaml, polygons/RLE inside the image, areas against the rasterized masks, boxes, the same
-    instance count in YOLO and COCO per image, and the same image in two splits.
+    instances in YOLO and COCO per image (as samlabel writes them: the label file's n-th line and the
+    image's n-th annotation by id are one instance, of one class), the same image in two splits, and a
+    review save that a kill interrupted (its files may lag behind the journal).
     """
     out = Path(out)
     paths = layout.detect(out) or layout.ROBOFLOW
@@ -48,15 +50,18 @@ def validate(out: str | Path) -> list[str]:
             hashes[hashlib.sha256(data).hexdigest()].append(paths.image(split, name))
             _check_image_size(paths.image(split, name), data, problems)
         args = (out, paths, split, images, names, problems)
-        yolo_counts = _guarded(paths.labels_dir(split), _check_labels, *args)
-        coco_counts = _guarded(paths.coco_file(split), _check_coco, *args)
-        if yolo_counts is not None and coco_counts is not None:
+        yolo_classes = _guarded(paths.labels_dir(split), _check_labels, *args)
+        coco_classes = _guarded(paths.coco_file(split), _check_coco, *args)
+        if yolo_classes is not None and coco_classes is not None:
             for name in images:
-                if yolo_counts.get(name, 0) != coco_counts.get(name, 0):
-                    problems.append(
-                        f"{paths.image(split, name)}: {yolo_counts.get(name, 0)} YOLO instances but "
-                        f"{coco_counts.get(name, 0)} COCO annotations"
-                    )
+                _compare_classes(paths.image(split, name), yolo_classes.get(name, []), coco_classes.get(name, []),
+                                 names, problems)  # fmt: skip
+    pending = out / layout.STATE_DIR / "review-pending.json"
+    if pending.is_file():
+        problems.append(
+            f"{layout.STATE_DIR}/{pending.name}: a samlabel review save was interrupted and its label and COCO "
+            "files may not hold it yet; open the dataset with `samlabel review` (or `samlabel report`) once to complete it"
+        )
     if paths is layout.COCO:
         listed = {f"annotations/{p.name}" for p, _ in layout.coco_splits(out).values()}
         for p in sorted((out / "annotations").glob("*.json")):
@@ -132,35 +137,55 @@ def _coco_names(out: Path, paths: layout.Layout, problems: list[str]) -> list[st
     return []
 
 
-def _check_labels(out, paths, split, images, names, problems) -> dict[str, int] | None:
+def _compare_classes(where: str, yolo_classes: list[int], coco_classes: list[int], names, problems) -> None:
+    """The label file's lines and the image's COCO annotations (by id) pair up one to one, class for class."""
+    if len(yolo_classes) != len(coco_classes):
+        problems.append(f"{where}: {len(yolo_classes)} YOLO instances but {len(coco_classes)} COCO annotations")
+        return
+
+    def name(c: int) -> str:
+        return f"{c} ({names[c]})" if 0 <= c < len(names) else str(c)
+
+    for k, (y, c) in enumerate(zip(yolo_classes, coco_classes, strict=True)):
+        if y != c and min(y, c) >= 0:  # an unreadable line or category is reported on its own
+            problems.append(
+                f"{where}: instance {k + 1} is class {name(y)} in the label file (line {k + 1}) but {name(c)} in "
+                f"COCO (annotation {k + 1} of the image); YOLO and COCO disagree"
+            )
+
+
+def _check_labels(out, paths, split, images, names, problems) -> dict[str, list[int]] | None:
     labels_dir = out / paths.labels_dir(split)
     if not labels_dir.is_dir():
         return None
     by_stem = {Path(n).stem: n for n in images}
-    counts: dict[str, int] = {}
+    classes: dict[str, list[int]] = {}
     for label in sorted(labels_dir.glob("*.txt")):
         where = f"{paths.labels_dir(split)}/{label.name}"
         if label.stem not in by_stem:
             problems.append(f"{where}: no image with this stem")
             continue
         lines = label.read_text(encoding="utf-8").splitlines()
-        counts[by_stem[label.stem]] = sum(1 for ln in lines if ln.strip())
-        for number, line in enumerate(lines, 1):
+        classes[by_stem[label.stem]] = [
             _check_label_line(f"{where}:{number}", line, len(names), problems)
+            for number, line in enumerate(lines, 1)
+            if line.strip()
+        ]
     for stem, name in by_stem.items():
         if not (labels_dir / f"{stem}.txt").is_file():
             problems.append(f"{paths.image(split, name)}: no label file")
-    return counts
+    return classes
 
 
-def _check_label_line(where: str, line: str, nc: int, problems: list[str]) -> None:
+def _check_label_line(where: str, line: str, nc: int, problems: list[str]) -> int:
+    """The line's class id (-1 when the line cannot be read); its problems are added to ``problems``."""
     try:
         parsed = yolo.parse_line(line)
     except ValueError as e:
         problems.append(f"{where}: {e}")
-        return
+        return -1
     if parsed is None:
-        return
+        return -1
     cls, coords = parsed
     if not 0 <= cls < nc:
         problems.append(f"{where}: class id {cls} outside 0..{nc - 1}")
@@ -168,9 +193,10 @@ def _check_label_line(where: str, line: str, nc: int, problems: list[str]) -> No
         problems.append(f"{where}: a polygon needs an even number (>= 6) of coordinates, got {len(coords)}")
     if ((coords < 0) | (coords > 1)).any():
         problems.append(f"{where}: coordinates outside [0, 1]")
+    return int(cls)
 
 
-def _check_coco(out, paths, split, images, names, problems) -> dict[str, int] | None:
+def _check_coco(out, paths, split, images, names, problems) -> dict[str, list[int]] | None:
     path = out / paths.coco_file(split)
     where = paths.coco_file(split)
     if not path.is_file():
@@ -193,7 +219,7 @@ def _check_coco(out, paths, split, images, names, problems) -> dict[str, int] | 
             problems.append(f"{where}: image {img['id']} {img['file_name']!r} is not in {paths.images_dir(split)}")
     listed = {img["file_name"] for img in imgs.values()}
     problems.extend(f"{paths.image(split, n)}: not in {where}" for n in images if n not in listed)
-    counts: dict[str, int] = defaultdict(int)
+    classes: dict[str, list[tuple]] = defaultdict(list)  # file name -> (annotation id, class id) of each
     seen: set[int] = set()
     for ann in coco.get("annotations", []):
         aw = f"{where}: annotation {ann.get('id')}"
@@ -204,11 +230,18 @@ def _check_coco(out, paths, split, images, names, problems) -> dict[str, int] | 
         if img is None:
             problems.append(f"{aw}: unknown image_id {ann.get('image_id')}")
             continue
-        counts[img["file_name"]] += 1
+        category = ann.get("category_id")
+        classes[img["file_name"]].append((str(ann.get("id")), category - 1 if isinstance(category, int) else -1))
         if ann.get("category_id") not in cats:
             problems.append(f"{aw}: unknown category_id {ann.get('category_id')}")
         _check_geometry(aw, ann, img["height"], img["width"], problems)
-    return counts
+    return {name: [c for _, c in sorted(anns, key=_by_id)] for name, anns in classes.items()}
+
+
+def _by_id(entry: tuple) -> tuple:
+    """Annotations in id order (numeric ids as numbers; samlabel numbers them in label-file order)."""
+    key = entry[0]
+    return (0, int(key), "") if key.lstrip("-").isdigit() else (1, 0, key)
 
 
 def _check_geometry(where: str, ann: dict, h: int, w: int, problems: list[str]) -> None:

@@ -102,3 +102,18 @@ def offline(monkeypatch, folder: Path) -> None:
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.chdir(folder)
+
+
+def assert_mask_matches_logits(mask: np.ndarray, logits, threshold: float, *, margin: float = 1e-4) -> None:
+    """``mask`` (H, W) bool is ``logits > threshold`` on every pixel whose logit is not within ``margin`` of it.
+
+    Two computations of the same logits by different code paths (a window product versus the whole image)
+    may round differently in the last bits, and other CPUs round differently again: a pixel right at the
+    threshold may fall either way. Every other pixel must agree, which a wrong window or offset breaks.
+    """
+    logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits, dtype=np.float64)
+    assert mask.shape == logits.shape, (mask.shape, logits.shape)
+    decided = np.abs(logits - threshold) > margin
+    wrong = (mask != (logits > threshold)) & decided
+    assert not wrong.any(), f"{int(wrong.sum())} pixel(s) away from the threshold differ, e.g. {np.argwhere(wrong)[:3]}"
+    assert decided.mean() > 0.99, "too few pixels away from the threshold for the comparison to mean anything"

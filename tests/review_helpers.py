@@ -21,7 +21,14 @@ from tests.conftest import FakeDetector, FakeSegmenter, make_photos
 
 with warnings.catch_warnings():  # Starlette >= 1.0 would like httpx2 (the brief installs httpx; both work)
     warnings.filterwarnings("ignore", message=".*httpx2")
-    from fastapi.testclient import TestClient  # noqa: F401 - re-exported for the review tests
+    from fastapi.testclient import TestClient as _TestClient
+
+
+def TestClient(app, **kwargs) -> _TestClient:  # noqa: N802 - stands in for the class
+    """FastAPI's test client at ``http://127.0.0.1`` (the app answers only loopback ``Host`` names)."""
+    kwargs.setdefault("base_url", "http://127.0.0.1")
+    return _TestClient(app, **kwargs)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef"
@@ -104,12 +111,13 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 
 
 SERVER = """
-import sys, time, random
+import os, sys, time, random
 sys.path.insert(0, {root!r})
 from pipeline.review import server, store
 from tests.review_helpers import FakeSamSession
 
 delay = {delay!r}
+marker = {marker!r}
 if delay:
     def slow(fn, before=True):
         def wrapped(*a, **k):
@@ -122,8 +130,19 @@ if delay:
         return wrapped
     store._write_synced = slow(store._write_synced, before=False)  # pending written, journal not yet
     store.yolo.write_label_file = slow(store.yolo.write_label_file)
-    store.run_report.write_split_coco = slow(store.run_report.write_split_coco)
     store.fsio.write_text = slow(store.fsio.write_text)
+    write_coco_texts = store.coco.write_coco_texts  # what a save rewrites a split's COCO file with
+
+    def slow_coco(path, *, names, images):
+        def slowly():
+            for item in images:
+                time.sleep(delay)  # the temporary COCO file is half written meanwhile
+                yield item
+        open(marker, "w").close()  # here until the rewrite ends: a kill that leaves it landed inside
+        out = write_coco_texts(path, names=names, images=slowly())
+        os.remove(marker)
+        return out
+    store.coco.write_coco_texts = slow_coco
 server.serve({out!r}, port=0, open_browser=False, sam=FakeSamSession(), on_ready=lambda url: print(url, flush=True))
 """
 
@@ -131,9 +150,10 @@ server.serve({out!r}, port=0, open_browser=False, sam=FakeSamSession(), on_ready
 def start_server(out: Path, log: Path, *, delay: float = 0.0) -> tuple[subprocess.Popen, str, str]:
     """The review server with the fake SAM in a subprocess: (process, base URL, token), from the URL it prints.
 
-    Its stderr goes to ``log``; ``delay`` seconds are spent around each file write of a save.
+    Its stderr goes to ``log``; ``delay`` seconds are spent around each file write of a save, and before
+    each image of a COCO rewrite, during which ``coco_marker(log)`` exists.
     """
-    code = SERVER.format(root=str(ROOT), out=str(out), delay=delay)
+    code = SERVER.format(root=str(ROOT), out=str(out), delay=delay, marker=str(coco_marker(log)))
     with open(log, "a") as err:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     line = proc.stdout.readline()
@@ -142,6 +162,11 @@ def start_server(out: Path, log: Path, *, delay: float = 0.0) -> tuple[subproces
         proc.kill()
         raise AssertionError(f"no URL printed: {line!r}\n{log.read_text()}")
     return proc, match.group(1), match.group(2)
+
+
+def coco_marker(log: Path) -> Path:
+    """The file that exists while a slowed server (``start_server(delay=...)``) rewrites a COCO file."""
+    return log.with_name(log.name + ".coco-writing")
 
 
 def journal_lines(out: Path) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from pipeline.masks import mask_to_rle
 from pipeline.review import server as review_server
 from pipeline.review.server import create_app
-from pipeline.review.store import ReviewStore, image_id
+from pipeline.review.store import MAX_INSTANCES, ReviewStore, image_id
 from pipeline.types import CropMask
 from tests.helpers import assert_valid, check_yolo_matches_coco
 from tests.review_helpers import (
@@ -99,7 +101,9 @@ def test_page_token_sets_a_strict_httponly_cookie_then_the_cookie_is_enough(out,
     page = c.get("/")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
-    assert c.get("/", params={"token": "wrong-token-0123456789"}, follow_redirects=False).status_code != 303
+    wrong = c.get("/", params={"token": "wrong-token-0123456789"}, follow_redirects=False)
+    assert "set-cookie" not in wrong.headers  # a wrong token logs nobody in (the cookie still does)
+    assert TestClient(c.app).get("/", params={"token": "wrong-token-0123456789"}).status_code == 403
 
 
 def test_token_compared_in_constant_time(out, sam, monkeypatch):
@@ -375,3 +379,215 @@ def test_scripts_can_send_back_what_they_got(client, out):
     body = {"version": image["version"], "reviewed": True, "instances": image["instances"]}  # bbox, flags ... ignored
     assert client.put(f"/api/images/{image['id']}", json=body).status_code == 200
     assert_valid(out)
+
+
+# ----------------------------------------------------------------------------------------- hostile requests
+
+
+def _new_instances(image: dict, n: int, seed: int = 0) -> list[dict]:
+    """``n`` new instances of random 12 x 12 blobs spread over the image."""
+    h, w = image["height"], image["width"]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, h - 12), rng.integers(0, w - 12)
+        mask = CropMask(rng.random((12, 12)) > 0.3, int(x), int(y))
+        out.append({"class": "ball", "rle": mask_to_rle(mask, (h, w))})
+    return out
+
+
+def test_instances_per_image_are_capped(client, out):
+    image = _first_flagged(client)
+    lines = journal_lines(out)
+    body = {"version": image["version"], "instances": _new_instances(image, MAX_INSTANCES + 1)}
+    started = time.perf_counter()
+    r = client.put(f"/api/images/{image['id']}", json=body)
+    assert r.status_code == 400 and f"at most {MAX_INSTANCES}" in r.json()["detail"], r.json()
+    assert time.perf_counter() - started < 10  # refused before any mask is decoded
+    assert journal_lines(out) == lines
+
+
+def test_a_save_at_the_cap_takes_bounded_time(client, out):
+    image = _first_flagged(client)
+    body = {"version": image["version"], "instances": _new_instances(image, MAX_INSTANCES)}
+    started = time.perf_counter()
+    r = client.put(f"/api/images/{image['id']}", json=body)
+    took = time.perf_counter() - started
+    assert r.status_code == 200, r.json()
+    assert took < 60, took  # about 5 s on 2 busy cores (4,500 instances held the lock 50 s before the cap)
+    assert len(client.get(f"/api/images/{image['id']}").json()["instances"]) == MAX_INSTANCES
+    assert_valid(out)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"box": [0, 0, 1e39, 5]}, "box"),  # finite in Python, infinite as float32
+        ({"box": [-1e39, 0, 5, 5]}, "box"),
+        ({"box": [0, 0, 5, 5], "points": [[1e39, 2, 1]]}, "points"),
+        ({"points": [[3, 2, 1], [2, -1e39, 0]]}, "points"),
+        ({"box": [1, 2, 30, 40], "mask": {"size": None, "counts": "é"}}, None),  # pydantic: 422
+    ],
+)
+def test_predict_refuses_huge_coordinates(client, body, message):
+    image = _first_flagged(client)
+    if body.get("mask"):
+        body["mask"]["size"] = [image["height"], image["width"]]
+        message = "not in the RLE alphabet"
+    r = client.post(f"/api/images/{image['id']}/predict", json=body)
+    assert r.status_code == 400 and message in r.json()["detail"], r.json()
+
+
+@pytest.mark.parametrize("counts", ["é", "0\u00e9", "\u4e2d\u6587", "0\x80"])
+def test_non_ascii_rle_counts_are_400(client, out, counts):
+    image = _first_flagged(client)
+    body = _as_put(image)
+    body["instances"][0]["rle"] = {**image["instances"][0]["rle"], "counts": counts}
+    r = client.put(f"/api/images/{image['id']}", json=body)
+    assert r.status_code == 400, r.text
+    assert "instances[0]: rle: counts: character" in r.json()["detail"] and "RLE alphabet" in r.json()["detail"]
+    body["instances"][0]["box"] = [0, 0, 1e39, 5]
+    body["instances"][0]["rle"] = image["instances"][0]["rle"]
+    r = client.put(f"/api/images/{image['id']}", json=body)
+    assert r.status_code == 400 and "box" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        'prefs={"k":1}',  # JSON from another localhost app
+        "a=b c",  # a space
+        'q="unterminated',  # a quote
+        "samlabel_review=someone-elses-value",  # the same name from another port (cookies ignore ports)
+        "=novalue; ;;",
+    ],
+)
+def test_other_apps_cookies_do_not_lock_the_user_out(out, sam, before):
+    app = create_app(ReviewStore(out), token=TOKEN, sam=sam)
+    c = TestClient(app)
+    r = c.get("/api/meta", headers={"cookie": f"{before}; samlabel_review={TOKEN}; after=1"})
+    assert r.status_code == 200, r.text
+    assert c.get("/api/meta", headers={"cookie": f"{before}; samlabel_review=wrong"}).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("127.0.0.1", 200),
+        ("127.0.0.1:8765", 200),
+        ("localhost:1234", 200),
+        ("LOCALHOST", 200),
+        ("[::1]:8765", 200),
+        ("evil.example", 400),  # DNS rebinding: a name that resolves to 127.0.0.1
+        ("evil.example:8765", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("localhost.", 400),
+        ("", 400),
+    ],
+)
+def test_only_loopback_host_names_are_answered(out, sam, host, status):
+    c = TestClient(create_app(ReviewStore(out), token=TOKEN, sam=sam), headers=AUTH)
+    r = c.get("/api/meta", headers={"host": host})
+    assert r.status_code == status, (host, r.text)
+    if status == 400:
+        assert "address samlabel review printed" in r.json()["detail"]
+        page = c.get("/", params={"token": TOKEN}, headers={"host": host}, follow_redirects=False)
+        assert page.status_code == 400 and "set-cookie" not in page.headers
+
+
+def test_the_host_served_on_is_answered(out, sam, monkeypatch):
+    import uvicorn
+
+    seen, urls = {}, []
+    real = review_server.create_app
+
+    def spy(*args, **kwargs):
+        app = real(*args, **kwargs)
+        seen["app"] = app
+        return app
+
+    monkeypatch.setattr(review_server, "create_app", spy)
+    real_bind = review_server._bind
+    monkeypatch.setattr(review_server, "_bind", lambda host, port: real_bind("127.0.0.1", 0))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+
+    def client():
+        token = urls[-1].split("?token=")[1]
+        return TestClient(seen["app"], headers={"authorization": f"Bearer {token}"})
+
+    review_server.serve(out, host="10.1.2.3", port=0, open_browser=False, sam=sam, on_ready=urls.append)
+    c = client()
+    assert c.get("/api/meta", headers={"host": "10.1.2.3:8765"}).status_code == 200
+    assert c.get("/api/meta", headers={"host": "localhost"}).status_code == 200
+    assert c.get("/api/meta", headers={"host": "10.1.2.4"}).status_code == 400
+    review_server.serve(out, host="0.0.0.0", port=0, open_browser=False, sam=sam, on_ready=urls.append)
+    assert client().get("/api/meta", headers={"host": "my-laptop.lan:8765"}).status_code == 200
+
+
+def test_browser_is_opened_on_a_private_redirect_file(out, sam, monkeypatch):
+    import threading
+
+    import uvicorn
+
+    opened, urls, done = [], [], threading.Event()
+
+    def fake_open(target, *args, **kwargs):
+        path = Path(target.removeprefix("file://"))
+        opened.append((target, path, path.read_text(), path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777))
+        done.set()
+        return True
+
+    monkeypatch.setattr(review_server.webbrowser, "open", fake_open)
+    monkeypatch.setattr(review_server, "_has_display", lambda: True)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: done.wait(30))
+    review_server.serve(out, port=0, sam=sam, on_ready=urls.append)
+    [(target, path, text, mode, folder_mode)] = opened
+    token = urls[0].split("?token=")[1]
+    assert token not in target and target.startswith("file://")  # no token on the browser's command line
+    assert f'url={urls[0]}"' in text and f'href="{urls[0]}"' in text
+    assert mode == 0o600 and folder_mode == 0o700
+    assert not path.exists() and not path.parent.exists()  # removed when the server stops
+
+
+def test_a_save_decodes_outside_the_lock_and_checks_the_version_at_commit(client, out, monkeypatch):
+    """While one save decodes its masks (slowed here), other images answer and another save of the same
+    image commits; the slow save then finds the version moved on (409), not a silent overwrite."""
+    import threading
+
+    from pipeline.review import rle as rle_codec
+
+    queue = client.get("/api/images").json()
+    image, other = (client.get(f"/api/images/{q['id']}").json() for q in queue[:2])
+    decoding, release = threading.Event(), threading.Event()
+    real = rle_codec.decode
+
+    def slow_decode(rle, hw):
+        if not decoding.is_set():  # the first new mask (the other requests decode none)
+            decoding.set()
+            assert release.wait(60)
+        return real(rle, hw)
+
+    monkeypatch.setattr(rle_codec, "decode", slow_decode)
+    answers = {}
+    body = {"version": image["version"], "instances": _new_instances(image, 3)}
+    slow = threading.Thread(target=lambda: answers.update(slow=client.put(f"/api/images/{image['id']}", json=body)))
+    slow.start()
+    try:
+        assert decoding.wait(30)
+        for name, call in {
+            "get": lambda: client.get(f"/api/images/{other['id']}"),
+            "queue": lambda: client.get("/api/images"),
+            "put": lambda: client.put(f"/api/images/{image['id']}", json=_as_put(image, reviewed=True)),
+        }.items():
+            t = threading.Thread(target=lambda name=name, call=call: answers.update({name: call()}))
+            t.start()
+            t.join(timeout=20)
+            assert not t.is_alive(), f"{name} waited for the save that is decoding"
+    finally:
+        release.set()
+        slow.join(timeout=60)
+    assert answers["get"].status_code == 200 and answers["queue"].status_code == 200
+    assert answers["put"].json() == {"version": image["version"] + 1}
+    assert answers["slow"].status_code == 409 and answers["slow"].json()["version"] == image["version"] + 1
+    after = client.get(f"/api/images/{image['id']}").json()
+    assert after["reviewed"] is True and len(after["instances"]) == len(image["instances"])

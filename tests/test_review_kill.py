@@ -11,13 +11,14 @@ import numpy as np
 
 from pipeline.run.state import Journal
 from tests.helpers import assert_valid, check_yolo_matches_coco
-from tests.review_helpers import coco_image, journal_lines, make_dataset, start_server, wait_until
+from tests.review_helpers import coco_image, coco_marker, journal_lines, make_dataset, start_server, wait_until
 
 #: Seconds each file write of a save is slowed by in the server (so that kills land between them).
 DELAY = 0.05
 
 #: Where a round kills the server: right after the pending note (the journal not yet appended), right after
-#: the journal append (no file rewritten yet), or at a random moment among the file rewrites.
+#: the journal append (no file rewritten yet), or in the middle of the COCO rewrite (the label file written,
+#: the split's COCO file half written in its temporary file).
 KILL_POINTS = ("pending", "journal", "files")
 
 
@@ -32,6 +33,7 @@ def test_sigkill_mid_save_then_restart(tmp_path):
     out = make_dataset(tmp_path)
     log = tmp_path / "server.log"
     rng = np.random.default_rng(12)
+    marker = coco_marker(log)
     proc, url, token = start_server(out, log, delay=DELAY)
     auth = {"authorization": f"Bearer {token}"}
     try:
@@ -65,19 +67,24 @@ def test_sigkill_mid_save_then_restart(tmp_path):
             sender.start()
             if point == "pending":
                 assert wait_until(pending.exists)
-            else:
+            elif point == "journal":
                 assert wait_until(lambda lines=lines: journal_lines(out) > lines)
-                if point == "files":
-                    threading.Event().wait(float(rng.uniform(0, 4 * DELAY)))
+            else:
+                assert wait_until(marker.exists)  # the COCO rewrite has begun
+                threading.Event().wait(float(rng.uniform(0, DELAY / 2)))
             proc.kill()
             proc.wait()
             sender.join()
             committed = journal_lines(out) > lines
-            outcomes.append((point, committed))
+            inside_coco = marker.exists()
+            if point == "files":  # the split's COCO file was half written in its temporary file
+                assert list(out.rglob("._annotations.coco.json.*.tmp")), "the kill missed the COCO rewrite"
+            marker.unlink(missing_ok=True)
+            outcomes.append((point, committed, inside_coco))
             proc, url, token = start_server(out, log, delay=DELAY)  # the restart finishes an interrupted save
             auth = {"authorization": f"Bearer {token}"}
             assert not pending.exists()
-            assert not list(out.rglob("*.tmp"))  # what the killed writes left is cleared on open
+            assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.anns"))  # killed writes: cleared on open
             assert_valid(out)
             check_yolo_matches_coco(out)
             new = (classes, classes, body["reviewed"])
@@ -87,8 +94,10 @@ def test_sigkill_mid_save_then_restart(tmp_path):
             newest = {r.rel: r for _, r in Journal(out).records()}
             report = json.loads((out / "report.json").read_text())
             assert report["reviewed_images"] == sum(r.reviewed for r in newest.values())
-        print("kill outcomes (point, committed):", outcomes)
-        assert {p for p, c in outcomes if c} >= {"journal", "files"}  # the kills landed where meant
+        print("kill outcomes (point, committed, inside the COCO rewrite):", outcomes)
+        assert {p for p, c, _ in outcomes if c} >= {"journal", "files"}  # the kills landed where meant
+        assert all(inside for p, _, inside in outcomes if p == "files")
+        assert not any(inside for p, _, inside in outcomes if p != "files")
     finally:
         proc.terminate()  # a clean stop: report.html is rebuilt
         rc = proc.wait(timeout=60)

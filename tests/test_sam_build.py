@@ -81,7 +81,7 @@ def test_mismatches_in_key_order():
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"\x80junk", "cannot load it as SAM weights (ValueError: unsupported pickle protocol"),
+        (b"\x80junk", "cannot load it as SAM weights ("),  # then the weights-only unpickler's words
         ({"epoch": 3, "optimizer": {}}, "not SAM weights (no mobile_sam key among its 2 keys: 'epoch', 'optimizer'"),
         ([1, 2], "it holds a list, not a state dict"),
     ],

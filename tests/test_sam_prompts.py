@@ -8,6 +8,7 @@ import torch
 
 from pipeline.sam import Prediction, Segmenter
 from pipeline.sam.prompts import Prompts, input_scale, prepare_prompts
+from tests.helpers import assert_mask_matches_logits
 
 HW = (480, 640)
 POINTS = np.array([[[100, 120], [300, 200]], [[500, 400], [50, 60]], [[320, 240], [600, 50]]], float)
@@ -116,7 +117,7 @@ def test_prediction_masks_at_other_thresholds(segmenters, embedding):
         full_hi, full_lo = hi.full(HW), lo.full(HW)
         assert not (full_hi & ~full_lo).any()  # the +1 mask lies inside the -1 mask: stability = hi.area / lo.area
         up = pred.upsampler.full(pred.logits[i, 0])
-        assert np.array_equal(full_lo, (up > pred.threshold - 1.0).numpy())
+        assert_mask_matches_logits(full_lo, up, pred.threshold - 1.0)
     assert [m.area for m in pred.masks()] == [pred.mask(i).area for i in range(3)]
 
 

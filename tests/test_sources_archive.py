@@ -105,3 +105,79 @@ def test_symlink_entries_are_still_refused(tmp_path):
     with pytest.raises(SamlabelError, match="would land outside the target"):
         safe_extract(zip_path, tmp_path / "x")
     assert not (tmp_path / "x").exists() or _bytes_under(tmp_path / "x") == 0
+
+
+# --------------------------------------------------------------------------- headers that lie, entries that overlap
+
+
+def _central_records(data: bytes) -> list[int]:
+    """Offsets of the central directory records of a zip written by ``zipfile`` (no comment, no zip64)."""
+    found, at = [], data.find(b"PK\x01\x02")
+    while at != -1:
+        found.append(at)
+        at = data.find(b"PK\x01\x02", at + 46)
+    return found
+
+
+def _claim_compressed_size(path: Path, name: str, size: int) -> None:
+    """Rewrite the compressed size the central directory gives ``name`` (its real data stays as it was)."""
+    data = bytearray(path.read_bytes())
+    for at in _central_records(bytes(data)):
+        n = int.from_bytes(data[at + 28 : at + 30], "little")
+        if data[at + 46 : at + 46 + n] == name.encode():
+            data[at + 20 : at + 24] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def _duplicate_first_entry(path: Path) -> None:
+    """Add a second central directory record for the first entry: two entries over one local header."""
+    data = bytes(path.read_bytes())
+    eocd = data.rfind(b"PK\x05\x06")
+    first = _central_records(data)[0]
+    n, m, k = (int.from_bytes(data[first + o : first + o + 2], "little") for o in (28, 30, 32))
+    record = data[first : first + 46 + n + m + k]
+    tail = bytearray(data[eocd:])
+    count = int.from_bytes(tail[10:12], "little") + 1
+    tail[8:10] = tail[10:12] = count.to_bytes(2, "little")
+    tail[12:16] = (int.from_bytes(tail[12:16], "little") + len(record)).to_bytes(4, "little")
+    path.write_bytes(data[:eocd] + record + bytes(tail))
+
+
+def test_a_compressed_size_that_lies_does_not_widen_the_budget(tmp_path):
+    """The central directory claims 1 MB for 2 kB of deflated zeros: a 100x budget of the claim would allow
+    100 MB. The claim overlaps the next entry; refused before a byte is written, naming the entry."""
+    path = tmp_path / "lying.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.json", b"0" * (4 << 20))
+        zf.writestr("data.yaml", b"names: [a]\n")
+    _claim_compressed_size(path, "big.json", 1 << 20)
+    limits = ExtractLimits(max_ratio=100, slack_bytes=0, free_bytes=1 << 30)
+    with pytest.raises(SamlabelError, match=r"entry 'big.json' claims 1048576 compressed bytes but only \d+ lie"):
+        safe_extract(path, tmp_path / "x", limits=limits)
+    assert _bytes_under(tmp_path / "x") == 0
+
+
+def test_overlapping_entries_are_refused(tmp_path):
+    """Two entries over one local header (the zip bomb by overlap): refused before anything is written."""
+    path = tmp_path / "overlap.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.json", b"{}" * 1000)
+        zf.writestr("data.yaml", b"names: [a]\n")
+    _duplicate_first_entry(path)
+    assert [i.filename for i in zipfile.ZipFile(path).infolist()] == ["a.json", "data.yaml", "a.json"]
+    with pytest.raises(SamlabelError, match=r"entry 'a.json' claims \d+ compressed bytes but only 0 lie before"):
+        safe_extract(path, tmp_path / "x")
+    assert _bytes_under(tmp_path / "x") == 0
+
+
+def test_an_entry_whose_data_ends_early_is_named_with_a_reason(tmp_path):
+    """A stored last entry that claims more bytes than the file holds: once '... cannot be extracted ()'."""
+    path = tmp_path / "short.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("data.yaml", b"names: [a]\n")
+        zf.writestr("list.txt", b"x" * 100)
+    _claim_compressed_size(path, "list.txt", 100_000)
+    with pytest.raises(SamlabelError) as e:
+        safe_extract(path, tmp_path / "x")
+    message = str(e.value)
+    assert "entry 'list.txt'" in message and "()" not in message and "\n" not in message

@@ -15,6 +15,8 @@
     data.yaml                                 for images/<split>; data.yaml only with them)
 
 Split names are samlabel's in both (``train``, ``valid``, ``test``). Paths here are POSIX, relative to the dataset.
+Every method checks the split (one of ``SPLITS``) and file name (one plain component, :mod:`pipeline.safepath`) it
+is given, so a name read from a dataset cannot make a path that leaves it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipeline import options
+from pipeline import options, safepath
 from pipeline.formats.coco import ROBOFLOW_NAME
 from pipeline.formats.data_yaml import SPLITS, canonical_split
 
@@ -47,22 +49,27 @@ class Layout:
 
     def images_dir(self, split: str) -> str:
         """The folder of a split's images (COCO ``file_name`` is relative to it in both layouts)."""
+        safepath.split(split, what="split")
         return f"{split}/images" if self.name == "roboflow" else f"images/{split}"
 
     def labels_dir(self, split: str) -> str:
         """The folder of a split's YOLO label files (Ultralytics' rule: the last ``images`` made ``labels``)."""
+        safepath.split(split, what="split")
         return f"{split}/labels" if self.name == "roboflow" else f"labels/{split}"
 
     def coco_file(self, split: str) -> str:
         """A split's COCO instances file."""
+        safepath.split(split, what="split")
         return f"{split}/{ROBOFLOW_NAME}" if self.name == "roboflow" else f"annotations/instances_{split}.json"
 
     def image(self, split: str, name: str) -> str:
         """An image's path in the dataset."""
+        safepath.component(name, what=f"{split} image file name")
         return f"{self.images_dir(split)}/{name}"
 
     def label_file(self, split: str, name: str) -> str:
         """The YOLO label file of the image ``name``."""
+        safepath.component(name, what=f"{split} image file name")
         return f"{self.labels_dir(split)}/{PurePosixPath(name).stem}.txt"
 
     @property

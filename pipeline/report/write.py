@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import fsio
+from pipeline import fsio, safepath
 from pipeline.errors import ImageReadError, SamlabelError
 from pipeline.formats import coco as coco_format
 from pipeline.formats.data_yaml import SPLITS
@@ -23,7 +23,6 @@ from pipeline.report.scan import (
     annotation_id,
     coco_path,
     dataset_layout,
-    images_dir,
     scan_dataset,
     usable,
 )
@@ -309,7 +308,10 @@ def _load(root: Path, split: str, file_name: str):
     rel = Path(file_name)
     if rel.is_absolute() or ".." in rel.parts:
         return None, f"file name {file_name!r} leaves the images folder; not read"
-    path = images_dir(root, split) / rel
+    try:  # also through a symlinked folder
+        path = safepath.inside(root, f"{dataset_layout(root).images_dir(split)}/{rel.as_posix()}", what="image")
+    except safepath.UnsafePathError as e:
+        return None, f"{e}; not read"
     if not path.is_file():
         return None, f"image not found: {path.relative_to(root)}"
     try:

@@ -34,7 +34,10 @@ def parse_counts(counts: str) -> list[int]:
 
 
 def _runs(counts: str) -> np.ndarray:
-    c = np.frombuffer(counts.encode("ascii", errors="replace"), dtype=np.uint8).astype(np.int64) - 48
+    if not counts.isascii():
+        p = next(i for i, ch in enumerate(counts) if not ch.isascii())
+        raise RleError(f"counts: character {counts[p]!r} at {p} is not in the RLE alphabet ('0' to 'o')")
+    c = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
     if c.size == 0:
         return np.zeros(0, dtype=np.int64)
     bad = np.flatnonzero((c < 0) | (c >= 64))

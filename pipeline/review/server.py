@@ -5,30 +5,35 @@ edit history: ``PUT /api/images/{id}`` replaces an image's whole state (its inst
 with what it is sent, guarded by the image's version; undo and redo live in the page, and undoing after
 a save is one more ``PUT`` of the earlier state. ``predict`` changes nothing on disk.
 
-Security: the app binds to 127.0.0.1 unless told otherwise; every request needs the token the server
-prints (``?token=`` on the page's first load sets an HttpOnly SameSite=Strict cookie; scripts send
-``Authorization: Bearer <token>``), compared in constant time, else 403. Clients name images and
+Security: the app binds to 127.0.0.1 unless told otherwise and answers only requests whose ``Host`` is
+``127.0.0.1``, ``localhost``, ``[::1]`` or the ``--host`` given, any port (else 400: DNS rebinding); every
+request needs the token the server prints (``?token=`` on the page's first load sets an HttpOnly
+SameSite=Strict cookie and redirects to ``/``, so the token leaves the address bar; scripts send
+``Authorization: Bearer <token>``), compared in constant time, else 403. The browser is opened on a
+redirect file readable by the user only, never on the tokenized URL (a command line is visible in ``ps``). Clients name images and
 instances by id only, never by path; bodies are bounded (413 beyond); writes need a JSON body (415).
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import logging
 import math
 import mimetypes
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import webbrowser
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -37,13 +42,22 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import cookie_parser
 
+from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import load_image
 from pipeline.quality import FLAGS
 from pipeline.review import rle as rle_codec
 from pipeline.review.sam import Candidate, SamSession
-from pipeline.review.store import ImageNotFound, InstanceEdit, ReviewError, ReviewStore, VersionConflict
+from pipeline.review.store import (
+    ImageNotFound,
+    InstanceEdit,
+    ReviewError,
+    ReviewStore,
+    StoreStopping,
+    VersionConflict,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,6 +68,12 @@ MAX_BODY = 8 * 1024 * 1024
 MAX_POINTS = 64
 
 DEFAULT_PORT = 8765
+
+#: The names a request's ``Host`` may give (with any port) besides the ``--host`` served on.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+#: The name of the thread that loads SAM in the background (:func:`sam_loading`).
+SAM_THREAD = "samlabel-review-sam"
 
 STATIC = Path(__file__).parent / "static"
 #: The only files the app serves besides the page and the dataset's images: name -> media type.
@@ -161,7 +181,7 @@ class SamSlot:
             finally:
                 self.ready.set()
 
-        threading.Thread(target=load, name="samlabel-review-sam", daemon=True).start()
+        threading.Thread(target=load, name=SAM_THREAD, daemon=True).start()
 
     def status(self) -> str:
         if not self.ready.is_set():
@@ -180,6 +200,17 @@ class _Unavailable(Exception):
     pass
 
 
+def sam_loading() -> bool:
+    """Whether a SAM model is still being loaded in the background.
+
+    Such a thread is inside torch's C++ code most of the time; at interpreter exit CPython (3.11 to 3.13)
+    ends a daemon thread that wakes up with ``pthread_exit``, whose unwinding through those frames calls
+    ``std::terminate`` (the process aborts: "terminate called without an active exception"). The
+    command line therefore ends the process with ``os._exit`` once the dataset is closed, when this is True.
+    """
+    return any(t.name == SAM_THREAD and t.is_alive() for t in threading.enumerate())
+
+
 # ----------------------------------------------------------------------------------------- the app
 
 
@@ -192,6 +223,7 @@ def create_app(
     sam_error: str | None = None,
     cookie: str = "samlabel_review",
     max_body: int = MAX_BODY,
+    hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
 ) -> Guard:
     """The review app around ``store``, behind the token guard (an ASGI app for uvicorn or TestClient).
 
@@ -203,6 +235,8 @@ def create_app(
         sam_error: why there is no SAM (shown in the page) when neither is given.
         cookie: the name of the token cookie (one per port: cookies do not tell ports apart).
         max_body: the largest request body in bytes (413 beyond).
+        hosts: the host names (``[...]`` around IPv6 addresses) a request's ``Host`` header may give, any
+            port; None allows any (a server on every interface).
     """
     slot = SamSlot(sam, loader=sam_loader, error=sam_error)
     predictions = Predictions()
@@ -221,6 +255,10 @@ def create_app(
     @app.exception_handler(ReviewError)
     async def _bad(_request: Request, e: ReviewError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(StoreStopping)
+    async def _stopping(_request: Request, e: StoreStopping) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=503)
 
     @app.exception_handler(_Unavailable)
     async def _unavailable(_request: Request, e: _Unavailable) -> JSONResponse:
@@ -274,7 +312,7 @@ def create_app(
     def predict(iid: str, body: PredictBody) -> dict:
         hw = store.hw(iid)
         session = slot.get()
-        box, points, labels = _prompts(body)
+        box, points, labels = _prompts(body, hw)
         mask, counts = None, None
         if body.mask is not None:
             try:
@@ -330,26 +368,34 @@ def create_app(
         )
         return {"version": version}
 
-    return Guard(app, token=token, cookie=cookie, max_body=max_body, on_close=embedder.shutdown)
+    return Guard(app, token=token, cookie=cookie, max_body=max_body, hosts=hosts, on_close=embedder.shutdown)
 
 
 def _embed(session: Any, store: ReviewStore, iid: str) -> None:
     session.embed(iid, lambda: load_image(store.image_path(iid)).rgb)
 
 
-def _prompts(body: PredictBody) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """The request's box (4,) and points (P, 2) with labels (P,), checked."""
+def _prompts(body: PredictBody, hw: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The request's box (4,) and points (P, 2) with labels (P,), checked: coordinates at most one image
+    size outside the image (``1e39`` is a finite float, but not a float32, and no pixel)."""
     if body.box is None and not body.points:
         raise ReviewError("predict needs a box, points, or both")
+    reach = max(hw)
+    near = lambda v: math.isfinite(v) and -reach <= v <= 2 * reach  # noqa: E731
     box = None
     if body.box is not None:
-        if not all(math.isfinite(v) for v in body.box) or not (body.box[0] < body.box[2] and body.box[1] < body.box[3]):
-            raise ReviewError(f"box {body.box} is not [x_min, y_min, x_max, y_max] with x_min < x_max, y_min < y_max")
+        if not all(near(v) for v in body.box) or not (body.box[0] < body.box[2] and body.box[1] < body.box[3]):
+            raise ReviewError(
+                f"box {body.box} is not [x_min, y_min, x_max, y_max] with x_min < x_max, y_min < y_max "
+                f"in pixels of the {hw[1]} x {hw[0]} image"
+            )
         box = np.asarray(body.box, dtype=np.float32)
     if not body.points:
         return box, None, None
-    if any(len(p) != 3 or not all(math.isfinite(v) for v in p) or p[2] not in (0, 1) for p in body.points):
-        raise ReviewError("points: expected [[x, y, 1 (positive) or 0 (negative)], ...] in image pixels")
+    if any(len(p) != 3 or not all(near(v) for v in p[:2]) or p[2] not in (0, 1) for p in body.points):
+        raise ReviewError(
+            f"points: expected [[x, y, 1 (positive) or 0 (negative)], ...] in pixels of the {hw[1]} x {hw[0]} image"
+        )
     arr = np.asarray(body.points, dtype=np.float32)
     return box, arr[:, :2], arr[:, 2].astype(np.int32)
 
@@ -362,12 +408,23 @@ def _num(value: float) -> float | None:
 
 
 class Guard:
-    """ASGI wrapper: token check (403), body limit (413), JSON bodies for writes (415), security headers."""
+    """ASGI wrapper: Host check (400), token check (403), body limit (413), JSON bodies for writes (415),
+    security headers."""
 
-    def __init__(self, app: FastAPI, *, token: str, cookie: str, max_body: int, on_close=None) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        token: str,
+        cookie: str,
+        max_body: int,
+        hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
+        on_close=None,
+    ) -> None:
         if len(token) < 16:
             raise ValueError("token: expected at least 16 characters")
         self.app, self.cookie, self.max_body = app, cookie, max_body
+        self.hosts = None if hosts is None else {h.lower() for h in hosts}
         self._token = token.encode("utf-8")
         self._on_close = on_close
 
@@ -378,13 +435,21 @@ class Guard:
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if auth[:7].lower() == "bearer " and self._matches(auth[7:].strip()):
             return True
-        jar = SimpleCookie()
-        try:
-            jar.load(headers.get(b"cookie", b"").decode("latin-1"))
-        except Exception:  # noqa: BLE001 - http.cookies raises CookieError and others on junk: not authorized
-            return False
-        morsel = jar.get(self.cookie)
-        return morsel is not None and self._matches(morsel.value)
+        # leniently, as browsers do: another local app's cookie (a space, a quote, JSON) must not hide ours,
+        # and one of the same name (cookies do not tell ports apart) must not shadow it
+        for chunk in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+            value = cookie_parser(chunk).get(self.cookie)
+            if value is not None and self._matches(value):
+                return True
+        return False
+
+    def host_allowed(self, headers: dict[bytes, bytes]) -> bool:
+        """The request's ``Host`` (port dropped) is one this server answers to."""
+        if self.hosts is None:
+            return True
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        name = host[: host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]
+        return name in self.hosts
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -392,12 +457,19 @@ class Guard:
                 return await self.app(scope, receive, send)
             return  # no websockets
         headers = dict(scope.get("headers") or [])
-        if not self.authorized(headers):
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            given = (query.get("token") or [None])[0]
-            if scope["path"] == "/" and scope["method"] == "GET" and self._matches(given):
+        if not self.host_allowed(headers):
+            return await _respond(
+                send, 400, b'{"detail":"this server answers only at the address samlabel review printed (Host)"}'
+            )
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if scope["path"] == "/" and scope["method"] == "GET" and "token" in query:
+            given = query["token"][0]
+            if self._matches(given):  # log in, and take the token out of the address bar
                 cookie = f"{self.cookie}={given}; HttpOnly; SameSite=Strict; Path=/"
                 return await _respond(send, 303, b"", [(b"location", b"/"), (b"set-cookie", cookie.encode())])
+            if self.authorized(headers):
+                return await _respond(send, 303, b"", [(b"location", b"/")])
+        if not self.authorized(headers):
             return await _respond(send, 403, b'{"detail":"forbidden: open the URL samlabel review printed"}')
         method = scope["method"]
         if method in ("POST", "PUT", "PATCH", "DELETE"):
@@ -510,38 +582,106 @@ def serve(
         store = ReviewStore(out)
         loader = None
         if sam is None:
-            s = store.settings
-            weights, dev, rt = segmenter or s.segmenter, device or s.device, runtime or s.runtime
-            arch = sam_arch or (getattr(s, "sam_arch", None) if segmenter is None else None)
-            cache = getattr(s, "cache_dir", None)
-            loader = lambda: SamSession.load(weights, arch=arch, device=dev, runtime=rt, cache_dir=cache)  # noqa: E731
+            loader = sam_loader(store.settings, segmenter=segmenter, sam_arch=sam_arch, device=device, runtime=runtime)
         sock = _bind(host, port)
         real_port = sock.getsockname()[1]
         token = secrets.token_urlsafe(32)
-        app = create_app(store, token=token, sam=sam, sam_loader=loader, cookie=f"samlabel_review_{real_port}")
+        wide = host in ("0.0.0.0", "::", "")
+        hosts = None if wide else (*LOOPBACK_HOSTS, f"[{host}]" if ":" in host else host)
+        app = create_app(
+            store, token=token, sam=sam, sam_loader=loader, cookie=f"samlabel_review_{real_port}", hosts=hosts
+        )
         if not _loopback(host):
             LOGGER.warning(
                 "listening on %s: anyone on the network who has the token can view and edit this dataset", host
             )
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        shown = "127.0.0.1" if wide else host
         url = f"http://{f'[{shown}]' if ':' in shown else shown}:{real_port}/?token={token}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
+        server = _make_server(config, store)
         if on_ready is not None:
             on_ready(url)
+        opener = None
         if open_browser and _has_display():
-            threading.Timer(0.5, webbrowser.open, [url]).start()
+            opener = _redirect_file(url)
+            threading.Timer(0.5, webbrowser.open, [opener.as_uri()]).start()
         previous = _stop_signals()
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn re-raises the signal it shut down on: here it is the way to stop
             pass
         finally:
+            if opener is not None:
+                shutil.rmtree(opener.parent, ignore_errors=True)
             app.close()
             sock.close()
             store.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _redirect_file(url: str) -> Path:
+    """A page that sends the browser to ``url``, in a new private folder (0700) and readable by the user only
+    (0600): the browser is started on this file, so the token is not on its command line (as Jupyter does)."""
+    folder = Path(tempfile.mkdtemp(prefix="samlabel-review-"))
+    path = folder / "open.html"
+    href = html.escape(url, quote=True)
+    text = (
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="0;url={href}"><title>samlabel review</title></head>\n'
+        f'<body><p>Opening <a href="{href}">samlabel review</a> ...</p></body></html>\n'
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def _make_server(config, store: ReviewStore):
+    """uvicorn's server, whose stop first lets the save in progress commit (however long it takes; a second
+    Ctrl-C stops waiting), so that its client gets the real answer; saves that come after are refused (503)."""
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            while not self.force_exit and not await asyncio.to_thread(store.stop_saving, 0.1):
+                pass
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
+def sam_loader(
+    settings: Settings,
+    *,
+    segmenter: str | None = None,
+    sam_arch: str | None = None,
+    device: str | None = None,
+    runtime: str | None = None,
+) -> Callable[[], SamSession]:
+    """What builds review's SAM session: the options given, else the dataset's own (its ``state.json`` settings).
+
+    The dataset's weights file is untrusted like the rest of the dataset: it is read as a plain state dict
+    (``pipeline.sam.build``; never unpickled), and one that is not says to pass ``--segmenter``. The dataset's
+    ``cache_dir`` is not used (ONNX exports would be written wherever it names): the default cache is.
+    """
+    weights, dev, rt = segmenter or settings.segmenter, device or settings.device, runtime or settings.runtime
+    arch = sam_arch or (getattr(settings, "sam_arch", None) if segmenter is None else None)
+
+    def load() -> SamSession:
+        try:
+            return SamSession.load(weights, arch=arch, device=dev, runtime=rt)
+        except SamlabelError as e:
+            if segmenter is not None:
+                raise
+            raise SamlabelError(
+                f"the dataset's segmenter (from its .samlabel/state.json) cannot be used: {e}. "
+                "Pass --segmenter with SAM weights you trust (e.g. mobile_sam.pt)"
+            ) from None
+
+    return load
 
 
 def _stop_signals() -> dict:

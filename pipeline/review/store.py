@@ -14,7 +14,19 @@ newest record of a pending image (step 3, whichever record that is), so the file
 journal. report.html (thumbnails, slow) is rebuilt when the server stops, and at the next stop after a
 kill (``.samlabel/review-report-stale``).
 
-Versions: an image's version is the number of journal records it has. A save names the version it
+Every command that opens a dataset (``label`` / ``convert`` resuming it, ``report``, ``review``) first
+completes a save a kill interrupted (:func:`complete_pending_save`); ``validate`` reports one.
+
+The journal gets an image's whole record again at each save; once the records later saves replaced take
+more bytes than the newest ones (and more than ``COMPACT_MIN_BYTES``), it is compacted to the newest
+record of each image (:meth:`pipeline.run.state.Journal.compact`). So after every save the journal is at
+most ``live + max(live, COMPACT_MIN_BYTES)`` bytes, ``live`` being the size of the newest records, and
+opening the dataset reads no more than that.
+
+Stopping: :meth:`ReviewStore.stop_saving` refuses new saves and waits for the one in progress to commit;
+the server calls it before it stops answering, and the run lock is released only after it.
+
+Versions: an image's version is the number of journal records it has had (compaction keeps the count). A save names the version it
 edited and is refused (:class:`VersionConflict`) if the image has changed since, so two tabs never
 overwrite each other silently. Images are known by an opaque id (a hash of their ``rel``), never by a path.
 """
@@ -36,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import fsio
+from pipeline import fsio, safepath
 from pipeline.config import Settings, field_names
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco, layout, yolo
@@ -53,6 +65,9 @@ from pipeline.types import CropMask, ImageRecord
 LOGGER = logging.getLogger(__name__)
 
 PENDING = "review-pending.json"
+
+#: The journal is compacted only once the records that later saves replaced exceed this many bytes too.
+COMPACT_MIN_BYTES = 1 << 20
 REPORT_STALE = "review-report-stale"
 
 #: What an edited instance's ``source`` extra (and its COCO annotation's ``source``) says.
@@ -60,6 +75,9 @@ EDITED = "review"
 
 #: Why an instance deleted in review is listed under ``dropped_instances``.
 DELETED = "deleted in review"
+
+#: Most instances an image may have after a save (more is refused, 400): bounds the time a save takes.
+MAX_INSTANCES = 1000
 
 
 class ReviewError(SamlabelError, ValueError):
@@ -71,6 +89,10 @@ class ImageNotFound(ReviewError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class StoreStopping(SamlabelError):
+    """The server is stopping: the save was not made (the API answers 503)."""
 
 
 class VersionConflict(ReviewError):
@@ -110,6 +132,7 @@ class _Entry:
     offset: int
     version: int
     record: ImageRecord  # light: no masks, no segmentations
+    size: int = 0  # bytes of its journal line
 
 
 def image_id(rel: str) -> str:
@@ -144,6 +167,10 @@ class ReviewStore:
         self._by_rel: dict[str, str] = {}
         self._coco_texts: dict[str, dict[str, tuple[str, list[str]]]] = {}  # split -> rel -> JSON texts
         self._skipped: dict[str, tuple[int, ImageRecord]] = {}  # images the run could not read
+        self._skipped_lines: dict[str, tuple[int, int]] = {}  # rel -> (line length, versions) of those
+        self._stopping = False
+        self._in_flight = 0  # saves between their first look and their commit (decoding outside the lock)
+        self._idle = threading.Condition(self._lock)
         self.journal.drop_torn_tail()
         self._drop_temp_files()
         self._load()
@@ -154,18 +181,19 @@ class ReviewStore:
 
     def _load(self) -> None:
         versions: dict[str, int] = defaultdict(int)
-        newest: dict[str, tuple[int, ImageRecord]] = {}
-        for offset, record in self.journal.records():
-            versions[record.rel] += 1
-            newest[record.rel] = (offset, run_report.light(record))
-        for rel, (offset, record) in sorted(newest.items()):
+        newest: dict[str, tuple[int, int, ImageRecord]] = {}
+        for line in self.journal.lines():
+            versions[line.record.rel] += line.versions
+            newest[line.record.rel] = (line.offset, line.size, run_report.light(line.record))
+        for rel, (offset, size, record) in sorted(newest.items()):
             if record.status != "ok":
                 self._skipped[rel] = (offset, record)  # not reviewable, still counted in report.json
+                self._skipped_lines[rel] = (size, versions[rel])
                 continue
             iid = image_id(rel)
             if iid in self._entries:
                 raise SamlabelError(f"{self.out}: images {rel!r} and {self._entries[iid].record.rel!r} share id {iid}")
-            self._entries[iid] = _Entry(iid, offset, versions[rel], record)
+            self._entries[iid] = _Entry(iid, offset, versions[rel], record, size)
             self._by_rel[rel] = iid
 
     def _drop_temp_files(self) -> None:
@@ -200,9 +228,16 @@ class ReviewStore:
             return self._full(self._entry(iid))
 
     def image_path(self, iid: str) -> Path:
-        """The image file in the dataset (``<split>/images/<name>`` in the Roboflow layout)."""
+        """The image file in the dataset (``<split>/images/<name>`` in the Roboflow layout).
+
+        Raises:
+            ReviewError: its folder leads outside the dataset (a symlink); it is not served.
+        """
         record = self._entry(iid).record
-        return self.out / self.paths.image(record.split, record.name)
+        try:
+            return safepath.inside(self.out, self.paths.image(record.split, record.name), what="image")
+        except safepath.UnsafePathError as e:
+            raise ReviewError(str(e)) from None
 
     def hw(self, iid: str) -> tuple[int, int]:
         return self._entry(iid).record.hw
@@ -343,17 +378,37 @@ class ReviewStore:
         Raises:
             ImageNotFound: no such image.
             VersionConflict: ``version`` is not the image's current version.
-            ReviewError: an instance that cannot be applied (unknown class or id, bad or empty mask, bad box).
+            ReviewError: an instance that cannot be applied (unknown class or id, bad or empty mask, bad box),
+                or more than ``MAX_INSTANCES`` instances.
+            StoreStopping: the server is stopping (:meth:`stop_saving`); nothing was saved.
         """
+        if len(instances) > MAX_INSTANCES:
+            raise ReviewError(
+                f"{len(instances)} instances sent: an image may have at most {MAX_INSTANCES}; "
+                "leave out what is not an object"
+            )
         with self._lock:
+            if self._stopping:
+                raise StoreStopping("the review server is stopping: this edit was not saved; save it again once "
+                                    "samlabel review runs again")  # fmt: skip
             entry = self._entry(iid)
             if version != entry.version:
                 raise VersionConflict(version, entry.version)
             old = self._full(entry)
+            self._in_flight += 1  # stop_saving waits for this save, decoding included
+        try:
+            # decoding the masks and the quality signals take the time: outside the lock, so other requests go on
             record, lines = self._edited(old, instances, reviewed=bool(reviewed), known_mask=known_mask)
-            if record.to_json() != old.to_json():  # saving what is there already changes nothing
-                self._commit(entry, record, lines)
-            return entry.version
+            with self._lock:
+                if version != entry.version:  # another save committed meanwhile
+                    raise VersionConflict(version, entry.version)
+                if record.to_json() != old.to_json():  # saving what is there already changes nothing
+                    self._commit(entry, record, lines)
+                return entry.version
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def _edited(
         self, old: ImageRecord, edits: Sequence[InstanceEdit], *, reviewed: bool, known_mask=None
@@ -426,17 +481,43 @@ class ReviewStore:
         ]
 
     def _commit(self, entry: _Entry, record: ImageRecord, lines: list[str]) -> None:
-        _write_synced(self.out / STATE_DIR / PENDING, json.dumps({"rel": record.rel}) + "\n")
+        pending = self.out / STATE_DIR / PENDING
+        _write_synced(pending, json.dumps({"rel": record.rel}) + "\n")
         offset = self.journal.path.stat().st_size
-        with self.journal.appender() as append:
-            append(record)  # the commit point
-        entry.offset, entry.version, entry.record = offset, entry.version + 1, run_report.light(record)
+        try:
+            with self.journal.appender() as append:
+                append(record)  # the commit point (all or nothing: a failed append leaves the journal as it was)
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        size = self.journal.path.stat().st_size - offset
+        entry.offset, entry.version, entry.size = offset, entry.version + 1, size
+        entry.record = run_report.light(record)
         self._apply(record, lines)
+        self._compact_if_due()
+
+    def _compact_if_due(self) -> None:
+        """Compact the journal once the records later saves replaced outweigh the newest ones (module docstring)."""
+        live = sum(e.size for e in self._entries.values()) + sum(size for size, _ in self._skipped_lines.values())
+        dead = self.journal.path.stat().st_size - live
+        if dead <= max(live, COMPACT_MIN_BYTES):
+            return
+        newest = {e.record.rel: (e.offset, e.version) for e in self._entries.values()}
+        newest |= {rel: (offset, self._skipped_lines[rel][1]) for rel, (offset, _) in self._skipped.items()}
+        placed = self.journal.compact(newest)
+        for e in self._entries.values():
+            e.offset, e.size = placed[e.record.rel]
+        for rel, (_, record) in list(self._skipped.items()):
+            offset, size = placed[rel]
+            self._skipped[rel] = (offset, record)
+            self._skipped_lines[rel] = (size, self._skipped_lines[rel][1])
+        LOGGER.info("journal compacted: %d bytes of replaced records removed", dead)
 
     def _apply(self, record: ImageRecord, lines: list[str]) -> None:
         """Bring the image's label file, its split's COCO file and report.json in line with the journal."""
         if "yolo" in self.settings.formats:
-            yolo.write_label_file(self.out / self.paths.label_file(record.split, record.name), lines)
+            label = self.paths.label_file(record.split, record.name)
+            yolo.write_label_file(safepath.inside(self.out, label, what="label file"), lines)
         newest = {**self._skipped, **{e.record.rel: (e.offset, e.record) for e in self._entries.values()}}
         tally = run_report.tally_records(newest, self.names, self.paths)
         if "coco" in self.settings.formats:
@@ -467,9 +548,8 @@ class ReviewStore:
                         texts[e.record.rel] = _coco_texts(self.journal.read_at(f, e.offset))
         texts[record.rel] = _coco_texts(record)
         order = sorted(texts, key=lambda rel: self._entries[self._by_rel[rel]].record.name)
-        coco.write_coco_texts(
-            self.out / self.paths.coco_file(split), names=self.names, images=(texts[rel] for rel in order)
-        )
+        path = safepath.inside(self.out, self.paths.coco_file(split), what="COCO file")
+        coco.write_coco_texts(path, names=self.names, images=(texts[rel] for rel in order))
 
     def _recover(self) -> None:
         """Finish a save a kill interrupted: re-apply the newest record of the pending image."""
@@ -488,8 +568,23 @@ class ReviewStore:
         LOGGER.info("re-applying the last saved edit of %s (the server stopped during the save)", record.name)
         self._apply(record, self._lines(record))
 
+    def stop_saving(self, timeout: float | None = None) -> bool:
+        """Refuse saves from now on (:class:`StoreStopping`), and wait for the one in progress to commit.
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as the save takes.
+
+        Returns:
+            True when no save is in progress any more.
+        """
+        with self._idle:
+            self._stopping = True
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
     def close(self) -> None:
-        """Rebuild report.html if saves changed the dataset since it was written (slow: thumbnails)."""
+        """Stop saving (waiting for a save in progress to commit), then rebuild report.html if saves changed
+        the dataset since it was written (slow: thumbnails)."""
+        self.stop_saving()
         stale = self.out / STATE_DIR / REPORT_STALE
         if not stale.exists():
             return
@@ -501,6 +596,34 @@ class ReviewStore:
             LOGGER.warning("report.html not rebuilt (%s); rebuild it with `samlabel report %s`", e, self.out)
             return
         stale.unlink(missing_ok=True)
+
+
+def complete_pending_save(out: str | Path, *, lock: bool = True) -> bool:
+    """Finish a review save that a kill interrupted after its journal append (its files may still hold the
+    image's previous state): the one step every command that opens a dataset takes first.
+
+    Args:
+        out: the dataset folder.
+        lock: take the run lock for it (without waiting: when another samlabel holds it, that one is the
+            writer, and it completes the save). False: the caller holds the lock already.
+
+    Returns:
+        True when a pending save was completed here.
+    """
+    out = Path(out)
+    if not (out / STATE_DIR / PENDING).exists():
+        return False
+    if not lock:
+        ReviewStore(out)  # opening re-applies the newest record of the pending image
+        return True
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_state.locked(out))
+        except SamlabelError:  # busy: the samlabel that holds the dataset completes it
+            LOGGER.info("%s: a review save is pending; the samlabel that holds the dataset completes it", out)
+            return False
+        ReviewStore(out)
+    return True
 
 
 def _coco_texts(record: ImageRecord) -> tuple[str, list[str]]:

@@ -89,6 +89,7 @@ def run_dataset(
             overwrite=overwrite,
             discard_reviews=discard_reviews,
         )
+        _complete_pending_save(out)
         journal = run_state.Journal(out)
         journal.drop_torn_tail()
         run_state.drop_temp_files(out, layout.get(settings.layout))  # what a killed run left half-written
@@ -118,6 +119,15 @@ def run_dataset(
             f"{out / 'report.json'}); the others are saved: run the same command again to retry them"
         )
     return RunResult(out=out, report=report)
+
+
+def _complete_pending_save(out: Path) -> None:
+    """A review save a kill interrupted after its journal append: its label file is brought in line first
+    (the COCO files and report.json are rebuilt from the journal at the end anyway)."""
+    from pipeline.review.store import complete_pending_save
+
+    if complete_pending_save(out, lock=False):
+        LOGGER.info("%s: completed a review save that was interrupted", out)
 
 
 def _add_run(out: Path, elapsed: float, images: int, seconds: Counter) -> dict:

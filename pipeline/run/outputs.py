@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import safepath
 from pipeline.config import Settings
 from pipeline.formats import coco, layout, yolo
 from pipeline.images import LoadedImage, export_image
@@ -93,9 +94,11 @@ def write_files(
     """The image (copied, linked, or re-encoded upright) and, for YOLO, its label file (atomic writes), where
     ``settings.layout`` puts them."""
     paths = layout.get(settings.layout)
-    export_image(item.path, image, out / paths.image(record.split, record.name), link=settings.link)
+    dst = safepath.inside(out, paths.image(record.split, record.name), what="image")
+    export_image(item.path, image, dst, link=settings.link)
     if "yolo" in settings.formats:
-        yolo.write_label_file(out / paths.label_file(record.split, record.name), lines)
+        label = paths.label_file(record.split, record.name)
+        yolo.write_label_file(safepath.inside(out, label, what="label file"), lines)
 
 
 def coco_annotations(record: ImageRecord) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline import fsio
+from pipeline import fsio, safepath
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco, layout
@@ -244,7 +244,7 @@ def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings, 
 def write_split_coco(out: Path, split: str, *, names: Sequence[str], tally: _Tally) -> None:
     """Write the split's COCO file (where the tally's layout puts it) from the journal records the tally points at."""
     coco.write_coco(
-        out / tally.paths.coco_file(split),
+        safepath.inside(out, tally.paths.coco_file(split), what="COCO file"),
         names=names,
         images=_coco_images(Journal(out), sorted(tally.offsets[split])),
     )

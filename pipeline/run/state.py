@@ -3,6 +3,12 @@
 The journal (``journal.jsonl``) holds one line per finished image, its ``ImageRecord`` as JSON,
 appended (flushed and synced) after the image's files are in place. A run started again on the same
 DIR with the same fingerprint skips what the journal lists.
+
+An append is all or nothing: a write that fails (disk full) is cut back to where it started. A kill can
+still leave a torn last line (no newline): it is ignored, and cut before the next append. Any other line
+that is not a record is damage the journal refuses to read past (:class:`JournalDamaged`), because the
+lines after it hold later saves. ``samlabel review`` appends an image's record again at each save and
+compacts the journal (:meth:`Journal.compact`), so it stays within twice the size of its newest records.
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline import fsio
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import layout
 from pipeline.formats.data_yaml import SPLITS
+from pipeline.safepath import UnsafePathError
 from pipeline.types import ImageItem, ImageRecord
 
 STATE_DIR = layout.STATE_DIR
@@ -138,8 +146,17 @@ def prepare(
 
 def reviewed_images(out: Path) -> int:
     """How many images of the dataset in ``out`` were checked in ``samlabel review`` (newest record of each)."""
+    if _state_version(out) != FORMAT_VERSION:
+        return 0  # journals of older versions hold other lines (and no reviews)
     newest = {rec.rel: rec.reviewed for _, rec in Journal(out).records()}
     return sum(newest.values())
+
+
+def _state_version(out: Path):
+    try:
+        return json.loads((out / STATE_DIR / "state.json").read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def refuse_discarding_reviews(out: Path, discard_reviews: bool) -> None:
@@ -203,6 +220,20 @@ def runs(out: Path) -> list[dict]:
     return found
 
 
+class JournalDamaged(SamlabelError):
+    """A journal line other than a torn last one is not a record: the journal is not read past it."""
+
+
+class JournalLine(NamedTuple):
+    """One record of the journal: where its line starts, its length in bytes, the record, and how many
+    versions of the image it stands for (1, plus the records of the image that a compaction removed)."""
+
+    offset: int
+    size: int
+    record: ImageRecord
+    versions: int
+
+
 class Journal:
     """The append-only record of finished images (``DIR/.samlabel/journal.jsonl``)."""
 
@@ -223,21 +254,53 @@ class Journal:
         return {rec.rel for _, rec in self.records()}
 
     def records(self) -> Iterator[tuple[int, ImageRecord]]:
-        """(byte offset, record) of each complete line, oldest first; a torn last line is ignored."""
+        """(byte offset, record) of each complete line, oldest first; a torn last line is ignored.
+
+        Raises:
+            JournalDamaged: a complete line is not a record.
+        """
+        for line in self.lines():
+            yield line.offset, line.record
+
+    def lines(self) -> Iterator[JournalLine]:
+        """Each record with its place and weight, oldest first, read one line at a time; a torn last line
+        (no newline: a kill during an append) is ignored.
+
+        Raises:
+            JournalDamaged: a complete line is not a record (the message names it and how to recover).
+        """
         if not self.path.is_file():
             return
         with open(self.path, "rb") as f:
             offset = 0
-            for raw in f:
+            for number, raw in enumerate(f, 1):
                 if not raw.endswith(b"\n"):
                     break
                 try:
-                    record = ImageRecord.from_json(json.loads(raw))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    record = None  # a line from an interrupted write of an older run: skipped
-                if record is not None:
-                    yield offset, record
+                    data = json.loads(raw)
+                    record = ImageRecord.from_json(data)
+                    superseded = data.get("superseded", 0)
+                    if not isinstance(superseded, int) or isinstance(superseded, bool) or superseded < 0:
+                        raise ValueError(f"superseded: expected a count >= 0, got {superseded!r}")
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+                    raise JournalDamaged(self._damaged(number, offset, e)) from None
+                yield JournalLine(offset, len(raw), record, 1 + superseded)
                 offset += len(raw)
+
+    def _damaged(self, number: int, offset: int, error: Exception) -> str:
+        if isinstance(error, UnsafePathError):  # hostile or hand-edited: say exactly what, and open nothing
+            return (
+                f"{self.path}: line {number} (byte {offset}) names a path samlabel will not build: {error}. "
+                "samlabel does not open a dataset whose journal points outside it. If you trust the dataset, "
+                "keep a copy of the file, remove that line and run the command again"
+            )
+        why = f"{type(error).__name__}: {error}"[:200]
+        return (
+            f"{self.path}: line {number} (byte {offset}) is not an image record ({why}); the journal is damaged "
+            "(by a failed write of an older samlabel, or an edit) and the lines after it hold later saves, so "
+            "samlabel will not guess. Keep a copy of the file, then remove or repair that line (the save it held "
+            "is lost) and run the command again; or start the dataset over with --overwrite"
+        )
 
     def read_at(self, f, offset: int) -> ImageRecord:
         """The record at ``offset`` of the open journal file ``f``."""
@@ -246,15 +309,77 @@ class Journal:
 
     @contextlib.contextmanager
     def appender(self) -> Iterator:
-        """A function that appends one record durably (written, flushed and synced before it returns)."""
-        with open(self.path, "a", encoding="utf-8") as f:
+        """A function that appends one record durably (written, flushed and synced before it returns).
+
+        All or nothing: when the write or the sync fails (disk full, file size limit), the file is cut back
+        to its size before the append and the error is raised; the record is not in the journal.
+        """
+        with open(self.path, "ab", buffering=0) as f:
 
             def append(record: ImageRecord) -> None:
-                f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                _append_all_or_nothing(f, (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode("utf-8"))
 
             yield append
+
+    def compact(self, newest: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        """Rewrite the journal with only the newest record of each image, atomically (temporary file, synced,
+        renamed over the journal); the caller holds the run lock.
+
+        Args:
+            newest: rel -> (byte offset of its newest record, the image's version: how many records it has had).
+
+        Returns:
+            rel -> (byte offset, line length) of its record in the new journal.
+
+        A kill before the rename leaves the old journal (and a temporary file the next open removes); after
+        it, the new one. Each kept line carries ``superseded``: the records of its image removed, so versions
+        keep counting up across compactions.
+        """
+        placed: dict[str, tuple[int, int]] = {}
+        with fsio.atomic_path(self.path) as tmp:
+            with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                for rel, (offset, versions) in sorted(newest.items(), key=lambda kv: kv[1][0]):
+                    src.seek(offset)
+                    raw = src.readline()
+                    data = json.loads(raw)
+                    if data.get("superseded", 0) != versions - 1:
+                        data["superseded"] = versions - 1
+                        raw = (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
+                    placed[rel] = (dst.tell(), len(raw))
+                    dst.write(raw)
+                dst.flush()
+                os.fsync(dst.fileno())
+        _sync_folder(self.path.parent)
+        return placed
+
+
+def _append_all_or_nothing(f, data: bytes) -> None:
+    """Write ``data`` at the end of the unbuffered file ``f`` and sync it, or leave the file as it was."""
+    start = os.fstat(f.fileno()).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            written = f.write(view)
+            view = view[written:]
+        os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.ftruncate(f.fileno(), start)
+        except OSError as e:
+            raise SamlabelError(
+                f"{f.name}: an append failed and the partial line it left (from byte {start}) could not be "
+                f"removed ({e}); free space, then run the command again (the partial line is cut on the next open)"
+            ) from e
+        raise
+
+
+def _sync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system syncs folders
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def drop_temp_files(out: Path, paths) -> None:

@@ -11,6 +11,8 @@ runs a model goes through :mod:`pipeline.sam.torch_backend`.
 
 from __future__ import annotations
 
+import pickle
+import re
 import threading
 from collections.abc import Mapping
 from functools import lru_cache
@@ -125,13 +127,23 @@ def build_arch(arch: str) -> torch.nn.Module:
 
 
 def _read_state_dict(path: Path, *, flag: str) -> Mapping[str, object]:
-    """The state dict in ``path`` (Ultralytics' loader: full unpickling, as for its own checkpoints), on the CPU."""
-    from ultralytics.utils.patches import torch_load
+    """The state dict in ``path``, on the CPU, read with ``weights_only=True``: tensors and plain containers only.
 
+    Never a full unpickle (Ultralytics' ``torch_load`` does one): a pickle runs code when it is opened, and a
+    dataset's ``state.json`` names the file that ``samlabel review`` loads. Released SAM and SAM2 weights and
+    ``samlabel finetune``'s output are plain state dicts, which this reads.
+    """
     try:
         with open(path, "rb") as f:
-            state = torch_load(f, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types (pickle, zip, torch)
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        raise SamlabelError(
+            f"{flag} {path}: holds Python objects besides tensors{what}, which samlabel does not load: opening them "
+            "could run code. Save the model's weights alone, torch.save(model.state_dict(), PATH), and pass that"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types (zip, torch)
         raise SamlabelError(f"{flag} {path}: cannot load it as SAM weights ({type(e).__name__}: {e})") from None
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]

@@ -8,7 +8,8 @@ without a byte of it on disk; with ``keep_unlabeled`` every image is extracted. 
 Each entry is copied in chunks (bounded memory) and the bytes written are counted, not taken from the zip's
 headers: the archive is refused, in one line naming the entry, once what it has written passes
 ``ExtractLimits.max_ratio`` times the compressed size of the entries so far plus ``slack_bytes``, or the free
-disk space. Entries with an absolute path, ``..`` or a symlink are refused before anything is written.
+disk space. Entries with an absolute path, ``..`` or a symlink, and entries whose data overlap or that claim more
+compressed bytes than the archive holds for them, are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _extract(archive: Path, root: Path, *, keep_unlabeled: bool, limits: Extract
         raise SamlabelError(f"{archive}: not a readable zip ({e})") from None
     with zf:
         files = _checked_entries(zf, archive, root)
+        _check_extents(zf, archive)
         root.mkdir(parents=True, exist_ok=True)
         budget = _Budget(archive, root, limits)
         metadata = [(name, info) for name, info in files if name.lower().endswith(METADATA_SUFFIXES)]
@@ -122,6 +124,35 @@ def _checked_entries(zf: zipfile.ZipFile, archive: Path, root: Path) -> list[tup
     return files
 
 
+def _check_extents(zf: zipfile.ZipFile, archive: Path) -> None:
+    """Refuse an archive whose entries' data overlap one another, or claim more bytes than lie before the next
+    entry (or the central directory): the budget counts claimed compressed sizes only once they are proven real,
+    and overlapping entries (one compressed stream expanded again and again: a zip bomb) are never read.
+
+    Python's ``zipfile`` (3.11) checks neither.
+    """
+    infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+    with open(archive, "rb") as f:
+        for k, info in enumerate(infos):
+            f.seek(info.header_offset)
+            header = f.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise SamlabelError(f"{archive}: entry {info.filename!r} has no local header where the archive says")
+            start = (
+                info.header_offset
+                + 30
+                + int.from_bytes(header[26:28], "little")
+                + int.from_bytes(header[28:30], "little")
+            )
+            end = infos[k + 1].header_offset if k + 1 < len(infos) else zf.start_dir
+            if start + info.compress_size > end:
+                nxt = f"entry {infos[k + 1].filename!r}" if k + 1 < len(infos) else "the central directory"
+                raise SamlabelError(
+                    f"{archive}: entry {info.filename!r} claims {info.compress_size} compressed bytes but only "
+                    f"{max(end - start, 0)} lie before {nxt} (overlapping or lying entries, a zip bomb's trick); refusing it"
+                )
+
+
 class _Budget:
     """Copies entries in chunks, counting the bytes written against the ratio and free-space limits."""
 
@@ -139,7 +170,8 @@ class _Budget:
             with zf.open(info) as src, open(dest, "wb") as out:
                 self._stream(info, src, out, allowed, dest)
         except (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error) as e:
-            raise SamlabelError(f"{self.archive}: entry {info.filename!r} cannot be extracted ({e})") from None
+            why = str(e) or ("its data ends early" if isinstance(e, EOFError) else type(e).__name__)  # never "()"
+            raise SamlabelError(f"{self.archive}: entry {info.filename!r} cannot be extracted ({why})") from None
 
     def _stream(self, info: zipfile.ZipInfo, src, out, allowed: float, dest: Path) -> None:
         while chunk := src.read(_CHUNK):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline import safepath
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco as coco_format
 from pipeline.formats import data_yaml, layout, yolo
@@ -127,7 +128,7 @@ def read_dataset(
 
 def _detect_and_read(src: Path, images, names, problems: Problems) -> _Found:
     if src.is_file() and src.suffix.lower() in (".yaml", ".yml"):
-        return read_yolo_yaml(src, problems)
+        return read_yolo_yaml(src, problems, confined=False)  # the user named this data.yaml: where it points is theirs
     if src.is_file() and src.suffix.lower() == ".json":
         if images is None:
             raise SamlabelError(f"{src}: a COCO json needs its image folder: add --images DIR")
@@ -168,8 +169,13 @@ def _split_folders(root: Path) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------- YOLO
 
 
-def read_yolo_yaml(path: Path, problems: Problems) -> _Found:
-    """An Ultralytics or Roboflow data.yaml: names (list or dict) and split folders."""
+def read_yolo_yaml(path: Path, problems: Problems, *, confined: bool = True) -> _Found:
+    """An Ultralytics or Roboflow data.yaml: names (list or dict) and split folders.
+
+    ``confined``: the data.yaml came with a dataset (a folder or archive the user gave, not the file itself), so
+    its splits, and the images an image list names, must lie inside the data.yaml's folder; a split that leaves
+    it (``/abs/path``, ``../../x``, a symlink out) is refused and reported, and none of its images is read.
+    """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -186,13 +192,28 @@ def read_yolo_yaml(path: Path, problems: Problems) -> _Found:
             if images_dir is None:
                 problems.add(f"{path.name}: {key}", f"{entry} not found", "split skipped")
                 continue
+            if confined and not _inside(path.parent, images_dir):
+                problems.add(
+                    f"{path.name}: {key}",
+                    f"{entry} leads outside the dataset folder {path.parent}",
+                    "split refused (pass the data.yaml itself to use folders it names elsewhere)",
+                )
+                continue
             labels_dir = yolo.labels_dir_for(images_dir)
             prefix = f"{index}-{images_dir.name}" if len(entries) > 1 else ""  # several folders in one split
-            items += _yolo_items(images_dir, labels_dir, split, names, problems, root=path.parent, prefix=prefix)
+            items += _yolo_items(
+                images_dir, labels_dir, split, names, problems, root=path.parent, prefix=prefix,
+                confine=path.parent if confined else None,
+            )  # fmt: skip
             found.append(f"{split}={images_dir}")
     if not items:
         raise SamlabelError(f"{path}: none of its splits (train/val/test) point to an existing image folder")
     return _Found(kind=f"YOLO dataset ({path}; {'; '.join(found)})", names=names, items=items)
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """``path`` lies inside ``root``, by its normalised path and with symlinks resolved."""
+    return safepath.within(root, path) and safepath.within(root.resolve(), path.resolve())
 
 
 def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems) -> _Found:
@@ -211,7 +232,15 @@ def read_yolo_pair(images_dir: Path, labels_dir: Path, names, problems: Problems
 
 
 def _yolo_items(
-    images_dir: Path, labels_dir: Path, split: str, names, problems: Problems, *, root: Path, prefix: str = ""
+    images_dir: Path,
+    labels_dir: Path,
+    split: str,
+    names,
+    problems: Problems,
+    *,
+    root: Path,
+    prefix: str = "",
+    confine: Path | None = None,
 ) -> list[ImageItem]:
     """Images of one split with their label files; problems are named relative to ``root``.
 
@@ -226,6 +255,14 @@ def _yolo_items(
                 p = Path(os.path.normpath(p if p.is_absolute() else images_dir.parent / p))
                 pairs.append((p, _rel(p, images_dir.parent)))
         pairs = [(p, rel) for p, rel in pairs if p.is_file()]
+        outside = [rel for p, rel in pairs if confine is not None and not _inside(confine, p)]
+        if outside:
+            problems.add(
+                f"{images_dir.name}: {len(outside)} image(s), e.g. {outside[0]}",
+                f"outside the dataset folder {confine}",
+                "not read",
+            )
+            pairs = [(p, rel) for p, rel in pairs if rel not in outside]
         return _labeled(
             pairs, split, names, problems, root, prefix, lambda p: yolo.labels_dir_for(p.parent) / f"{p.stem}.txt"
         )

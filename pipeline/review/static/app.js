@@ -23,6 +23,7 @@ const S = {
   pending: null,
   saving: false,
   nextKey: 1,
+  gen: 0, // bumped each time an image starts opening: answers for an earlier one are dropped
   masks: new Map(), // rle counts -> decoded mask {canvas, buf, x0, y0, w, h, area}
 };
 
@@ -54,6 +55,11 @@ function status(text, kind) {
   const el = $("status");
   el.textContent = text;
   el.className = kind || "";
+}
+
+// A failed request the user did not start by hand (polling, the queue, opening an image): said, not swallowed.
+function failed(what) {
+  return (e) => status(`${what}: ${e.message}`, "error");
 }
 
 // ----------------------------------------------------------------------------------------- RLE
@@ -167,7 +173,15 @@ async function loadMeta() {
 }
 
 async function refreshSam() {
-  const meta = await api("GET", "/api/meta");
+  let meta;
+  try {
+    meta = await api("GET", "/api/meta");
+  } catch (e) {
+    status(`SAM status not known (${e.message}); asking again`, "error");
+    setTimeout(refreshSam, 1500); // keep polling: one failed answer must not freeze the pill
+    return;
+  }
+  if ($("status").textContent.startsWith("SAM status not known")) status(`SAM ${meta.sam}`); // answered again
   S.meta.sam = meta.sam;
   S.meta.sam_error = meta.sam_error;
   const pill = $("sam-status");
@@ -192,7 +206,7 @@ function fillFilters() {
   add($("filter-split"), Object.keys(c.splits), (s) => `${s} (${c.splits[s]})`);
   for (const id of ["sel-class", "new-class"]) add($(id), S.meta.names);
   for (const id of ["filter-flag", "filter-class", "filter-split", "filter-reviewed"]) {
-    $(id).addEventListener("change", () => loadQueue());
+    $(id).addEventListener("change", () => loadQueue().catch(failed("queue not loaded")));
   }
 }
 
@@ -228,7 +242,7 @@ function renderQueue() {
       meta.appendChild(chip);
     }
     li.append(name, right, meta);
-    li.addEventListener("click", () => openImage(item.id));
+    li.addEventListener("click", () => openImage(item.id).catch(failed(`${item.file_name} not opened`)));
     ol.appendChild(li);
   }
   $("queue-count").textContent = `${S.queue.length} image${S.queue.length === 1 ? "" : "s"}`;
@@ -239,10 +253,13 @@ function renderQueue() {
 async function openImage(id) {
   if (S.image && S.image.id === id) return;
   if (S.dirty && !(await save(S.reviewed))) return;
+  const gen = ++S.gen; // a later openImage wins, whichever answer comes last
   const data = await api("GET", `/api/images/${encodeURIComponent(id)}`);
+  if (gen !== S.gen) return;
   const img = new Image();
   img.src = `/api/images/${encodeURIComponent(id)}/image`;
   await img.decode();
+  if (gen !== S.gen) return;
   S.image = data;
   S.img = img;
   S.undo = [];
@@ -326,9 +343,11 @@ async function predictFor(key, body) {
   }
   S.busy++;
   status("SAM ...");
+  const gen = S.gen;
   try {
     const t0 = performance.now();
     const res = await api("POST", `/api/images/${S.image.id}/predict`, body);
+    if (gen !== S.gen) return null; // another image was opened meanwhile: the answer is not for it
     status(`SAM ${Math.round(performance.now() - t0)} ms (server ${Math.round(res.seconds * 1000)} ms)`, S.dirty ? "dirty" : "");
     return res;
   } catch (e) {
@@ -397,6 +416,7 @@ async function boxDrawn(box) {
       render();
     }
   } else if (mode === "new") {
+    setDirty(true); // the edit starts now: leaving the image waits for it (save refuses while SAM works)
     const res = await predictFor(null, { box });
     if (!res) return;
     if (rleArea(res.rle) === 0) {
@@ -468,7 +488,7 @@ const actions = {
     const later = [...S.queue.slice(at + 1), ...S.queue.slice(0, Math.max(at, 0))];
     const next = later.find((q) => !q.reviewed);
     if (!(await save(true))) return;
-    if (next) await openImage(next.id);
+    if (next) await openImage(next.id).catch(failed(`${next.file_name} not opened`));
     else status("all images in this queue are reviewed");
   },
   clearPoints() {
@@ -517,7 +537,7 @@ async function save(reviewed) {
     S.redo = redo;
     S.sel = Math.min(sel, S.inst.length - 1);
     status(`saved ${fresh.file_name} (version ${fresh.version})${reviewed ? ", reviewed" : ""}`);
-    await Promise.all([loadMeta(), loadQueue()]);
+    await Promise.all([loadMeta(), loadQueue()]).catch(failed("saved, but the queue was not refreshed"));
     render();
     return true;
   } catch (e) {
@@ -861,7 +881,7 @@ function setupKeys() {
     } else if (key === "ArrowRight" || key === "ArrowLeft") {
       const at = S.queue.findIndex((q) => S.image && q.id === S.image.id);
       const next = S.queue[at + (key === "ArrowRight" ? 1 : -1)];
-      if (next) openImage(next.id);
+      if (next) openImage(next.id).catch(failed(`${next.file_name} not opened`));
     } else if (/^[1-9]$/.test(key) && S.meta && +key <= S.meta.names.length) setClass(S.meta.names[+key - 1]);
     else handled = false;
     if (handled) e.preventDefault();
@@ -884,6 +904,8 @@ function setupKeys() {
 }
 
 async function main() {
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", "/"); // now a cookie
+  window.addEventListener("unhandledrejection", (e) => status(`error: ${e.reason && e.reason.message}`, "error"));
   setupCanvas();
   setupKeys();
   await loadMeta();
