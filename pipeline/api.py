@@ -12,11 +12,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import load_settings
+from pipeline.device import check_device
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
+from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
+from pipeline.types import DetectorStage, SegmenterStage
 from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
@@ -29,8 +32,8 @@ def label(
     config: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    detector: Any = None,
-    segmenter: Any = None,
+    detector: str | Path | DetectorStage | None = None,
+    segmenter: str | Path | SegmenterStage | None = None,
     discard_reviews: bool = False,
     **settings: Any,
 ) -> RunResult:
@@ -74,18 +77,14 @@ def label(
     LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
     if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
-        from pipeline.run.stages import DetectorRecipe
-
         detector = DetectorRecipe(cfg) if detector is None else detector
-        segmenter = _LazySegmenter(cfg) if segmenter is None else segmenter
+        segmenter = SegmenterRecipe(cfg, lazy=True) if segmenter is None else segmenter
     if detector is None or segmenter is None:
         check_device(cfg.device)
     if detector is None:
-        from pipeline.run.stages import DetectorRecipe
-
         detector = DetectorRecipe(cfg).build()
     if segmenter is None:
-        segmenter = build_segmenter(cfg)
+        segmenter = SegmenterRecipe(cfg).build()
     return run_dataset(
         items,
         out=out,
@@ -101,7 +100,7 @@ def label(
     )
 
 
-def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:
+def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:  # the stage, or None
     """A str/Path is a weights setting (moved into ``settings``); anything else is a stage object."""
     if isinstance(value, (str, Path)):
         settings[name] = str(value)
@@ -135,7 +134,7 @@ def convert(
     config: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    segmenter: Any = None,
+    segmenter: str | Path | SegmenterStage | None = None,
     discard_reviews: bool = False,
     **settings: Any,
 ) -> RunResult:
@@ -185,7 +184,8 @@ def convert(
             check_device(cfg.device)
         if needs_sam:
             resolve_weights(cfg.segmenter, flag="--segmenter")
-        segmenter = _LazySegmenter(cfg)  # on Ray, pickled unbuilt: each replica builds SAM if it needs it
+        recipe = SegmenterRecipe(cfg, lazy=True)  # on Ray, each replica builds it (and SAM only if it needs it)
+        segmenter = recipe if cfg.engine == "ray" else recipe.build()
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
         "source_problems": [p.to_dict() for p in ds.problems],
@@ -230,48 +230,6 @@ def _refuse_overlap(src: Path, out: Path, flag: str = "the source") -> None:
     root = a.parent if a.is_file() else a
     if b == root or b in root.parents or root in b.parents:
         raise SamlabelError(f"--out {out} overlaps {flag} {src}; write the dataset to a folder outside it")
-
-
-def check_device(device: str | None) -> None:
-    """Fail now, in one line, on a ``--device`` this machine does not have (not mid-run with a trace)."""
-    if device in (None, "", "cpu"):
-        return
-    from ultralytics.utils.torch_utils import select_device
-
-    try:
-        select_device(device, verbose=False)
-    except Exception as e:  # noqa: BLE001 - Ultralytics raises ValueError, torch may raise others
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SamlabelError(f"--device {device}: not usable here ({first}); use --device cpu or a valid GPU") from None
-
-
-def build_segmenter(cfg):
-    """The SAM stage these settings ask for."""
-    from pipeline.sam import Segmenter
-
-    return Segmenter(
-        cfg.segmenter,
-        arch=cfg.sam_arch,
-        device=cfg.device,
-        batch=cfg.sam_batch,
-        runtime=cfg.runtime,
-        cache_dir=cfg.cache_dir,
-        multimask=cfg.multimask,
-    )
-
-
-class _LazySegmenter:
-    """Builds the SAM stage on first use, so images that need no SAM never load its weights."""
-
-    def __init__(self, cfg) -> None:
-        self._cfg = cfg
-        self._stage = None
-
-    def __call__(self, rgb, instances):
-        if self._stage is None:
-            check_device(self._cfg.device)
-            self._stage = build_segmenter(self._cfg)
-        return self._stage(rgb, instances)
 
 
 def _labels_digest(ds) -> str:

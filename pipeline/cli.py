@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
+from pipeline.options import RUNTIMES
 
 LOGGER = logging.getLogger("pipeline")
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sam-arch", metavar="ARCH", help="SAM architecture when the file name does not say (mobile_sam ...)"
     )
     p.add_argument("--device", metavar="D", help="cpu, 0, cuda:0 ... [the dataset's --device]")
-    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), help="SAM runtime [the dataset's --runtime]")
+    p.add_argument("--runtime", choices=RUNTIMES, help="SAM runtime [the dataset's --runtime]")
 
     p = sub.add_parser(
         "finetune", parents=[common], help="fine-tune SAM's mask decoder on a dataset's own masks (after review)"

@@ -14,15 +14,25 @@ from typing import Any
 import yaml
 
 from pipeline.errors import SamlabelError
-from pipeline.formats.coco import ENCODINGS as COCO_MASKS
-from pipeline.formats.layout import LAYOUTS
-from pipeline.quality import MULTIMASK
+from pipeline.options import (
+    COCO_MASKS,
+    ENGINES,
+    FORMATS,
+    LAYOUTS,
+    MULTIMASK,
+    RUNTIMES,
+    CocoMasks,
+    Engine,
+    Format,
+    Layout,
+    Multimask,
+    Runtime,
+)
+from pipeline.quality import FLAGS, QualityThresholds
 from pipeline.sources import parse_split
 
 LABEL, CONVERT = "label", "convert"
 BOTH = (LABEL, CONVERT)
-FORMATS = ("yolo", "coco")
-ENGINES = ("local", "ray")
 
 
 def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tuple | None = None) -> Any:
@@ -49,18 +59,18 @@ class Settings:
     imgsz: int = _opt(640, "detector input size", (LABEL,))
     device: str | None = _opt(None, "cpu, 0, cuda:0 ... (default: first GPU if any, else CPU)")
     split: str = _opt("train=0.8,valid=0.2", "split fractions, assigned per file by a hash of its path", (LABEL,))
-    layout: str = _opt(
+    layout: Layout = _opt(
         "roboflow",
         "dataset layout: roboflow (<split>/images, labels, _annotations.coco.json) or coco "
         "(annotations/instances_<split>.json, images/<split>/)",
         choices=LAYOUTS,
     )
-    formats: tuple[str, ...] | None = _opt(
+    formats: tuple[Format, ...] | None = _opt(
         None,
         "comma-separated output formats; default yolo,coco (coco alone with --layout coco)",
         choices=FORMATS,
     )
-    coco_masks: str = _opt("polygon", "COCO segmentation encoding", choices=COCO_MASKS)
+    coco_masks: CocoMasks = _opt("polygon", "COCO segmentation encoding", choices=COCO_MASKS)
     simplify: float = _opt(
         0.24,
         "polygon simplification tolerance in pixels (below 0.25 the polygons rasterize to the exact mask)",
@@ -78,17 +88,17 @@ class Settings:
     sam_batch: int = _opt(
         0, "boxes per SAM decoder call; 0 = auto (8 with the ONNX box decoder, 4 with PyTorch on CPU, 32 on GPU)"
     )
-    runtime: str = _opt(
+    runtime: Runtime = _opt(
         "auto",
         "SAM image-encoder runtime; auto = ONNX Runtime on CPU once it passes a check against PyTorch",
-        choices=("torch", "onnx", "auto"),
+        choices=RUNTIMES,
     )
     link: bool = _opt(
         False, "hard-link images into the dataset (symlink across file systems) instead of copying", (CONVERT,)
     )
     resegment: bool = _opt(False, "send objects that already have a polygon or RLE to SAM too", (CONVERT,))
     keep_unlabeled: bool = _opt(False, "keep images without a label file (as images without objects)", (CONVERT,))
-    multimask: str = _opt(
+    multimask: Multimask = _opt(
         "off",
         "ask SAM for 3 candidate masks per box and keep the best predicted IoU (score) or the one whose box "
         "fits the prompt box best (box-fit); off = one mask",
@@ -97,11 +107,11 @@ class Settings:
     drop_flags: tuple[str, ...] = _opt(
         (), "comma-separated quality flags whose instances are left out of the label files (listed in report.json)"
     )
-    thresholds: str = _opt(
-        "",
+    thresholds: QualityThresholds = _opt(
+        QualityThresholds(),
         "quality flag thresholds to change, e.g. 'min_mask_score=0.6,max_outside_box=0.2' (see README)",
     )
-    engine: str = _opt(
+    engine: Engine = _opt(
         "local",
         'where the models run: local (this process) or ray (a Ray cluster; pip install "samlabel[ray]")',
         choices=ENGINES,
@@ -121,62 +131,41 @@ class Settings:
             set_(self, name, tuple(value) if value is not None else None)
         if self.classes == ():
             set_(self, "classes", None)
-        if self.layout not in LAYOUTS:
-            raise SamlabelError(f"layout: expected one of {list(LAYOUTS)}, got {self.layout!r}")
+        if self.multimask is False:  # YAML reads an unquoted `off` as false
+            set_(self, "multimask", "off")
+        for name in ("layout", "coco_masks", "runtime", "engine", "multimask"):
+            choices = Settings.__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise SamlabelError(f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}")
         if self.formats is None:  # the layout's own: COCO tooling wants no YOLO files unless asked for
             set_(self, "formats", FORMATS if self.layout == "roboflow" else ("coco",))
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise SamlabelError(f"formats: expected a non-empty subset of {list(FORMATS)}, got {list(self.formats)}")
-        if self.coco_masks not in COCO_MASKS:
-            raise SamlabelError(f"coco_masks: expected one of {list(COCO_MASKS)}, got {self.coco_masks!r}")
         if not 0 <= self.conf <= 1 or not 0 <= self.iou <= 1:
             raise SamlabelError(f"conf and iou must lie in [0, 1], got conf={self.conf} iou={self.iou}")
         if self.max_det < 1 or self.imgsz < 32 or self.sam_batch < 0:
             raise SamlabelError("max_det must be >= 1, sam_batch >= 0 (0 = auto) and imgsz >= 32")
-        if self.runtime not in ("torch", "onnx", "auto"):
-            raise SamlabelError(f"runtime: expected torch, onnx or auto, got {self.runtime!r}")
         if self.simplify < 0:
             raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
-        if self.engine not in ENGINES:
-            raise SamlabelError(f"engine: expected one of {list(ENGINES)}, got {self.engine!r}")
         if self.ray_actors < 0 or self.ray_gpus_per_actor < 0:
             raise SamlabelError("ray_actors (0 = auto) and ray_gpus_per_actor (0 = CPU) must be >= 0")
         if self.device is not None:
             set_(self, "device", str(self.device))
-        if self.multimask is False:  # YAML reads an unquoted `off` as false
-            set_(self, "multimask", "off")
-        if self.multimask not in MULTIMASK:
-            raise SamlabelError(f"multimask: expected one of {list(MULTIMASK)}, got {self.multimask!r}")
-        from pipeline.quality import FLAGS
-
         unknown = [f for f in self.drop_flags if f not in FLAGS]
         if unknown:
             raise SamlabelError(f"drop_flags: unknown flag(s) {unknown}; the flags are {list(FLAGS)}")
-        if isinstance(self.thresholds, dict):  # YAML: a mapping
-            set_(self, "thresholds", ",".join(f"{k}={v}" for k, v in self.thresholds.items()))
-        self.quality_thresholds()  # validates
+        try:  # parsed once: a "name=number,..." string (CLI, state.json) or a mapping (YAML)
+            set_(self, "thresholds", QualityThresholds.parse(self.thresholds))
+        except ValueError as e:
+            raise SamlabelError(str(e)) from None
         parse_split(self.split)  # validates
 
-    def quality_thresholds(self):
-        """The ``QualityThresholds`` these settings give (defaults, changed by ``thresholds``)."""
-        from pipeline.quality import QualityThresholds
-
-        known = {f.name: f.type for f in dataclasses.fields(QualityThresholds)}
-        values: dict[str, float] = {}
-        for part in filter(None, (p.strip() for p in str(self.thresholds).split(","))):
-            name, _, value = part.partition("=")
-            name = name.strip().replace("-", "_")
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if name not in known or number is None:
-                raise SamlabelError(
-                    f"thresholds: bad entry {part!r}; expected name=number with names from {list(known)}"
-                )
-            values[name] = int(number) if name in ("max_parts", "min_area") else number
-        return QualityThresholds(**values)
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (state.json, the resume fingerprint): ``thresholds`` as its text."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["thresholds"] = str(self.thresholds)
+        return out
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""

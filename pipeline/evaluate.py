@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
-import json
 import math
 import os
 from collections import Counter
@@ -27,10 +26,12 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.errors import SamlabelError
+from pipeline.formats import coco as coco_format
 from pipeline.formats import layout
 from pipeline.images import upright_hw
-from pipeline.sources import read_dataset
-from pipeline.types import CropMask, Instances
+from pipeline.masks import CropMask, full_rle
+from pipeline.sources import read_dataset, to_instances
+from pipeline.types import Instances
 
 #: How prediction scores (which rank detections for AP) are made; also in the result as ``"score"``.
 SCORE = "confidence x mask_score"
@@ -145,7 +146,7 @@ def evaluate(
             skipped.append({"image": g.rel, "reason": problem})
             continue
         d = boundary_dilation(hw, ratio=boundary_ratio)
-        acc.add(image_id, g.rel, hw, d, pred=p.labels.to_instances(hw), gt=g.labels.to_instances(hw), scores=p.scores)
+        acc.add(image_id, g.rel, hw, d, pred=to_instances(p.labels, hw), gt=to_instances(g.labels, hw), scores=p.scores)
     image_stats["skipped"] = len(skipped)
     image_stats["skipped_examples"] = skipped[:_EXAMPLES]
     result = acc.result()
@@ -238,19 +239,16 @@ def _coco_extras(json_path: Path) -> tuple[dict[str, str], dict[str, dict[int, f
         (file_name -> source, file_name -> {source_id -> confidence x mask_score}); ``source_id`` is
         the annotation id (its index where the id is not an integer), as ``read_dataset`` assigns it.
     """
-    try:
-        coco = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SamlabelError(f"{json_path}: not a readable COCO json ({e})") from None
+    coco = coco_format.load(json_path)
     file_names, sources = {}, {}
-    for img in coco.get("images", []) if isinstance(coco, dict) else []:
+    for img in coco.get("images", []):
         if isinstance(img, dict) and isinstance(img.get("file_name"), str):
             name = _clean(img["file_name"])
             file_names[img.get("id")] = name
             if isinstance(img.get("source"), str):
                 sources[name] = img["source"]
     scores: dict[str, dict[int, float]] = {}
-    for index, ann in enumerate(coco.get("annotations", []) if isinstance(coco, dict) else []):
+    for index, ann in enumerate(coco.get("annotations", [])):
         if not isinstance(ann, dict) or ann.get("image_id") not in file_names:
             continue
         aid = ann.get("id")
@@ -418,32 +416,6 @@ def _window_and(a: np.ndarray, ax: int, ay: int, b: np.ndarray, bx: int, by: int
     if x1 <= x0 or y1 <= y0:
         return 0
     return int(np.count_nonzero(a[y0 - ay : y1 - ay, x0 - ax : x1 - ax] & b[y0 - by : y1 - by, x0 - bx : x1 - bx]))
-
-
-def full_rle(mask: CropMask, hw: tuple[int, int]) -> dict:
-    """COCO compressed RLE of ``mask`` in an image of size ``hw`` (H, W), built from the crop's columns.
-
-    Costs the crop's width times H, not H x W; parts outside the image are dropped.
-    """
-    h, w = hw
-    x0, y0 = max(mask.x0, 0), max(mask.y0, 0)
-    bits = mask.bits[y0 - mask.y0 : max(0, h - mask.y0), x0 - mask.x0 : max(0, w - mask.x0)]
-    if bits.size == 0 or not bits.any():
-        return mask_utils.frPyObjects({"counts": [h * w], "size": [h, w]}, h, w)
-    strip = np.zeros((h, bits.shape[1]), dtype=np.uint8)
-    strip[y0 : y0 + bits.shape[0]] = bits
-    flat = strip.ravel(order="F")
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
-    if flat[0]:
-        runs.insert(0, 0)  # RLE counts start with a run of zeros
-    runs[0] += x0 * h  # the columns left of the crop
-    tail = (w - x0 - bits.shape[1]) * h  # and right of it
-    if not flat[-1]:
-        runs[-1] += tail
-    elif tail:
-        runs.append(tail)
-    return mask_utils.frPyObjects({"counts": runs, "size": [h, w]}, h, w)
 
 
 # -------------------------------------------------------------------------------------- accumulate

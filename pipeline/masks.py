@@ -12,7 +12,117 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipeline.formats import coco
-from pipeline.types import CropMask
+
+
+class CropMask:
+    """A binary mask kept as its tight crop, run-length encoded, so memory follows the object's outline.
+
+    A 6000 x 4000 mask covering half the image takes a few kilobytes here instead of 24 MB, so an
+    image with hundreds of instances holds them all at little cost. ``bits`` decodes on demand.
+
+    Args:
+        bits: bool array (h, w), the mask inside its box; (0, 0) for an empty mask.
+        x0: column of ``bits[:, 0]`` in the image, in pixels.
+        y0: row of ``bits[0, :]`` in the image, in pixels.
+    """
+
+    __slots__ = ("_rle", "_shape", "_area", "x0", "y0")
+
+    def __init__(self, bits: np.ndarray, x0: int = 0, y0: int = 0) -> None:
+        bits = np.asarray(bits)
+        if bits.dtype != np.bool_ or bits.ndim != 2:
+            raise ValueError(f"CropMask.bits must be a 2-D bool array, got {bits.dtype} {bits.shape}")
+        set_ = object.__setattr__
+        set_(self, "x0", int(x0))
+        set_(self, "y0", int(y0))
+        set_(self, "_shape", (int(bits.shape[0]), int(bits.shape[1])))
+        set_(self, "_rle", mask_utils.encode(np.asfortranarray(bits, dtype=np.uint8)) if bits.size else None)
+        set_(self, "_area", int(mask_utils.area(self._rle)) if bits.size else 0)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("CropMask is immutable")
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:  # pickle (a Ray worker sends masks to the next stage)
+        for name, value in zip(self.__slots__, state, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"CropMask(shape={self._shape}, x0={self.x0}, y0={self.y0}, area={self._area})"
+
+    @property
+    def bits(self) -> np.ndarray:
+        """bool array (h, w): the mask inside its box (decoded on each access)."""
+        if self._rle is None:
+            return np.zeros(self._shape, dtype=bool)
+        return mask_utils.decode(self._rle).astype(bool)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(h, w) of the crop."""
+        return self._shape
+
+    @classmethod
+    def from_full(cls, mask: np.ndarray) -> CropMask:
+        """Crop a full-image bool mask (H, W) to its tight box."""
+        mask = np.asarray(mask, dtype=bool)
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            return cls(np.zeros((0, 0), dtype=bool))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return cls(mask[y0:y1, x0:x1], int(x0), int(y0))
+
+    @property
+    def area(self) -> int:
+        """Number of mask pixels."""
+        return self._area
+
+    def to_json(self) -> dict | None:
+        """The crop as JSON: ``{"x0", "y0", "h", "w", "counts"}`` (COCO compressed RLE of the crop); None if empty."""
+        if self._rle is None:
+            return None
+        h, w = self._shape
+        return {"x0": self.x0, "y0": self.y0, "h": h, "w": w, "counts": self._rle["counts"].decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> CropMask:
+        """Inverse of ``to_json`` (nothing is decoded: the RLE is kept as it is)."""
+        if data is None:
+            return cls(np.zeros((0, 0), dtype=bool))
+        self = cls.__new__(cls)
+        set_ = object.__setattr__
+        h, w = int(data["h"]), int(data["w"])
+        set_(self, "x0", int(data["x0"]))
+        set_(self, "y0", int(data["y0"]))
+        set_(self, "_shape", (h, w))
+        set_(self, "_rle", {"size": [h, w], "counts": str(data["counts"]).encode("ascii")})
+        set_(self, "_area", int(mask_utils.area(self._rle)))
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CropMask):
+            return NotImplemented
+        return self.xyxy == other.xyxy and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def xyxy(self) -> tuple[int, int, int, int]:
+        """Box (x_min, y_min, x_max, y_max) of the crop in pixel-edge coordinates: x_max is exclusive."""
+        h, w = self._shape
+        return self.x0, self.y0, self.x0 + w, self.y0 + h
+
+    def full(self, hw: tuple[int, int]) -> np.ndarray:
+        """The mask as a full bool array of shape ``hw`` (H, W); parts outside the image are dropped."""
+        out = np.zeros(hw, dtype=bool)
+        h, w = self._shape
+        y1, x1 = min(self.y0 + h, hw[0]), min(self.x0 + w, hw[1])
+        if y1 > self.y0 and x1 > self.x0:
+            out[self.y0 : y1, self.x0 : x1] = self.bits[: y1 - self.y0, : x1 - self.x0]
+        return out
+
 
 #: Default simplification tolerance in pixels. The outline runs a quarter pixel inside the mask's edge,
 #: so every pixel centre lies at least 0.25 px from it: a tolerance below that keeps each centre on its
@@ -213,8 +323,33 @@ def polygons_to_mask(polygons: list[np.ndarray], hw: tuple[int, int]) -> np.ndar
 
 def mask_to_rle(mask: CropMask, hw: tuple[int, int]) -> dict:
     """COCO compressed RLE of a mask in an image of size ``hw`` (H, W); ``counts`` is a str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.full(hw), dtype=np.uint8))
-    return {"size": [int(hw[0]), int(hw[1])], "counts": rle["counts"].decode("ascii")}
+    return {"size": [int(hw[0]), int(hw[1])], "counts": full_rle(mask, hw)["counts"].decode("ascii")}
+
+
+def full_rle(mask: CropMask, hw: tuple[int, int]) -> dict:
+    """COCO compressed RLE of ``mask`` in an image of size ``hw`` (H, W), built from the crop's columns.
+
+    Costs the crop's width times H, not H x W; parts outside the image are dropped.
+    """
+    h, w = hw
+    x0, y0 = max(mask.x0, 0), max(mask.y0, 0)
+    bits = mask.bits[y0 - mask.y0 : max(0, h - mask.y0), x0 - mask.x0 : max(0, w - mask.x0)]
+    if bits.size == 0 or not bits.any():
+        return mask_utils.frPyObjects({"counts": [h * w], "size": [h, w]}, h, w)
+    strip = np.zeros((h, bits.shape[1]), dtype=np.uint8)
+    strip[y0 : y0 + bits.shape[0]] = bits
+    flat = strip.ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    if flat[0]:
+        runs.insert(0, 0)  # RLE counts start with a run of zeros
+    runs[0] += x0 * h  # the columns left of the crop
+    tail = (w - x0 - bits.shape[1]) * h  # and right of it
+    if not flat[-1]:
+        runs[-1] += tail
+    elif tail:
+        runs.append(tail)
+    return mask_utils.frPyObjects({"counts": runs, "size": [h, w]}, h, w)
 
 
 def rle_to_mask(rle: dict) -> CropMask:

@@ -21,33 +21,80 @@ empty mask), and a NaN never raises a flag.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from pipeline.types import CropMask
+from pipeline import options
+from pipeline.masks import CropMask
+
+# ------------------------------------------------------------------------------------------ registry
+# The one list of signals and flags: the writers (``pipeline.run.outputs``), report.json (``pipeline.run.report``),
+# report.html (``pipeline.report``) and the review app read names, order and meanings from here.
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One per-instance quality signal.
+
+    Attributes:
+        name: its key in :func:`compute_signals`' result, ``Instances.extras`` and the COCO annotation.
+        meaning: what it measures, in a few words (tooltips, the report's tables).
+        written: kept in ``Instances.extras`` and written on each COCO annotation (``mask_score`` and ``area``
+            are fields of their own there; ``overlap_with`` is written as ``overlap_source_id``).
+    """
+
+    name: str
+    meaning: str
+    written: bool
+
+
+#: The signals, in the order :func:`compute_signals` returns them.
+SIGNAL_INFO: dict[str, Signal] = {
+    s.name: s
+    for s in (
+        Signal("mask_score", "SAM's predicted IoU", written=False),
+        Signal("stability_score", "IoU of the mask thresholded at logit +1 and at -1", written=True),
+        Signal("box_fit", "IoU of the mask's tight box with its prompt box", written=True),
+        Signal("outside_box", "share of the mask's pixels outside its prompt box", written=True),
+        Signal("parts", "connected parts of the mask (8-connectivity)", written=True),
+        Signal("largest_part", "the largest part's share of the mask's pixels", written=True),
+        Signal("overlap", "the largest mask IoU with another instance of the image", written=True),
+        Signal("area", "mask pixels", written=False),
+        Signal("overlap_with", "the instance ``overlap`` was measured with (-1: none)", written=False),
+    )
+}
 
 #: Signal names, in the order :func:`compute_signals` returns them.
-SIGNALS = (
-    "mask_score",
-    "stability_score",
-    "box_fit",
-    "outside_box",
-    "parts",
-    "largest_part",
-    "overlap",
-    "area",
-    "overlap_with",
-)
+SIGNALS = tuple(SIGNAL_INFO)
 
-#: ``--multimask`` strategies: one SAM mask per box (``off``), or the best of SAM's 3 by ``choose_candidate``.
-MULTIMASK = ("off", "score", "box-fit")
+#: The signals kept on each instance (``Instances.extras``) and written on its COCO annotation, in this order.
+WRITTEN_SIGNALS = tuple(name for name, s in SIGNAL_INFO.items() if s.written)
+
+#: What each flag means, in the order :func:`flag` lists them (tooltips, the report's flag table, the review app).
+FLAG_MEANINGS: dict[str, str] = {
+    "empty": "the mask has no pixels (never in the label files)",
+    "low_score": "SAM's predicted IoU is low",
+    "unstable": "the mask changes a lot when its threshold moves (low stability score)",
+    "leaks_box": "much of the mask lies outside its prompt box",
+    "underfills_box": "the mask covers little of its prompt box",
+    "fragmented": "the mask falls apart into several pieces",
+    "duplicate": "the mask overlaps another instance heavily",
+    "tiny": "the mask has very few pixels",
+}
 
 #: Flag names, in the order :func:`flag` lists them.
-FLAGS = ("empty", "low_score", "unstable", "leaks_box", "underfills_box", "fragmented", "duplicate", "tiny")
+FLAGS = tuple(FLAG_MEANINGS)
+
+#: What the writers put in ``Instances.extras`` and on each COCO annotation: the written signals, then ``flags``.
+QUALITY_FIELDS = (*WRITTEN_SIGNALS, "flags")
+
+#: ``--multimask`` strategies: one SAM mask per box (``off``), or the best of SAM's 3 by ``choose_candidate``.
+MULTIMASK = options.MULTIMASK
 
 
 @dataclass(frozen=True)
@@ -90,6 +137,43 @@ class QualityThresholds:
     max_parts: int = 5
     max_overlap: float = 0.8
     min_area: int = 16
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, object] | QualityThresholds | None) -> QualityThresholds:
+        """Thresholds from ``"name=number,..."`` (the CLI's ``--thresholds``) or a mapping (a YAML config);
+        names may use ``-`` for ``_``; the rest keep their defaults.
+
+        Raises:
+            ValueError: an entry that is not ``name=number`` with a name of this class.
+        """
+        if isinstance(value, cls):
+            return value
+        if value is None:
+            return cls()
+        if isinstance(value, Mapping):
+            entries = [(str(k), v, f"{k}={v}") for k, v in value.items()]
+        else:
+            parts = filter(None, (p.strip() for p in str(value).split(",")))
+            entries = [(*p.partition("=")[::2], p) for p in parts]
+        ints = {f.name for f in dataclasses.fields(cls) if f.type == "int"}
+        known = [f.name for f in dataclasses.fields(cls)]
+        values: dict[str, float] = {}
+        for name, number, part in entries:
+            name = name.strip().replace("-", "_")
+            try:
+                number = float(number) if not isinstance(number, bool) else None
+            except (TypeError, ValueError):
+                number = None
+            if name not in known or number is None:
+                raise ValueError(f"thresholds: bad entry {part!r}; expected name=number with names from {known}")
+            values[name] = int(number) if name in ints else number
+        return cls(**values)
+
+    def __str__(self) -> str:
+        """The thresholds that differ from the defaults, as ``parse`` reads them (``""`` for the defaults)."""
+        default = QualityThresholds()
+        changed = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        return ",".join(f"{name}={getattr(self, name)}" for name in changed)
 
 
 # ------------------------------------------------------------------------------------------- signals

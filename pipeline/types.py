@@ -3,123 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from pipeline import safepath
-
-
-class CropMask:
-    """A binary mask kept as its tight crop, run-length encoded, so memory follows the object's outline.
-
-    A 6000 x 4000 mask covering half the image takes a few kilobytes here instead of 24 MB, so an
-    image with hundreds of instances holds them all at little cost. ``bits`` decodes on demand.
-
-    Args:
-        bits: bool array (h, w), the mask inside its box; (0, 0) for an empty mask.
-        x0: column of ``bits[:, 0]`` in the image, in pixels.
-        y0: row of ``bits[0, :]`` in the image, in pixels.
-    """
-
-    __slots__ = ("_rle", "_shape", "_area", "x0", "y0")
-
-    def __init__(self, bits: np.ndarray, x0: int = 0, y0: int = 0) -> None:
-        bits = np.asarray(bits)
-        if bits.dtype != np.bool_ or bits.ndim != 2:
-            raise ValueError(f"CropMask.bits must be a 2-D bool array, got {bits.dtype} {bits.shape}")
-        set_ = object.__setattr__
-        set_(self, "x0", int(x0))
-        set_(self, "y0", int(y0))
-        set_(self, "_shape", (int(bits.shape[0]), int(bits.shape[1])))
-        set_(self, "_rle", mask_utils.encode(np.asfortranarray(bits, dtype=np.uint8)) if bits.size else None)
-        set_(self, "_area", int(mask_utils.area(self._rle)) if bits.size else 0)
-
-    def __setattr__(self, name, value):
-        raise AttributeError("CropMask is immutable")
-
-    def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setstate__(self, state: tuple) -> None:  # pickle (a Ray worker sends masks to the next stage)
-        for name, value in zip(self.__slots__, state, strict=True):
-            object.__setattr__(self, name, value)
-
-    def __repr__(self) -> str:
-        return f"CropMask(shape={self._shape}, x0={self.x0}, y0={self.y0}, area={self._area})"
-
-    @property
-    def bits(self) -> np.ndarray:
-        """bool array (h, w): the mask inside its box (decoded on each access)."""
-        if self._rle is None:
-            return np.zeros(self._shape, dtype=bool)
-        return mask_utils.decode(self._rle).astype(bool)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(h, w) of the crop."""
-        return self._shape
-
-    @classmethod
-    def from_full(cls, mask: np.ndarray) -> CropMask:
-        """Crop a full-image bool mask (H, W) to its tight box."""
-        mask = np.asarray(mask, dtype=bool)
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size == 0:
-            return cls(np.zeros((0, 0), dtype=bool))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        return cls(mask[y0:y1, x0:x1], int(x0), int(y0))
-
-    @property
-    def area(self) -> int:
-        """Number of mask pixels."""
-        return self._area
-
-    def to_json(self) -> dict | None:
-        """The crop as JSON: ``{"x0", "y0", "h", "w", "counts"}`` (COCO compressed RLE of the crop); None if empty."""
-        if self._rle is None:
-            return None
-        h, w = self._shape
-        return {"x0": self.x0, "y0": self.y0, "h": h, "w": w, "counts": self._rle["counts"].decode("ascii")}
-
-    @classmethod
-    def from_json(cls, data: dict | None) -> CropMask:
-        """Inverse of ``to_json`` (nothing is decoded: the RLE is kept as it is)."""
-        if data is None:
-            return cls(np.zeros((0, 0), dtype=bool))
-        self = cls.__new__(cls)
-        set_ = object.__setattr__
-        h, w = int(data["h"]), int(data["w"])
-        set_(self, "x0", int(data["x0"]))
-        set_(self, "y0", int(data["y0"]))
-        set_(self, "_shape", (h, w))
-        set_(self, "_rle", {"size": [h, w], "counts": str(data["counts"]).encode("ascii")})
-        set_(self, "_area", int(mask_utils.area(self._rle)))
-        return self
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CropMask):
-            return NotImplemented
-        return self.xyxy == other.xyxy and self.to_json() == other.to_json()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    @property
-    def xyxy(self) -> tuple[int, int, int, int]:
-        """Box (x_min, y_min, x_max, y_max) of the crop in pixel-edge coordinates: x_max is exclusive."""
-        h, w = self._shape
-        return self.x0, self.y0, self.x0 + w, self.y0 + h
-
-    def full(self, hw: tuple[int, int]) -> np.ndarray:
-        """The mask as a full bool array of shape ``hw`` (H, W); parts outside the image are dropped."""
-        out = np.zeros(hw, dtype=bool)
-        h, w = self._shape
-        y1, x1 = min(self.y0 + h, hw[0]), min(self.x0 + w, hw[1])
-        if y1 > self.y0 and x1 > self.x0:
-            out[self.y0 : y1, self.x0 : x1] = self.bits[: y1 - self.y0, : x1 - self.x0]
-        return out
+from pipeline.masks import CropMask
 
 
 @dataclass(frozen=True)
@@ -202,6 +94,30 @@ class Instances:
         return dataclasses.replace(self, **changes)
 
 
+@runtime_checkable
+class DetectorStage(Protocol):
+    """The detector stage (``pipeline.detect.Detector``, or a test's fake): one image in, its instances out.
+
+    Attributes:
+        names: the class names that ``Instances.class_id`` indexes.
+    """
+
+    names: Sequence[str]
+
+    def __call__(self, rgb: np.ndarray) -> Instances:
+        """Instances (boxes, classes, confidences; no masks) of ``rgb``, uint8 (H, W, 3)."""
+        ...
+
+
+@runtime_checkable
+class SegmenterStage(Protocol):
+    """The SAM stage (``pipeline.sam.Segmenter``, or a test's fake): fills the masks of an image's instances."""
+
+    def __call__(self, rgb: np.ndarray, instances: Instances) -> Instances:
+        """``instances`` of ``rgb`` (uint8 (H, W, 3)) with every ``None`` mask made from its box."""
+        ...
+
+
 def _array(name: str, value, dtype, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(value, dtype=dtype)
     if arr.size == 0 and shape[0] == 0:
@@ -248,7 +164,8 @@ class SourceObject:
 
 @dataclass(frozen=True)
 class SourceLabels:
-    """The labeled objects of one source image; ``to_instances`` places them once the image's size is known.
+    """The labeled objects of one source image; ``pipeline.sources.labels.to_instances`` places them once the
+    image's size is known.
 
     Attributes:
         objects: the objects in source order.
@@ -258,35 +175,6 @@ class SourceLabels:
 
     objects: tuple[SourceObject, ...] = ()
     declared_hw: tuple[int, int] | None = None
-
-    def to_instances(self, hw: tuple[int, int], *, resegment: bool = False) -> Instances:
-        """Instances in pixels of an image of size ``hw`` (H, W).
-
-        Source masks (polygons, or an RLE of this size) are kept unless ``resegment``; objects without
-        one, or with an RLE made for another image size, get ``None`` (SAM makes it from the box).
-        """
-        from pipeline.masks import polygons_to_mask, rle_to_mask
-
-        if not self.objects:
-            return Instances.empty()
-        h, w = hw
-        scale = np.array([w, h, w, h], dtype=np.float64)
-        masks: list[CropMask | None] = []
-        for o in self.objects:
-            if resegment or not o.has_mask:
-                masks.append(None)
-            elif o.rle is not None and list(o.rle["size"]) == [h, w]:
-                masks.append(rle_to_mask(o.rle))
-            elif o.polygons_n:
-                masks.append(CropMask.from_full(polygons_to_mask([p * [w, h] for p in o.polygons_n], hw)))
-            else:
-                masks.append(None)
-        return Instances(
-            xyxy=np.array([o.xyxy_n for o in self.objects]) * scale,
-            class_id=[o.class_id for o in self.objects],
-            masks=tuple(masks),
-            source_id=[o.source_id for o in self.objects],
-        )
 
 
 @dataclass(frozen=True)

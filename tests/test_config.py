@@ -5,6 +5,7 @@ import pytest
 from pipeline.cli import build_parser
 from pipeline.config import Settings, load_settings
 from pipeline.errors import SamlabelError
+from pipeline.quality import QualityThresholds
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -72,6 +73,47 @@ def test_default_yaml_spells_out_every_setting_with_its_default():
     raw = {f.name: f.default for f in dataclasses.fields(Settings)}
     for key, value in data.items():
         expected = getattr(defaults, key)
+        if key == "thresholds":  # a mapping of the thresholds to change: none
+            value = QualityThresholds.parse(value)
         # null where the default depends on another setting (formats on layout)
         assert (tuple(value) if isinstance(value, list) else value) == expected or value is raw[key] is None, key
     assert load_settings(path) == defaults
+
+
+def test_thresholds_are_parsed_once_from_text_or_a_yaml_mapping(tmp_path):
+    """A YAML mapping and the CLI's text give the same QualityThresholds; state.json keeps the text form."""
+    path = tmp_path / "c.yaml"
+    path.write_text("thresholds:\n  min_mask_score: 0.6\n  max-parts: 3\n")
+    from_yaml = load_settings(path).thresholds
+    assert from_yaml == QualityThresholds(min_mask_score=0.6, max_parts=3)
+    assert isinstance(from_yaml.max_parts, int)
+    assert load_settings(thresholds="min-mask-score=0.6, max_parts=3").thresholds == from_yaml
+    assert Settings(thresholds=from_yaml).thresholds is from_yaml  # no re-parse
+    assert str(from_yaml) == "min_mask_score=0.6,max_parts=3" and Settings().to_json()["thresholds"] == ""
+    assert Settings(**load_settings(path).to_json()) == load_settings(path)  # state.json's form reads back equal
+    path.write_text("thresholds: {max_leak: 2}\n")
+    with pytest.raises(SamlabelError, match=r"thresholds: bad entry 'max_leak=2'; expected name=number"):
+        load_settings(path)
+    with pytest.raises(SamlabelError, match=r"thresholds: bad entry 'min_area=True'"):
+        Settings(thresholds={"min_area": True})
+
+
+LITERALS = {"layout": "Layout", "coco_masks": "CocoMasks", "runtime": "Runtime", "multimask": "Multimask"}
+
+
+@pytest.mark.parametrize(("name", "literal"), [*LITERALS.items(), ("engine", "Engine")])
+def test_option_values_come_from_one_literal(name, literal):
+    """Each fixed-value option's CLI choices and check read the Literal in pipeline.options."""
+    import dataclasses
+    from typing import get_args
+
+    from pipeline import options
+
+    values = get_args(getattr(options, literal))
+    assert {f.name: f for f in dataclasses.fields(Settings)}[name].metadata["choices"] == values
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert f"({'|'.join(values)})" in " ".join(commands["convert"].format_help().split())
+    if name == "runtime":  # review's own --runtime flag too
+        assert next(a for a in commands["review"]._actions if a.dest == "runtime").choices == values
+    with pytest.raises(SamlabelError, match=rf"{name}: expected one of \[{', '.join(map(repr, values))}\], got 'x'"):
+        Settings(**{name: "x"})

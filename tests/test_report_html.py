@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import pipeline
+from pipeline.formats.coco import load_instances as load_coco
 from pipeline.report import size_bound, write_report_html
-from pipeline.report.scan import flagged_key, load_coco
+from pipeline.report.scan import flagged_key
 from pipeline.report.thumbs import Neighbours, Shape, encode_jpeg, render
 from pipeline.report.write import DatasetNotFoundError, ReportSettingsError
 from pipeline.run.outputs import QUALITY_FIELDS

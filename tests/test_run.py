@@ -204,11 +204,11 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
     import threading
 
     from pipeline.formats import yolo
-    from pipeline.run import loop
+    from pipeline.run import local, steps
 
     loads, seen = [], []
     loaded = threading.Condition()
-    real_load = loop.load_image
+    real_load = steps.load_image
 
     def counting_load(path):
         image = real_load(path)
@@ -223,7 +223,7 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
         def __call__(self, rgb, instances):
             k = len(seen)
             with loaded:  # wait (an event, not a sleep) until the reader is as far ahead as it may go
-                assert loaded.wait_for(lambda: len(loads) >= min(k + 1 + loop.PREFETCH, n), timeout=30)
+                assert loaded.wait_for(lambda: len(loads) >= min(k + 1 + local.PREFETCH, n), timeout=30)
                 seen.append(len(loads))
             return super().__call__(rgb, instances)
 
@@ -234,13 +234,13 @@ def test_reading_and_writing_overlap_the_model_with_bounded_read_ahead(image_fol
         writers.append(threading.current_thread().name)
         return real_write(*a, **k)
 
-    monkeypatch.setattr(loop, "load_image", counting_load)
+    monkeypatch.setattr(steps, "load_image", counting_load)
     monkeypatch.setattr(yolo, "write_label_file", recording_write)
     out = tmp_path / "ds"
     label(image_folder, out, detector=FakeDetector(), segmenter=WaitingSegmenter(), progress=False)
     assert len(seen) == n and all(name.startswith("samlabel-read") for name in loads)
     # at call k (0-based) images 0..k and exactly one more are read: overlap, and a bound on memory
-    assert seen == [min(k + 1 + loop.PREFETCH, n) for k in range(n)]
+    assert seen == [min(k + 1 + local.PREFETCH, n) for k in range(n)]
     assert len(writers) == n and all(name.startswith("samlabel-write") for name in writers)
     assert_valid(out)
 
@@ -267,3 +267,33 @@ def test_no_readable_image_is_an_error_with_a_report(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert sorted(s["source"] for s in report["skipped_images"]) == [str(src / "a.jpg"), str(src / "b.png")]
     assert not (out / "data.yaml").exists()
+
+
+def test_the_fake_stages_implement_the_stage_protocols():
+    """The fakes stand in for the real stages because they implement the same Protocols the run is typed with."""
+    from pipeline.types import DetectorStage, SegmenterStage
+
+    assert isinstance(FakeDetector(), DetectorStage) and isinstance(FakeSegmenter(), SegmenterStage)
+    assert not isinstance(FakeSegmenter(), DetectorStage)  # no class names: not a detector
+
+
+def test_each_engine_comes_from_one_table_and_returns_one_result(image_folder, tmp_path, monkeypatch):
+    """--engine picks from run.loop.ENGINES (one entry per options.Engine value); the engine returns an EngineResult."""
+    from typing import get_args
+
+    from pipeline.options import Engine
+    from pipeline.run import local, loop, ray_engine
+    from pipeline.run.steps import EngineResult
+
+    assert loop.ENGINES == {"local": local.process, "ray": ray_engine.process}
+    assert tuple(loop.ENGINES) == get_args(Engine)
+    results = []
+
+    def recording(todo, job):
+        results.append(local.process(todo, job))
+        return results[-1]
+
+    monkeypatch.setitem(loop.ENGINES, "local", recording)
+    kw = dict(detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    report = label(image_folder, tmp_path / "ds", **kw).report
+    assert results == [EngineResult(saved=sum(report["images"].values()) + len(report["skipped_images"]))]

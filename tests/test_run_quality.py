@@ -107,3 +107,16 @@ def test_report_and_evaluate_commands(scenes, tmp_path, capsys):
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["segm"]["AP"] == pytest.approx(1.0) and result["mask_iou"]["mean"] == pytest.approx(1.0)
     assert "AP50" in capsys.readouterr().out
+
+
+def test_low_score_instances_follow_the_min_mask_score_threshold(scenes, tmp_path):
+    """With --thresholds min_mask_score=0.6, report.json's low_score_instances lists exactly the instances
+    flagged low_score (the fake scores are 0.5, 0.51 ...: all below 0.6, none below the old fixed 0.5)."""
+    kw = dict(detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
+    report = label(scenes, tmp_path / "ds", thresholds="min_mask_score=0.6", **kw).report
+    low = report["low_score_instances"]
+    assert low["below_mask_score"] == 0.6 == report["quality"]["thresholds"]["min_mask_score"]
+    flagged = {(f["image"], f["source_id"]) for f in report["quality"]["flagged"] if "low_score" in f["flags"]}
+    assert len(flagged) == report["instances_total"] > 0
+    assert {(r["image"], r["source_id"]) for r in low["instances"]} == flagged
+    assert report["quality"]["flag_counts"]["low_score"] == len(low["instances"])

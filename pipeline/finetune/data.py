@@ -26,7 +26,7 @@ from pipeline.errors import SamlabelError
 from pipeline.finetune.model import Features, content_cells
 from pipeline.images import upright_hw
 from pipeline.sam.prompts import LOWRES, SAM_INPUT, input_scale
-from pipeline.sources import assign_split, read_dataset
+from pipeline.sources import assign_split, read_dataset, to_instances
 from pipeline.types import CropMask, Instances
 
 LOGGER = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def _sample(item, skipped: Counter) -> Sample | None:
         LOGGER.warning("%s: not a readable image (%s); left out", item.rel, e)
         skipped["unreadable images"] += 1
         return None
-    instances = item.labels.to_instances(hw)
+    instances = to_instances(item.labels, hw)
     keep = np.array([m is not None and m.area > 0 for m in instances.masks], dtype=bool)
     skipped["objects without a mask"] += int((~keep).sum())
     if not keep.any():

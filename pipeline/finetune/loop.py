@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from pipeline.evaluate import full_rle, match_instances
+from pipeline.evaluate import match_instances
 from pipeline.finetune.data import EmbeddingCache, Sample
 from pipeline.finetune.loss import sam_loss
 from pipeline.finetune.model import Features, TrainableSam, autocast
 from pipeline.finetune.options import FinetuneOptions
 from pipeline.finetune.prompts import jitter_boxes, sample_clicks
+from pipeline.masks import full_rle
 from pipeline.sam.prompts import LOWRES, SAM_INPUT, input_scale
 from pipeline.sam.upsample import Upsampler
 from pipeline.types import CropMask, Instances

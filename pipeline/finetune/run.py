@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.api import check_device
+from pipeline.device import check_device
 from pipeline.errors import SamlabelError
 from pipeline.finetune import state as st
 from pipeline.finetune.data import EmbeddingCache, TrainingData, default_cache_dir, load_training_data

@@ -12,11 +12,12 @@ from pycocotools import mask as mask_utils
 
 from pipeline import fsio
 from pipeline.errors import SamlabelError
+from pipeline.options import COCO_MASKS
 
 #: The file name of a split's COCO file in Roboflow's layout.
 ROBOFLOW_NAME = "_annotations.coco.json"
 
-ENCODINGS = ("polygon", "rle")
+ENCODINGS = COCO_MASKS  # the COCO mask encodings (``pipeline.options.CocoMasks``)
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -159,6 +160,22 @@ def load(path: Path) -> dict:
         raise SamlabelError(f"{path}: not a readable COCO json ({e})") from None
     if not isinstance(coco, dict):
         raise SamlabelError(f"{path}: not a COCO json (the top level is a {type(coco).__name__}, not an object)")
+    return coco
+
+
+def load_instances(path: Path) -> dict:
+    """Read a COCO instances file that must hold ``images`` and ``annotations`` lists (the report's reader).
+
+    Raises:
+        ValueError: it is not JSON or lacks the ``images`` / ``annotations`` lists (the message says which).
+        OSError: it cannot be read.
+    """
+    try:
+        coco = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations")):
+        raise ValueError(f"{path}: expected a COCO object with 'images' and 'annotations' lists")
     return coco
 
 

@@ -25,11 +25,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipeline import safepath
+from pipeline import options, safepath
 from pipeline.formats.coco import ROBOFLOW_NAME
 from pipeline.formats.data_yaml import SPLITS, canonical_split
 
-LAYOUTS = ("roboflow", "coco")
+LAYOUTS = options.LAYOUTS
 
 _COCO_FILE = re.compile(r"^instances_(.+)\.json$")
 

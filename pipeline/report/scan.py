@@ -7,7 +7,6 @@ histograms are fixed bins, and the gallery keeps only its best candidates (``Sma
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -17,34 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.formats import coco as coco_format
 from pipeline.formats import layout
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.formats.yolo import read_label_file
 from pipeline.images import IMAGE_SUFFIXES
+from pipeline.quality import FLAG_MEANINGS, WRITTEN_SIGNALS
 
 #: What each quality flag means (shown as a tooltip and in the flag table); unknown flags are shown as they are.
-FLAGS = {
-    "low_score": "SAM's predicted IoU is low",
-    "unstable": "the mask changes a lot when its threshold moves (low stability score)",
-    "leaks_box": "much of the mask lies outside its prompt box",
-    "underfills_box": "the mask covers little of its prompt box",
-    "fragmented": "the mask falls apart into several pieces",
-    "duplicate": "the mask overlaps another instance heavily",
-    "tiny": "the mask has very few pixels",
-}
+FLAGS = FLAG_MEANINGS
 
 #: Per-instance numbers shown on a card, in this order, when the annotation has them.
-NUMBERS = (
-    "mask_score",
-    "confidence",
-    "stability_score",
-    "box_fit",
-    "outside_box",
-    "parts",
-    "largest_part",
-    "overlap",
-    "area",
-)
+NUMBERS = ("mask_score", "confidence", *WRITTEN_SIGNALS, "area")
 
 #: Numbers drawn as histograms over [0, 1].
 HISTOGRAMS = ("mask_score", "box_fit", "stability_score")
@@ -213,22 +196,6 @@ def images_dir(root: Path, split: str) -> Path:
     return root / dataset_layout(root).images_dir(split)
 
 
-def load_coco(path: Path) -> dict:
-    """Read a COCO instances file.
-
-    Raises:
-        ValueError: it is not JSON or lacks the ``images`` / ``annotations`` lists (the message says which).
-        OSError: it cannot be read.
-    """
-    try:
-        coco = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations")):
-        raise ValueError(f"{path}: expected a COCO object with 'images' and 'annotations' lists")
-    return coco
-
-
 def scan_dataset(
     root: Path,
     names: Sequence[str],
@@ -303,7 +270,7 @@ def _split_items(root: Path, split: str, scan: Scan, cache: dict | None) -> Iter
         if cache is not None:
             cache.clear()  # before the next file is read: one split in memory at a time
         try:
-            coco = load_coco(path)
+            coco = coco_format.load_instances(path)
         except (OSError, ValueError) as e:
             scan.notes.append(f"{split}/{path.name} could not be read ({e})")
         else:

@@ -10,9 +10,11 @@ import yaml
 
 from pipeline import fsio, safepath
 from pipeline.errors import ImageReadError, SamlabelError
+from pipeline.formats import coco as coco_format
 from pipeline.formats.data_yaml import SPLITS
 from pipeline.formats.yolo import read_label_file
 from pipeline.images import load_image
+from pipeline.quality import QualityThresholds
 from pipeline.report import charts, page, thumbs
 from pipeline.report.scan import (
     HISTOGRAMS,
@@ -21,7 +23,6 @@ from pipeline.report.scan import (
     annotation_id,
     coco_path,
     dataset_layout,
-    load_coco,
     scan_dataset,
     usable,
 )
@@ -29,9 +30,6 @@ from pipeline.report.scan import (
 MAX_FLAGGED = 60
 MAX_SAMPLE = 24
 THUMB_SIZE = 256
-#: mask_score below which report.json lists an instance for review (``pipeline.run.REVIEW_SCORE``), used when
-#: report.json does not say.
-REVIEW_SCORE = 0.5
 
 #: Bytes of one card's markup and escaped text at most (names and paths are cut to ``page.TEXT_CHARS``).
 CARD_TEXT_BYTES = 8 * 1024
@@ -194,7 +192,7 @@ def _review_threshold(report: dict | None) -> float:
     value = low.get("below_mask_score") if isinstance(low, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
         return float(value)
-    return REVIEW_SCORE
+    return QualityThresholds().min_mask_score  # report.json's threshold when it does not say: the default
 
 
 def _charts(scan: Scan, threshold: float) -> list[page.Chart]:
@@ -244,7 +242,7 @@ def _draw_cards(
 def _coco_cards(root: Path, split: str, wanted: dict[tuple, list[Item]], cache: dict, thumb_size: int):
     """(item, jpeg, (w, h), problem) for the wanted items of one split, from its COCO file."""
     try:
-        coco = cache[split] if split in cache else load_coco(coco_path(root, split))
+        coco = cache[split] if split in cache else coco_format.load_instances(coco_path(root, split))
     except (OSError, ValueError) as e:
         for items in wanted.values():
             yield from ((item, None, None, f"COCO file unreadable: {e}") for item in items)

@@ -11,11 +11,10 @@ from pipeline.config import Settings
 from pipeline.formats import coco, layout, yolo
 from pipeline.images import LoadedImage, export_image
 from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
-from pipeline.quality import compute_signals, flag
+from pipeline.quality import QUALITY_FIELDS, WRITTEN_SIGNALS, compute_signals, flag
 from pipeline.types import ImageItem, ImageRecord, Instances, Problem
 
-#: The quality signals kept on each instance (``Instances.extras``) and written on its COCO annotation.
-QUALITY_FIELDS = ("stability_score", "box_fit", "outside_box", "parts", "largest_part", "overlap", "flags")
+__all__ = ["QUALITY_FIELDS", "coco_annotations", "to_record", "with_quality", "write_files"]
 
 
 def with_quality(instances: Instances, hw: tuple[int, int], settings: Settings) -> Instances:
@@ -33,10 +32,10 @@ def with_quality(instances: Instances, hw: tuple[int, int], settings: Settings) 
     )
     rank = np.nan_to_num(instances.confidence, nan=1.0) * np.nan_to_num(instances.mask_score, nan=1.0)
     flags = np.empty(len(instances), dtype=object)
-    flags[:] = flag(s, settings.quality_thresholds(), rank=rank)
+    flags[:] = flag(s, settings.thresholds, rank=rank)
     partner = s["overlap_with"]
     overlap_id = np.where(partner >= 0, instances.source_id[np.maximum(partner, 0)], -1)
-    signals = {k: np.round(s[k], 4) if s[k].dtype.kind == "f" else s[k] for k in QUALITY_FIELDS[:-1]}
+    signals = {k: np.round(s[k], 4) if s[k].dtype.kind == "f" else s[k] for k in WRITTEN_SIGNALS}
     return instances.with_extras(**signals, overlap_source_id=overlap_id, flags=flags)
 
 

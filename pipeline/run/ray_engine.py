@@ -33,15 +33,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import LoadedImage
-from pipeline.run.loop import infer_item, read_item
 from pipeline.run.outputs import to_record, write_files
 from pipeline.run.stages import build
 from pipeline.run.state import STATE_DIR
+from pipeline.run.steps import EngineResult, Job, infer_item, progress_bar, read_item
 from pipeline.threads import default_threads
 from pipeline.types import ImageItem, ImageRecord, Instances
 
@@ -112,13 +110,10 @@ class _Run:
             os.chdir(self.cwd)
 
 
-def process(
-    todo: Sequence[ImageItem], *, out: Path, journal, settings: Settings, detector, segmenter, command: str,
-    progress: bool, seconds: Counter,
-) -> list[dict]:  # fmt: skip
-    """Run ``todo`` on Ray and journal each finished image; returns the images not finished (source, reason).
+def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
+    """Run ``todo`` on Ray and journal each finished image; the result lists the images not finished.
 
-    ``detector`` and ``segmenter`` are stage objects (pickled to every model replica) or ``Recipe``s
+    ``job.detector`` and ``job.segmenter`` are stage objects (pickled to every model replica) or ``Recipe``s
     (built by every replica). Ray is joined at ``settings.ray_address``, or started here and stopped
     at the end.
 
@@ -128,8 +123,10 @@ def process(
     """
     require_ray()
     if not todo:
-        return []
+        return EngineResult(saved=0)
     import ray
+
+    out, settings = job.out, job.settings
 
     started_here = _connect(settings)
     run = _Run(cwd=os.getcwd(), out=str(out), tries=str(out / STATE_DIR / "tries"), settings=settings)
@@ -137,8 +134,8 @@ def process(
     try:
         check_shared(run, todo[0].path)
         Path(run.tries).mkdir(parents=True)
-        ds = _pipeline(todo, run=run, detector=detector, segmenter=segmenter)
-        return _collect(ds, todo, journal=journal, command=command, progress=progress, seconds=seconds)
+        ds = _pipeline(todo, run=run, detector=job.detector, segmenter=job.segmenter)
+        return _collect(ds, todo, job)
     except ray.exceptions.RayError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SamlabelError(
@@ -395,25 +392,18 @@ def _write_batch(batch: dict, *, run: _Run) -> dict:
 # ---- on the driver -------------------------------------------------------------------------------------------
 
 
-def _collect(ds, todo: Sequence[ImageItem], *, journal, command: str, progress: bool, seconds: Counter) -> list[dict]:
+def _collect(ds, todo: Sequence[ImageItem], job: Job) -> EngineResult:
     """Journal each image's record as its row arrives (once per ``rel``); the images left unfinished."""
-    bar = tqdm(
-        total=len(todo),
-        unit="img",
-        desc=f"{command} (ray)",
-        disable=not progress,
-        dynamic_ncols=True,
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
-    )
+    bar = progress_bar(len(todo), f"{job.command} (ray)", progress=job.progress)
     done: set[str] = set()
     failed: dict[str, str] = {}
     try:
-        with journal.appender() as append:
+        with job.journal.appender() as append:
             for row in ds.iter_rows():
                 work = _loads(row["work"])
                 if work.fatal is not None:
                     raise SamlabelError(work.fatal)
-                seconds.update(work.seconds)
+                job.seconds.update(work.seconds)
                 rel = work.item.rel
                 if work.record is None:
                     failed[rel] = work.error or LOST
@@ -424,6 +414,7 @@ def _collect(ds, todo: Sequence[ImageItem], *, journal, command: str, progress: 
                 if work.record.status == "skipped":
                     LOGGER.warning("skipped %s", work.record.reason)
                 append(work.record)
+                job.saved += 1
                 done.add(rel)
                 bar.update()
     except KeyboardInterrupt:
@@ -431,4 +422,5 @@ def _collect(ds, todo: Sequence[ImageItem], *, journal, command: str, progress: 
         raise
     finally:
         bar.close()
-    return [{"source": str(it.path), "reason": failed.get(it.rel, LOST)} for it in todo if it.rel not in done]
+    unfinished = [{"source": str(it.path), "reason": failed.get(it.rel, LOST)} for it in todo if it.rel not in done]
+    return EngineResult(saved=len(done), unfinished=unfinished)

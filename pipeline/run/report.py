@@ -18,18 +18,12 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco, layout
 from pipeline.formats.data_yaml import SPLITS, missing_note, to_data_yaml
-from pipeline.quality import FLAGS
-from pipeline.run.outputs import QUALITY_FIELDS, coco_annotations
+from pipeline.quality import FLAGS, WRITTEN_SIGNALS, QualityThresholds
+from pipeline.run.outputs import coco_annotations
 from pipeline.run.state import Journal
 from pipeline.types import ImageRecord, Instances
 
 LOGGER = logging.getLogger(__name__)
-
-#: Signals listed with each flagged instance in report.json (besides its scores).
-SIGNAL_FIELDS = tuple(f for f in QUALITY_FIELDS if f != "flags")
-
-#: Instances whose SAM score (predicted IoU) is below this are listed in report.json for review.
-REVIEW_SCORE = 0.5
 
 
 @dataclass
@@ -48,6 +42,8 @@ class _Tally:
     class_flags: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     flagged: list[dict] = field(default_factory=list)
     reviewed: int = 0
+    #: ``low_score`` for records written without flags (the flags of the others were raised at this threshold).
+    min_mask_score: float = QualityThresholds.min_mask_score
 
     def add(self, offset: int, r: ImageRecord) -> None:
         if r.status != "ok":
@@ -64,7 +60,7 @@ class _Tally:
         self.problems += [p.to_dict() for p in r.problems]
         inst = r.instances
         self._add_flags(image, inst)
-        low = np.flatnonzero(inst.mask_score < REVIEW_SCORE)  # NaN (no SAM score) is never low
+        low = _low_score(inst, self.min_mask_score)
         self.review += [
             {"image": image, "class": self.names[int(inst.class_id[i])], "source_id": int(inst.source_id[i]),
              "mask_score": round(float(inst.mask_score[i]), 6)}
@@ -85,7 +81,7 @@ class _Tally:
             self.class_flags[name].update(fl)
             self.class_flags[name]["flagged"] += 1
             entry = {"image": image, "source_id": int(inst.source_id[i]), "class": name, "flags": list(fl)}
-            for key in (*SIGNAL_FIELDS, "mask_score", "confidence"):
+            for key in (*WRITTEN_SIGNALS, "mask_score", "confidence"):
                 value = (inst.extras[key] if key in inst.extras else getattr(inst, key))[i]
                 if value is not None and not (isinstance(value, float | np.floating) and np.isnan(value)):
                     entry[key] = round(float(value), 6) if isinstance(value, float | np.floating) else int(value)
@@ -105,6 +101,14 @@ class _Tally:
             },
             "flagged": self.flagged,
         }
+
+
+def _low_score(inst: Instances, min_mask_score: float) -> np.ndarray:
+    """Indices of the instances flagged ``low_score`` (report.json's ``low_score_instances`` lists them)."""
+    flags = inst.extras.get("flags")
+    if flags is not None:
+        return np.array([i for i, fl in enumerate(flags) if "low_score" in fl], dtype=np.int64)
+    return np.flatnonzero(inst.mask_score < min_mask_score)  # as quality.flag: NaN (no SAM score) is never low
 
 
 def describe(instances: Instances, i: int, names: Sequence[str]) -> dict:
@@ -133,7 +137,7 @@ def finalize(out: Path, *, names, settings: Settings, state: dict, wanted: set[s
         if record.rel in wanted:
             newest[record.rel] = (offset, light(record))
     paths = layout.get(settings.layout)
-    tally = tally_records(newest, names, paths)
+    tally = tally_records(newest, names, paths, settings.thresholds)
     splits = [s for s in SPLITS if tally.offsets.get(s)]
     data_yaml = to_data_yaml(names, splits, paths.images_dir)
     with_yaml = bool(splits) and (paths.writes_data_yaml_always or "yolo" in settings.formats)
@@ -203,10 +207,16 @@ def _timing(*, seconds: float, images: int, stage_seconds: dict) -> dict:
 
 
 def tally_records(
-    newest: dict[str, tuple[int, ImageRecord]], names: Sequence[str], paths: layout.Layout = layout.ROBOFLOW
+    newest: dict[str, tuple[int, ImageRecord]],
+    names: Sequence[str],
+    paths: layout.Layout = layout.ROBOFLOW,
+    thresholds: QualityThresholds | None = None,
 ) -> _Tally:
-    """What the report counts, from the newest record of each image (rel -> (journal offset, record))."""
-    tally = _Tally(names, paths)
+    """What the report counts, from the newest record of each image (rel -> (journal offset, record)).
+
+    ``thresholds``: the run's (``low_score`` of records written without flags); the defaults when omitted.
+    """
+    tally = _Tally(names, paths, min_mask_score=(thresholds or QualityThresholds()).min_mask_score)
     for _rel, (offset, record) in sorted(newest.items()):
         tally.add(offset, record)
     return tally
@@ -226,8 +236,8 @@ def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings, 
         "reviewed_images": tally.reviewed,
         "skipped_images": [*skipped_before, *tally.skipped],  # named ones, then unreadable
         "dropped_instances": tally.dropped,
-        "low_score_instances": {"below_mask_score": REVIEW_SCORE, "instances": tally.review},
-        "quality": tally.quality(dataclasses.asdict(settings.quality_thresholds())),
+        "low_score_instances": {"below_mask_score": settings.thresholds.min_mask_score, "instances": tally.review},
+        "quality": tally.quality(dataclasses.asdict(settings.thresholds)),
     }
 
 

@@ -14,7 +14,6 @@ compacts the journal (:meth:`Journal.compact`), so it stays within twice the siz
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -43,7 +42,7 @@ NOT_FINGERPRINTED += ("engine", "ray_address", "ray_actors", "ray_gpus_per_actor
 
 def fingerprint(command: str, settings: Settings, names: Sequence[str], items: Sequence[ImageItem], extra) -> str:
     """A hash of everything that decides a dataset's content: two runs with the same one write the same files."""
-    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_FINGERPRINTED}
+    relevant = {k: v for k, v in settings.to_json().items() if k not in NOT_FINGERPRINTED}
     payload = {
         "version": FORMAT_VERSION,
         "command": command,
@@ -137,7 +136,7 @@ def prepare(
         "version": FORMAT_VERSION,
         "command": command,
         "fingerprint": fingerprint,
-        "settings": dataclasses.asdict(settings),
+        "settings": settings.to_json(),
         "names": list(names),
     }
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import options
 from pipeline.errors import SamlabelError
 from pipeline.quality import MULTIMASK, choose_candidate, stability_score
 from pipeline.sam.build import load_sam, resolve_arch
@@ -31,7 +32,7 @@ from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx", "auto")
+RUNTIMES = options.RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,9 @@ class Segmenter:
         arch: str | None = None,
         device: str | None = None,
         batch: int = 0,
-        runtime: str = "torch",
+        runtime: options.Runtime = "torch",
         cache_dir: str | Path | None = None,
-        multimask: str = "off",
+        multimask: options.Multimask = "off",
     ) -> None:
         if multimask not in MULTIMASK:
             raise SamlabelError(f"--multimask {multimask}: expected one of {list(MULTIMASK)}")

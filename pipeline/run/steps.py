@@ -1,0 +1,125 @@
+"""The per-image steps both engines run (read, then detect + segment), their progress bar and their result.
+
+An engine (``pipeline.run.local``, ``pipeline.run.ray_engine``) differs from the other only in how it
+schedules these steps; ``to_record`` and ``write_files`` (``pipeline.run.outputs``) finish each image.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from tqdm import tqdm
+
+from pipeline.config import Settings
+from pipeline.errors import ImageReadError, SamlabelError
+from pipeline.images import MIN_SIDE, LoadedImage, load_image
+from pipeline.sources.labels import to_instances
+from pipeline.types import DetectorStage, ImageItem, ImageRecord, Instances, SegmenterStage
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pipeline.run.state import Journal
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """What an engine is given: where the images go and how, and the counters it keeps up to date.
+
+    Attributes:
+        out: the dataset folder.
+        journal: the run's journal; only the engine's driver appends to it, once per finished image.
+        settings: the run's settings.
+        detector, segmenter: stage objects, or ``Recipe``s (``pipeline.run.stages``) a Ray replica builds.
+        command: the command name (the progress bar's label).
+        progress: show a progress bar.
+        seconds: time per stage (``read``, ``detect``, ``segment``, ``write``), added to as images finish.
+        saved: images journaled so far (read after an interruption too).
+    """
+
+    out: Path
+    journal: Journal
+    settings: Settings
+    detector: DetectorStage | None
+    segmenter: SegmenterStage | None
+    command: str
+    progress: bool
+    seconds: Counter = field(default_factory=Counter)
+    saved: int = 0
+
+
+@dataclass
+class EngineResult:
+    """What an engine returns: images journaled, and those it could not finish (``{"source", "reason"}``, not
+    journaled, so the next run retries them)."""
+
+    saved: int
+    unfinished: list[dict] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """Runs ``todo`` (images not yet in the journal), journaling each finished image."""
+
+    def __call__(self, todo: Sequence[ImageItem], job: Job) -> EngineResult: ...
+
+
+def progress_bar(total: int, desc: str, *, progress: bool) -> tqdm:
+    """The run's progress bar, in images per second."""
+    return tqdm(
+        total=total,
+        unit="img",
+        desc=desc,
+        disable=not progress,
+        dynamic_ncols=True,
+        # always images/s (tqdm would switch to s/img below one image per second)
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    )
+
+
+def read_item(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
+    """The decoded image, or the record of an image that cannot be used."""
+    t = time.perf_counter()
+    try:
+        image = load_image(item.path)
+    except ImageReadError as e:  # skipped images are named once, at the end (run_report.log_summary)
+        LOGGER.debug("skipped %s", e)
+        return ImageRecord.skipped(item, str(e))
+    seconds["read"] += time.perf_counter() - t
+    if min(image.hw) < MIN_SIDE:
+        reason = f"{item.path}: {image.hw[1]}x{image.hw[0]} pixels; Ultralytics drops images under {MIN_SIDE} px a side"
+        LOGGER.debug("skipped %s", reason)
+        return ImageRecord.skipped(item, reason)
+    return image
+
+
+def infer_item(
+    item: ImageItem,
+    image: LoadedImage,
+    detector: DetectorStage | None,
+    segmenter: SegmenterStage | None,
+    settings: Settings,
+    seconds: Counter,
+) -> Instances:
+    """Detect (unless the item has source labels) and segment what has no mask."""
+    if item.labels is not None:
+        instances = to_instances(item.labels, image.hw, resegment=settings.resegment)
+    else:
+        if detector is None:
+            raise SamlabelError("images without source labels need a detector, and none was given")
+        t = time.perf_counter()
+        instances = detector(image.rgb)
+        seconds["detect"] += time.perf_counter() - t
+    if any(m is None for m in instances.masks):
+        t = time.perf_counter()
+        if segmenter is None:
+            raise SamlabelError("instances need masks but no segmenter was given")
+        instances = segmenter(image.rgb, instances)
+        seconds["segment"] += time.perf_counter() - t
+    return instances
