@@ -3,11 +3,12 @@
 Each case builds its input under a folder it is given, runs ``label`` or ``convert`` with the fake
 stages of ``tests.conftest`` (deterministic geometry, no model), and the test compares the dataset
 with the recorded one: label files and data.yaml byte for byte, COCO files as equal JSON (with the
-input folder written as ``<SRC>``). ``python -m tests.golden_cases DIR`` records them again.
+input folder written as ``<SRC>``). ``python -m tests.golden_cases DIR [CASE ...]`` records them again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -76,7 +77,55 @@ CASES = {
     "convert_yolo_polygons_rle": lambda src, out: _convert(_yolo_polygons(src / "pair"), out, coco_masks="rle"),
     "convert_coco_mixed": lambda src, out: _convert_coco(src, out),
     "convert_coco_mixed_resegment": lambda src, out: _convert_coco(src, out, resegment=True),
+    "review_save_polygon": lambda src, out: _review(src, out),
+    "review_save_rle": lambda src, out: _review(src, out, coco_masks="rle"),
 }
+
+#: Cases recorded with the quality signals in their COCO annotations: compared whole.
+WHOLE = {"review_save_polygon", "review_save_rle"}
+
+
+def _review(src: Path, out: Path, **kw) -> None:
+    """A labelled dataset, then review saves: a class changed, a box moved, a mask redrawn (with and
+    without SAM's scores), an instance deleted, one added, and an image only marked reviewed."""
+    from pipeline.masks import CropMask, mask_to_rle
+    from pipeline.review.store import InstanceEdit, ReviewStore, image_id
+
+    _label(src, out, thresholds="min_box_fit=0.8", **kw)
+    store = ReviewStore(out)
+
+    def edits(rel: str) -> tuple[dict, list[InstanceEdit]]:
+        image = store.image(image_id(rel))
+        return image, [InstanceEdit(i["id"], i["class"], i["rle"]) for i in image["instances"]]
+
+    image, keep = edits("sub/b.JPG")  # 3 instances
+    hw = (image["height"], image["width"])
+    bits = np.zeros((10, 14), bool)
+    bits[2:9, 1:12] = True
+    added = mask_to_rle(CropMask(bits, 50, 5), hw)
+    first = dataclasses.replace(keep[0], class_name="cone", box=[10.5, 12.0, 48.25, 47.0])
+    store.save(image_id("sub/b.JPG"), version=image["version"], reviewed=True,
+               instances=[first, keep[2], InstanceEdit(None, "ball", added)])  # fmt: skip
+
+    image, keep = edits("a.jpg")  # 2 instances: the second's mask redrawn, with SAM's scores
+    hw = (image["height"], image["width"])
+    grown = np.zeros(hw, bool)
+    grown[45:100, 85:135] = True
+    redrawn = mask_to_rle(CropMask.from_full(grown), hw)
+    scores = {redrawn["counts"]: (0.8125, 0.875)}
+    store.save(image_id("a.jpg"), version=image["version"], reviewed=False,
+               instances=[keep[0], dataclasses.replace(keep[1], rle=redrawn)], known_mask=scores.get)  # fmt: skip
+
+    image, keep = edits("sub/a.jpg")  # its mask redrawn without scores, another class
+    hw = (image["height"], image["width"])
+    disc = np.zeros(hw, bool)
+    disc[40:85, 55:100] = True
+    store.save(image_id("sub/a.jpg"), version=image["version"], reviewed=True,
+               instances=[dataclasses.replace(keep[0], class_name="cube", rle=mask_to_rle(CropMask.from_full(disc), hw))])  # fmt: skip
+
+    image, keep = edits("a.png")  # only marked reviewed
+    store.save(image_id("a.png"), version=image["version"], reviewed=True, instances=keep)
+    store.close()
 
 
 def _convert_coco(src: Path, out: Path, **kw) -> None:
@@ -105,9 +154,9 @@ def run_case(name: str, work: Path) -> tuple[Path, Path]:
     return src, out
 
 
-def record(work: Path) -> None:
-    """Run every case under ``work`` and store its files in ``tests/golden/<case>/``."""
-    for name in CASES:
+def record(work: Path, names: list[str] | None = None) -> None:
+    """Run every case (or those named) under ``work`` and store its files in ``tests/golden/<case>/``."""
+    for name in names or CASES:
         src, out = run_case(name, work / name)
         target = GOLDEN / name
         shutil.rmtree(target, ignore_errors=True)
@@ -121,4 +170,4 @@ def record(work: Path) -> None:
 
 
 if __name__ == "__main__":
-    record(Path(sys.argv[1]))
+    record(Path(sys.argv[1]), sys.argv[2:])

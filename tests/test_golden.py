@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.run.outputs import QUALITY_FIELDS
-from tests.golden_cases import CASES, GOLDEN, dataset_files, run_case
+from tests.golden_cases import CASES, GOLDEN, WHOLE, dataset_files, run_case
 
 #: Fields added to every COCO annotation after the recording (the quality signals); the rest must not change.
 ADDED = {*QUALITY_FIELDS, "overlap_source_id"}
@@ -31,5 +31,7 @@ def test_dataset_equals_the_recorded_one(tmp_path, name):
         path = GOLDEN / name / rel
         if isinstance(got[rel], bytes):
             assert got[rel] == path.read_bytes(), rel  # label files and data.yaml: the same bytes
+        elif name in WHOLE:  # recorded with the quality signals: the same JSON, all of it
+            assert got[rel] == json.loads(path.read_text()), rel
         else:
             assert _without_added(got[rel]) == json.loads(path.read_text()), rel  # COCO: the same JSON
