@@ -286,6 +286,32 @@ class ImageRecord:
         )
 
 
+def stack_instances(parts: Sequence[Instances]) -> Instances:
+    """The instances of ``parts``, one part after the other, in the form the journal reads them back.
+
+    ``extras`` holds every key any part has (sorted); a part without a key gets None (NaN) there, and each
+    column is typed as ``ImageRecord.from_json`` types it (numbers as a numeric array, others as objects),
+    so a record built from the result equals its own journal round trip.
+    """
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Instances.empty()
+    keys = sorted({k for p in parts for k in p.extras})
+    extras = {
+        k: _extras_array([_json_value(p.extras[k][i]) if k in p.extras else None for p in parts for i in range(len(p))])
+        for k in keys
+    }
+    return Instances(
+        xyxy=np.concatenate([p.xyxy for p in parts]),
+        class_id=np.concatenate([p.class_id for p in parts]),
+        confidence=np.concatenate([p.confidence for p in parts]),
+        masks=tuple(m for p in parts for m in p.masks),
+        mask_score=np.concatenate([p.mask_score for p in parts]),
+        source_id=np.concatenate([p.source_id for p in parts]),
+        extras=extras,
+    )
+
+
 def _float_or_none(value) -> float | None:
     value = float(value)
     return None if np.isnan(value) else value

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.masks import mask_to_rle
 from pipeline.review import server as review_server
+from pipeline.review import store as review_store
 from pipeline.review.server import create_app
 from pipeline.review.store import MAX_INSTANCES, ReviewStore, image_id
 from pipeline.types import CropMask
@@ -554,12 +555,10 @@ def test_a_save_decodes_outside_the_lock_and_checks_the_version_at_commit(client
     image commits; the slow save then finds the version moved on (409), not a silent overwrite."""
     import threading
 
-    from pipeline.review import rle as rle_codec
-
     queue = client.get("/api/images").json()
     image, other = (client.get(f"/api/images/{q['id']}").json() for q in queue[:2])
     decoding, release = threading.Event(), threading.Event()
-    real = rle_codec.decode
+    real = review_store.checked_rle_to_mask
 
     def slow_decode(rle, hw):
         if not decoding.is_set():  # the first new mask (the other requests decode none)
@@ -567,7 +566,7 @@ def test_a_save_decodes_outside_the_lock_and_checks_the_version_at_commit(client
             assert release.wait(60)
         return real(rle, hw)
 
-    monkeypatch.setattr(rle_codec, "decode", slow_decode)
+    monkeypatch.setattr(review_store, "checked_rle_to_mask", slow_decode)
     answers = {}
     body = {"version": image["version"], "instances": _new_instances(image, 3)}
     slow = threading.Thread(target=lambda: answers.update(slow=client.put(f"/api/images/{image['id']}", json=body)))

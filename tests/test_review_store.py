@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import pipeline
+from pipeline import masks as rle_codec
 from pipeline.cli import build_parser
 from pipeline.errors import SamlabelError
-from pipeline.review import rle as rle_codec
 from pipeline.review import server as review_server
 from pipeline.review import store as review_store
 from pipeline.review.sam import mask_logits
@@ -25,7 +25,16 @@ from pipeline.run.state import Journal, locked
 from pipeline.types import CropMask, ImageRecord
 from tests.conftest import FakeDetector, FakeSegmenter
 from tests.helpers import assert_valid, check_yolo_matches_coco
-from tests.review_helpers import ROOT, TOKEN, TestClient, coco_image, copy_dataset, journal_lines, make_dataset
+from tests.review_helpers import (
+    ROOT,
+    THRESHOLDS,
+    TOKEN,
+    TestClient,
+    coco_image,
+    copy_dataset,
+    journal_lines,
+    make_dataset,
+)
 
 IMAGE = "sub/b.JPG"  # 3 instances, all flagged
 
@@ -175,6 +184,43 @@ def test_saves_follow_the_datasets_settings_and_keep_its_report(tmp_path, settin
     assert_valid(out)
 
 
+class _Missing(FakeDetector):
+    """``FakeDetector`` that does not find the third disc of sub/b.JPG (100 x 90); every other instance as before."""
+
+    def __call__(self, rgb):
+        found = super().__call__(rgb)
+        return found[np.arange(len(found)) != 2] if rgb.shape[:2] == (100, 90) else found
+
+
+@pytest.mark.parametrize("coco_masks", ["polygon", "rle"])
+def test_a_review_save_writes_what_a_run_with_the_same_instances_writes(tmp_path, coco_masks):
+    """Review saves go through the run's instance -> files step: deleting sub/b.JPG's third instance in
+    review, and marking every other image reviewed unchanged, gives the label files (bytes) and COCO
+    annotations of a run whose detector never found that instance."""
+    reviewed = make_dataset(tmp_path, coco_masks=coco_masks)
+    run = tmp_path / "run"
+    pipeline.label(tmp_path / "photos", run, detector=_Missing(), segmenter=FakeSegmenter(), progress=False,
+                   thresholds=THRESHOLDS, coco_masks=coco_masks)  # fmt: skip
+    store = ReviewStore(reviewed)
+    for rel in store._by_rel:
+        image = store.image(image_id(rel))
+        keep = [InstanceEdit(i["id"], i["class"], i["rle"]) for i in image["instances"]]
+        if rel == IMAGE:
+            assert [k.id for k in keep] == [0, 1, 2]
+            keep = keep[:2]
+        store.save(image_id(rel), version=image["version"], reviewed=True, instances=keep)
+    labels = sorted(p.relative_to(run).as_posix() for p in run.rglob("labels/*.txt"))
+    assert labels == sorted(p.relative_to(reviewed).as_posix() for p in reviewed.rglob("labels/*.txt"))
+    assert "train/labels/sub_b.txt" in labels
+    for rel in labels:
+        assert (reviewed / rel).read_bytes() == (run / rel).read_bytes(), rel
+    for split in ("train", "valid"):
+        got = json.loads((reviewed / split / "_annotations.coco.json").read_text())["annotations"]
+        want = json.loads((run / split / "_annotations.coco.json").read_text())["annotations"]
+        assert got == want and got, split
+    assert store.record(image_id(IMAGE)).dropped_reasons[-1] == review_store.DELETED  # kept in the journal
+
+
 def test_coco_layout_dataset(tmp_path):
     out = make_dataset(tmp_path, layout="coco", formats="yolo,coco")
     store = ReviewStore(out)
@@ -252,7 +298,7 @@ def test_cli_prints_the_url_and_serves_without_sam(out, tmp_path):
 # ----------------------------------------------------------------------------------------- pure parts
 
 
-def test_rle_encode_equals_mask_to_rle_and_decodes_back():
+def test_mask_to_rle_decodes_back_through_the_checked_decoder():
     from pipeline.masks import mask_to_rle
 
     rng = np.random.default_rng(0)
@@ -260,9 +306,8 @@ def test_rle_encode_equals_mask_to_rle_and_decodes_back():
         hw = tuple(int(v) for v in rng.integers(1, 30, 2))
         bits = rng.random((int(rng.integers(0, 25)), int(rng.integers(0, 25)))) < 0.5
         mask = CropMask(bits, int(rng.integers(0, 30)), int(rng.integers(0, 30)))  # may reach past the image
-        rle = rle_codec.encode(mask, hw)
-        assert rle == mask_to_rle(mask, hw)
-        assert np.array_equal(rle_codec.decode(rle, hw).full(hw), mask.full(hw))
+        rle = mask_to_rle(mask, hw)
+        assert np.array_equal(rle_codec.checked_rle_to_mask(rle, hw).full(hw), mask.full(hw))
 
 
 @pytest.mark.parametrize(
@@ -281,7 +326,7 @@ def test_rle_encode_equals_mask_to_rle_and_decodes_back():
 )
 def test_rle_decode_checks_what_pycocotools_would_trust(rle, message):
     with pytest.raises(rle_codec.RleError, match=message):
-        rle_codec.decode(rle, (4, 4))
+        rle_codec.checked_rle_to_mask(rle, (4, 4))
 
 
 def test_mask_logits_in_sams_letterboxed_frame():

@@ -48,7 +48,7 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import load_image
 from pipeline.quality import FLAGS
-from pipeline.review import rle as rle_codec
+from pipeline.masks import RleError, checked_rle_to_mask, mask_to_rle
 from pipeline.review.sam import Candidate, SamSession
 from pipeline.review.store import (
     ImageNotFound,
@@ -316,13 +316,13 @@ def create_app(
         mask, counts = None, None
         if body.mask is not None:
             try:
-                mask = rle_codec.decode(body.mask.model_dump(), hw)
-            except rle_codec.RleError as e:
+                mask = checked_rle_to_mask(body.mask.model_dump(), hw)
+            except RleError as e:
                 raise ReviewError(f"mask: {e}") from None
             counts = body.mask.counts
         elif body.instance is not None:
             mask = store.instance_mask(iid, body.instance)
-            counts = rle_codec.encode(mask, hw)["counts"]
+            counts = mask_to_rle(mask, hw)["counts"]
         mask_input = None
         if mask is not None and mask.area:
             mask_input = predictions.logits(iid, counts)
@@ -336,7 +336,7 @@ def create_app(
         )
         answers = []
         for c in candidates:
-            rle = rle_codec.encode(c.mask, hw)
+            rle = mask_to_rle(c.mask, hw)
             predictions.put(iid, rle["counts"], c)
             answers.append({"rle": rle, "mask_score": _num(c.score), "stability_score": _num(c.stability)})
         best = int(np.argmax([c.score for c in candidates]))

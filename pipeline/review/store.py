@@ -53,14 +53,13 @@ from pipeline.config import Settings, field_names
 from pipeline.errors import SamlabelError
 from pipeline.formats import coco, layout, yolo
 from pipeline.formats.data_yaml import SPLITS
-from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
-from pipeline.quality import FLAGS
-from pipeline.review import rle as rle_codec
+from pipeline.masks import CropMask, RleError, checked_rle_to_mask, mask_to_rle
+from pipeline.quality import FLAGS, WRITTEN_SIGNALS
 from pipeline.run import report as run_report
 from pipeline.run import state as run_state
-from pipeline.run.outputs import QUALITY_FIELDS, coco_annotations, with_quality
+from pipeline.run.outputs import coco_annotations, instance_files
 from pipeline.run.state import STATE_DIR, Journal
-from pipeline.types import CropMask, ImageRecord
+from pipeline.types import ImageRecord, Instances, stack_instances
 
 LOGGER = logging.getLogger(__name__)
 
@@ -316,7 +315,6 @@ class ReviewStore:
             entry = self._entry(iid)
             record = self._full(entry)
         inst = record.instances
-        signals = [k for k in QUALITY_FIELDS if k != "flags"]
         out = []
         for i in range(len(inst)):
             mask = inst.masks[i]
@@ -327,13 +325,13 @@ class ReviewStore:
                     "id": int(inst.source_id[i]),
                     "class": self.names[int(inst.class_id[i])],
                     "class_id": int(inst.class_id[i]),
-                    "rle": rle_codec.encode(mask, record.hw),
+                    "rle": mask_to_rle(mask, record.hw),
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "box": [round(float(v), 3) for v in inst.xyxy[i]],
                     "mask_score": _plain(inst.mask_score[i]),
                     "confidence": _plain(inst.confidence[i]),
                     "flags": list(extras.get("flags") or []),
-                    "signals": {k: extras[k] for k in signals if extras.get(k) is not None},
+                    "signals": {k: extras[k] for k in WRITTEN_SIGNALS if extras.get(k) is not None},
                     "edited": extras.get("source") == EDITED,
                 }
             )
@@ -413,72 +411,62 @@ class ReviewStore:
     def _edited(
         self, old: ImageRecord, edits: Sequence[InstanceEdit], *, reviewed: bool, known_mask=None
     ) -> tuple[ImageRecord, list[str]]:
-        """The record after the edit, and its YOLO label lines."""
+        """The record after the edit, and its YOLO label lines (through the run's step, ``instance_files``)."""
         known_mask = known_mask or (lambda _counts: None)
-        data = old.to_json()
-        hw = old.hw
-        rows = {row["id"]: row for row in data["instances"]}
-        stored = {int(sid): old.instances.masks[i] for i, sid in enumerate(old.instances.source_id)}
-        ids = [r["id"] for r in data["instances"]] + [r["id"] for r in data["dropped"]]
-        next_id = max(ids, default=-1) + 1
-        new_rows, seen = [], set()
+        hw, inst = old.hw, old.instances
+        at = {int(sid): i for i, sid in enumerate(inst.source_id)}
+        next_id = max([*inst.source_id.tolist(), *old.dropped.source_id.tolist()], default=-1) + 1
+        parts, seen = [], set()
         for k, e in enumerate(edits):
             where = f"instances[{k}]"
             if e.class_name not in self.names:
                 raise ReviewError(f"{where}: class {e.class_name!r} is not one of the dataset's {self.names}")
             class_id = self.names.index(e.class_name)
-            if e.id is None:
-                row, edited = None, True
-            elif e.id in seen:
+            if e.id is not None and e.id in seen:
                 raise ReviewError(f"{where}: instance id {e.id} is given twice")
-            elif e.id not in rows:
+            if e.id is not None and e.id not in at:
                 raise ReviewError(f"{where}: instance id {e.id} is not in this image; leave id out for a new instance")
-            else:
-                row, edited = dict(rows[e.id]), False
+            i = None if e.id is None else at[e.id]
+            if i is not None:
                 seen.add(e.id)
-            mask, mask_changed = _mask_of(where, e.rle, hw, stored.get(e.id) if row else None)
+            mask, mask_changed = _mask_of(where, e.rle, hw, None if i is None else inst.masks[i])
             if mask.area == 0:
                 raise ReviewError(f"{where}: the mask is empty; leave the instance out to delete it")
             box = _box_of(where, e.box, hw)
-            if row is None:
-                row = {"id": next_id, "xyxy": list(box or mask.xyxy), "confidence": None, "mask_score": None,
-                       "extras": {}}  # fmt: skip
+            if i is None:  # a new instance: no detector, no score (unless SAM drew it here)
+                one, edited = Instances(xyxy=[box or mask.xyxy], class_id=[class_id], source_id=[next_id]), True
                 next_id += 1
-            extras = dict(row["extras"])
-            if box is not None and not np.allclose(box, row["xyxy"], atol=1e-3):
-                row["xyxy"], edited = [float(v) for v in box], True
-            if class_id != row.get("class_id", class_id):
-                row["confidence"], edited = None, True  # the detector's confidence was for another class
+            else:
+                one, edited = inst[[i]], False
+            changes, extras = {"class_id": [class_id], "masks": (mask,)}, {}
+            if box is not None and not np.allclose(box, one.xyxy[0], atol=1e-3):
+                changes["xyxy"], edited = [box], True
+            if i is not None and class_id != int(one.class_id[0]):
+                changes["confidence"], edited = [np.nan], True  # the detector's confidence was for another class
             if mask_changed:
                 score, stability = known_mask(e.rle["counts"]) or (None, None)
-                row["mask_score"], extras["stability_score"], edited = score, stability, True
+                changes["mask_score"] = [np.nan if score is None else score]
+                extras["stability_score"], edited = np.array([stability], dtype=object), True
             if edited:
-                extras["source"] = EDITED
-            row.update(class_id=class_id, mask=mask.to_json(), extras=extras, segmentation=None)
-            new_rows.append(row)
-        deleted = [{**rows[i], "reason": DELETED} for i in rows if i not in seen]
-        dropped = data["dropped"] + [{k: v for k, v in r.items() if k != "segmentation"} for r in deleted]
-        _same_extras(new_rows)
-        _same_extras(dropped)
-        record = ImageRecord.from_json({**data, "instances": new_rows, "dropped": dropped, "reviewed": reviewed})
-        inst = with_quality(record.instances, hw, self.settings)
-        segmentations, lines = [], []
-        for i in range(len(inst)):
-            parts = mask_to_polygons(inst.masks[i], tolerance=self.settings.simplify)
-            if not parts:
-                raise ReviewError(f"instances[{i}]: the mask has no outline (too small); draw it larger")
-            rle = mask_to_rle(inst.masks[i], hw) if self.settings.coco_masks == "rle" else None
-            segmentations.append(coco.to_segmentation(parts if rle is None else None, rle))
-            lines.append(yolo.to_line(int(inst.class_id[i]), merge_polygons(parts), hw))
-        return dataclasses.replace(record, instances=inst, segmentations=tuple(segmentations)), lines
+                extras["source"] = np.array([EDITED], dtype=object)
+            parts.append(one.replace(**changes).with_extras(**extras))
+        deleted = [i for i, sid in enumerate(inst.source_id.tolist()) if sid not in seen]
+        files = instance_files(stack_instances(parts), hw, self.settings, drop_flags=())  # a person has seen them
+        if files.dropped_at:
+            raise ReviewError(f"instances[{files.dropped_at[0]}]: the mask has no outline (too small); draw it larger")
+        record = dataclasses.replace(
+            old,
+            instances=files.instances,
+            segmentations=files.segmentations,
+            dropped=stack_instances([old.dropped, inst[deleted]]),
+            dropped_reasons=(*old.dropped_reasons, *[DELETED] * len(deleted)),
+            reviewed=reviewed,
+        )
+        return record, files.lines
 
     def _lines(self, record: ImageRecord) -> list[str]:
-        """The YOLO label lines of a record (as ``run.outputs.to_record`` writes them)."""
-        inst, tolerance = record.instances, self.settings.simplify
-        return [
-            yolo.to_line(int(inst.class_id[i]), merge_polygons(mask_to_polygons(m, tolerance=tolerance)), record.hw)
-            for i, m in enumerate(inst.masks)
-        ]
+        """The YOLO label lines of a record (``instance_files``, as the run wrote them)."""
+        return instance_files(record.instances, record.hw, self.settings, drop_flags=()).lines
 
     def _commit(self, entry: _Entry, record: ImageRecord, lines: list[str]) -> None:
         pending = self.out / STATE_DIR / PENDING
@@ -519,7 +507,7 @@ class ReviewStore:
             label = self.paths.label_file(record.split, record.name)
             yolo.write_label_file(safepath.inside(self.out, label, what="label file"), lines)
         newest = {**self._skipped, **{e.record.rel: (e.offset, e.record) for e in self._entries.values()}}
-        tally = run_report.tally_records(newest, self.names, self.paths)
+        tally = run_report.tally_records(newest, self.names, self.paths, self.settings.thresholds)
         if "coco" in self.settings.formats:
             self._write_coco(record)
         report_path = self.out / "report.json"
@@ -634,11 +622,11 @@ def _coco_texts(record: ImageRecord) -> tuple[str, list[str]]:
 
 def _mask_of(where: str, rle: object, hw: tuple[int, int], stored: CropMask | None) -> tuple[CropMask, bool]:
     """The mask an edit sends, and whether it differs from the stored one (unchanged masks are not decoded)."""
-    if stored is not None and isinstance(rle, dict) and rle == rle_codec.encode(stored, hw):
+    if stored is not None and isinstance(rle, dict) and rle == mask_to_rle(stored, hw):
         return stored, False
     try:
-        mask = rle_codec.decode(rle, hw)
-    except rle_codec.RleError as e:
+        mask = checked_rle_to_mask(rle, hw)
+    except RleError as e:
         raise ReviewError(f"{where}: rle: {e}") from None
     return mask, stored is None or mask != stored
 
@@ -660,13 +648,6 @@ def _box_of(where: str, box: Sequence[float] | None, hw: tuple[int, int]) -> lis
     ):
         raise ReviewError(f"{where}: box {box!r} is not [x_min, y_min, x_max, y_max] with x_min < x_max, y_min < y_max")
     return xyxy
-
-
-def _same_extras(rows: list[dict]) -> None:
-    """Give every row the same extras keys (None where a row has none), as ``ImageRecord.from_json`` reads them."""
-    keys = sorted({k for r in rows for k in r["extras"]})
-    for r in rows:
-        r["extras"] = {k: r["extras"].get(k) for k in keys}
 
 
 def _plain(value):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.quality import QUALITY_FIELDS, WRITTEN_SIGNALS, compute_signals, flag
 from pipeline.types import ImageItem, ImageRecord, Instances, Problem
 
-__all__ = ["QUALITY_FIELDS", "coco_annotations", "to_record", "with_quality", "write_files"]
+__all__ = ["QUALITY_FIELDS", "InstanceFiles", "coco_annotations", "instance_files", "to_record", "with_quality",
+           "write_files"]  # fmt: skip
 
 
 def with_quality(instances: Instances, hw: tuple[int, int], settings: Settings) -> Instances:
@@ -39,19 +42,43 @@ def with_quality(instances: Instances, hw: tuple[int, int], settings: Settings) 
     return instances.with_extras(**signals, overlap_source_id=overlap_id, flags=flags)
 
 
-def to_record(
-    item: ImageItem, image: LoadedImage, instances: Instances, settings: Settings
-) -> tuple[ImageRecord, list[str]]:
-    """The record of one segmented image and its YOLO label lines.
+@dataclass(frozen=True)
+class InstanceFiles:
+    """What one image's instances become in its files (``instance_files``).
+
+    Attributes:
+        instances: the instances the files hold, in file order, with their quality signals and flags.
+        segmentations: per kept instance, its COCO ``segmentation`` (polygons or RLE, ``settings.coco_masks``).
+        lines: per kept instance, its YOLO-seg label line.
+        dropped: the instances left out, with their signals; ``dropped_reasons`` says why, one per instance.
+        dropped_at: the index in the given instances of each dropped one.
+    """
+
+    instances: Instances
+    segmentations: tuple
+    lines: list[str]
+    dropped: Instances
+    dropped_reasons: tuple[str, ...]
+    dropped_at: tuple[int, ...]
+
+
+def instance_files(
+    instances: Instances, hw: tuple[int, int], settings: Settings, *, drop_flags: Collection[str]
+) -> InstanceFiles:
+    """The one step from an image's instances to what its files hold (a run and a review save both take it).
 
     Every instance gets its quality signals and flags, and is kept, in order, unless its mask has no
-    polygon (empty or None) or it carries one of ``settings.drop_flags``: those are the record's
-    ``dropped`` instances, with the reason.
+    polygon (empty or None) or it carries one of ``drop_flags``.
+
+    Args:
+        instances: the image's instances, masks in image pixels.
+        hw: (H, W) of the upright image.
+        settings: ``simplify`` (polygon tolerance), ``coco_masks`` and ``thresholds`` are used.
+        drop_flags: flags that drop an instance (a run: ``settings.drop_flags``; a review: none).
     """
-    hw = image.hw
     instances = with_quality(instances, hw, settings)
     keep, segmentations, lines, dropped, reasons = [], [], [], [], []
-    drop = set(settings.drop_flags)
+    drop = set(drop_flags)
     for i in range(len(instances)):
         mask = instances.masks[i]
         flagged = [f for f in instances.extras["flags"][i] if f in drop]
@@ -68,6 +95,23 @@ def to_record(
         lines.append(yolo.to_line(int(instances.class_id[i]), merge_polygons(parts), hw))
         rle = mask_to_rle(mask, hw) if settings.coco_masks == "rle" else None
         segmentations.append(coco.to_segmentation(parts if rle is None else None, rle))
+    return InstanceFiles(
+        instances=instances[np.array(keep, dtype=np.int64)],
+        segmentations=tuple(segmentations),
+        lines=lines,
+        dropped=instances[np.array(dropped, dtype=np.int64)],
+        dropped_reasons=tuple(reasons),
+        dropped_at=tuple(dropped),
+    )
+
+
+def to_record(
+    item: ImageItem, image: LoadedImage, instances: Instances, settings: Settings
+) -> tuple[ImageRecord, list[str]]:
+    """The record of one segmented image and its YOLO label lines (``instance_files`` with
+    ``settings.drop_flags``: the dropped instances are the record's ``dropped``, with the reason)."""
+    hw = image.hw
+    files = instance_files(instances, hw, settings, drop_flags=settings.drop_flags)
     problems = ()
     declared = item.labels.declared_hw if item.labels is not None else None
     if declared is not None and tuple(declared) != tuple(hw):
@@ -79,13 +123,13 @@ def to_record(
         source=str(item.path),
         hw=hw,
         rotated=image.rotated,
-        instances=instances[np.array(keep, dtype=np.int64)],
-        segmentations=tuple(segmentations),
-        dropped=instances[np.array(dropped, dtype=np.int64)],
-        dropped_reasons=tuple(reasons),
+        instances=files.instances,
+        segmentations=files.segmentations,
+        dropped=files.dropped,
+        dropped_reasons=files.dropped_reasons,
         problems=problems,
     )
-    return record, lines
+    return record, files.lines
 
 
 def write_files(
