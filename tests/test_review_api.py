@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.masks import mask_to_rle
+from pipeline.review import guard as review_guard
 from pipeline.review import server as review_server
 from pipeline.review import store as review_store
 from pipeline.review.server import create_app
@@ -109,13 +110,13 @@ def test_page_token_sets_a_strict_httponly_cookie_then_the_cookie_is_enough(out,
 
 def test_token_compared_in_constant_time(out, sam, monkeypatch):
     seen = []
-    real = review_server.hmac.compare_digest
+    real = review_guard.hmac.compare_digest
 
     def spy(a, b):
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(review_server.hmac, "compare_digest", spy)
+    monkeypatch.setattr(review_guard.hmac, "compare_digest", spy)
     c = TestClient(create_app(ReviewStore(out), token=TOKEN, sam=sam))
     assert c.get("/api/meta", headers=AUTH).status_code == 200
     assert c.get("/api/meta", headers={"authorization": "Bearer guess"}).status_code == 403

@@ -1,8 +1,10 @@
 """``samlabel review``: fix the masks that need it in the browser, with SAM clicks.
 
-Modules: ``store`` (the dataset side: queue, instances, durable saves), ``server`` (the FastAPI app, its
-token guard, and ``serve``), ``sam`` (the SAM stage behind one small adapter), ``rle`` (masks in and out
-of the API), ``static/`` (the page: one HTML, JS and CSS file, no build step, nothing fetched from elsewhere).
+Modules: ``store`` (the dataset side: queue, instances, durable saves; an edit goes through the run's
+instance -> files step), ``server`` (the FastAPI app, its response models, and ``serve``), ``guard`` (the
+ASGI front door: Host, token, body limits, security headers), ``sam`` (the SAM stage behind one small
+adapter), ``static/`` (the page: HTML, CSS and ES modules served as they are, no build step, nothing
+fetched from elsewhere). Masks cross the API as COCO RLE (``pipeline.masks``).
 """
 
 from __future__ import annotations

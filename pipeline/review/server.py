@@ -5,18 +5,18 @@ edit history: ``PUT /api/images/{id}`` replaces an image's whole state (its inst
 with what it is sent, guarded by the image's version; undo and redo live in the page, and undoing after
 a save is one more ``PUT`` of the earlier state. ``predict`` changes nothing on disk.
 
-Security: the app binds to 127.0.0.1 unless told otherwise and answers only requests whose ``Host`` is
-``127.0.0.1``, ``localhost``, ``[::1]`` or the ``--host`` given, any port (else 400: DNS rebinding); every
-request needs the token the server prints (``?token=`` on the page's first load sets an HttpOnly
-SameSite=Strict cookie and redirects to ``/``, so the token leaves the address bar; scripts send
-``Authorization: Bearer <token>``), compared in constant time, else 403. The browser is opened on a
+Security: the app binds to 127.0.0.1 unless told otherwise, and every request passes the guard
+(:mod:`pipeline.review.guard`) first: it answers only requests whose ``Host`` is ``127.0.0.1``,
+``localhost``, ``[::1]`` or the ``--host`` given, any port (else 400: DNS rebinding); every request needs
+the token the server prints (``?token=`` on the page's first load sets an HttpOnly SameSite=Strict cookie
+and redirects to ``/``, so the token leaves the address bar; scripts send ``Authorization: Bearer
+<token>``), compared in constant time, else 403. The browser is opened on a
 redirect file readable by the user only, never on the tokenized URL (a command line is visible in ``ps``). Clients name images and
 instances by id only, never by path; bodies are bounded (413 beyond); writes need a JSON body (415).
 """
 
 from __future__ import annotations
 
-import hmac
 import html
 import logging
 import math
@@ -36,19 +36,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import cookie_parser
 
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import load_image
-from pipeline.quality import FLAGS
 from pipeline.masks import RleError, checked_rle_to_mask, mask_to_rle
+from pipeline.quality import FLAGS
+from pipeline.review.guard import LOOPBACK_HOSTS, Guard
 from pipeline.review.sam import Candidate, SamSession
 from pipeline.review.store import (
     ImageNotFound,
@@ -69,27 +68,12 @@ MAX_POINTS = 64
 
 DEFAULT_PORT = 8765
 
-#: The names a request's ``Host`` may give (with any port) besides the ``--host`` served on.
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-
 #: The name of the thread that loads SAM in the background (:func:`sam_loading`).
 SAM_THREAD = "samlabel-review-sam"
 
 STATIC = Path(__file__).parent / "static"
 #: The only files the app serves besides the page and the dataset's images: name -> media type.
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
-
-SECURITY_HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-        b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    ),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-]
-
 
 # ----------------------------------------------------------------------------------------- request bodies
 
@@ -402,140 +386,6 @@ def _prompts(body: PredictBody, hw: tuple[int, int]) -> tuple[np.ndarray | None,
 
 def _num(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 6)
-
-
-# ----------------------------------------------------------------------------------------- the guard
-
-
-class Guard:
-    """ASGI wrapper: Host check (400), token check (403), body limit (413), JSON bodies for writes (415),
-    security headers."""
-
-    def __init__(
-        self,
-        app: FastAPI,
-        *,
-        token: str,
-        cookie: str,
-        max_body: int,
-        hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
-        on_close=None,
-    ) -> None:
-        if len(token) < 16:
-            raise ValueError("token: expected at least 16 characters")
-        self.app, self.cookie, self.max_body = app, cookie, max_body
-        self.hosts = None if hosts is None else {h.lower() for h in hosts}
-        self._token = token.encode("utf-8")
-        self._on_close = on_close
-
-    def _matches(self, value: str | None) -> bool:
-        return value is not None and hmac.compare_digest(value.encode("utf-8", errors="replace"), self._token)
-
-    def authorized(self, headers: dict[bytes, bytes]) -> bool:
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        if auth[:7].lower() == "bearer " and self._matches(auth[7:].strip()):
-            return True
-        # leniently, as browsers do: another local app's cookie (a space, a quote, JSON) must not hide ours,
-        # and one of the same name (cookies do not tell ports apart) must not shadow it
-        for chunk in headers.get(b"cookie", b"").decode("latin-1").split(";"):
-            value = cookie_parser(chunk).get(self.cookie)
-            if value is not None and self._matches(value):
-                return True
-        return False
-
-    def host_allowed(self, headers: dict[bytes, bytes]) -> bool:
-        """The request's ``Host`` (port dropped) is one this server answers to."""
-        if self.hosts is None:
-            return True
-        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
-        name = host[: host.find("]") + 1] if host.startswith("[") else host.rsplit(":", 1)[0]
-        return name in self.hosts
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                return await self.app(scope, receive, send)
-            return  # no websockets
-        headers = dict(scope.get("headers") or [])
-        if not self.host_allowed(headers):
-            return await _respond(
-                send, 400, b'{"detail":"this server answers only at the address samlabel review printed (Host)"}'
-            )
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if scope["path"] == "/" and scope["method"] == "GET" and "token" in query:
-            given = query["token"][0]
-            if self._matches(given):  # log in, and take the token out of the address bar
-                cookie = f"{self.cookie}={given}; HttpOnly; SameSite=Strict; Path=/"
-                return await _respond(send, 303, b"", [(b"location", b"/"), (b"set-cookie", cookie.encode())])
-            if self.authorized(headers):
-                return await _respond(send, 303, b"", [(b"location", b"/")])
-        if not self.authorized(headers):
-            return await _respond(send, 403, b'{"detail":"forbidden: open the URL samlabel review printed"}')
-        method = scope["method"]
-        if method in ("POST", "PUT", "PATCH", "DELETE"):
-            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if media != b"application/json":
-                return await _respond(send, 415, b'{"detail":"send the body as application/json"}')
-            body = await _read_body(receive, self.max_body, headers)
-            if body is None:
-                return await _respond(send, 413, b'{"detail":"request body too large"}')
-            receive = _replay(body)
-
-        async def secured_send(message) -> None:
-            if message["type"] == "http.response.start":
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [h for h in SECURITY_HEADERS if h[0] not in names]
-                if b"cache-control" not in names:
-                    extra.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, secured_send)
-
-    def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
-
-
-async def _read_body(receive, limit: int, headers: dict[bytes, bytes]) -> bytes | None:
-    """The whole body, or None when it exceeds ``limit`` (by its Content-Length or as it arrives)."""
-    try:
-        declared = int(headers.get(b"content-length", b"0"))
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        return None
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b""
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes):
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
-async def _respond(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": head + (headers or []) + SECURITY_HEADERS})
-    await send({"type": "http.response.body", "body": body})
 
 
 # ----------------------------------------------------------------------------------------- serving
