@@ -187,6 +187,35 @@ def test_queue_flagged_first_reviewed_last_and_filters(client):
     assert counts["images"] == 6 and counts["reviewed"] == 1 and counts["flagged_images"] == 2
 
 
+def test_meta_counts_follow_saves_without_summarising_every_image(client, out, monkeypatch):
+    """``/api/meta`` after a save summarises only the saved image (running counts, not O(images) per save),
+    and its counts equal those of the dataset opened afresh after each kind of save."""
+    summarised = []
+    real = ReviewStore._summary
+    monkeypatch.setattr(ReviewStore, "_summary", lambda self, e: summarised.append(e.id) or real(self, e))
+    queue = client.get("/api/images").json()
+    flagged = [q for q in queue if q["flagged"]]
+    first, second = (client.get(f"/api/images/{q['id']}").json() for q in flagged[:2])
+    recoloured = _as_put(first, reviewed=True)
+    recoloured["instances"][0]["class"] = "cone"
+    saves = [
+        (first["id"], {"version": first["version"], "reviewed": True}),  # reviewed only
+        (first["id"], {**recoloured, "version": first["version"] + 1}),  # a class changed
+        (second["id"], _as_put(second, instances=[])),  # every instance deleted: its flags and classes go
+    ]
+    seen = set()
+    for iid, body in saves:
+        summarised.clear()
+        assert client.put(f"/api/images/{iid}", json=body).status_code == 200
+        counts = client.get("/api/meta").json()["counts"]
+        assert summarised == [iid]  # the saved image only, once
+        fresh = ReviewStore(out).counts()
+        assert counts == fresh
+        seen.add(json.dumps(counts, sort_keys=True))
+    assert len(seen) == 3  # each save changed the counts
+    assert counts["reviewed"] == 1 and counts["flagged_images"] == len(flagged) - 1
+
+
 def test_image_payload(client, out):
     image = _first_flagged(client)
     assert {"id", "width", "height", "version", "reviewed", "instances", "file_name", "split"} <= set(image)

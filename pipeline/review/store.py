@@ -41,7 +41,7 @@ import logging
 import math
 import os
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,7 @@ class _Entry:
     version: int
     record: ImageRecord  # light: no masks, no segmentations
     size: int = 0  # bytes of its journal line
+    summary: dict = dataclasses.field(default_factory=dict)  # its queue entry (ReviewStore._summary)
 
 
 def image_id(rel: str) -> str:
@@ -167,6 +168,7 @@ class ReviewStore:
         self._coco_texts: dict[str, dict[str, tuple[str, list[str]]]] = {}  # split -> rel -> JSON texts
         self._skipped: dict[str, tuple[int, ImageRecord]] = {}  # images the run could not read
         self._skipped_lines: dict[str, tuple[int, int]] = {}  # rel -> (line length, versions) of those
+        self._counts: Counter = Counter()  # the counts of /api/meta, kept up to date at each commit
         self._stopping = False
         self._in_flight = 0  # saves between their first look and their commit (decoding outside the lock)
         self._idle = threading.Condition(self._lock)
@@ -192,8 +194,9 @@ class ReviewStore:
             iid = image_id(rel)
             if iid in self._entries:
                 raise SamlabelError(f"{self.out}: images {rel!r} and {self._entries[iid].record.rel!r} share id {iid}")
-            self._entries[iid] = _Entry(iid, offset, versions[rel], record, size)
+            self._entries[iid] = entry = _Entry(iid, offset, versions[rel], record, size)
             self._by_rel[rel] = iid
+            self._count(entry, +1)
 
     def _drop_temp_files(self) -> None:
         run_state.drop_temp_files(self.out, self.paths)
@@ -263,7 +266,7 @@ class ReviewStore:
         that split, reviewed or not.
         """
         with self._lock:
-            rows = [self._summary(e) for e in self._entries.values()]
+            rows = [dict(e.summary) for e in self._entries.values()]
         rows = [
             r
             for r in rows
@@ -290,19 +293,30 @@ class ReviewStore:
             "reviewed": e.record.reviewed,
         }
 
+    def _count(self, entry: _Entry, sign: int) -> None:
+        """Add (+1) or take away (-1) an image's part of the running counts; adding summarises it anew."""
+        if sign > 0:
+            entry.summary = self._summary(entry)
+        r = entry.summary
+        keys = [("images",), ("split", r["split"]), *[("class", c) for c in r["classes"]]]
+        keys += [("flag", f) for f in r["flags"]]
+        keys += [("reviewed",)] * r["reviewed"] + [("flagged",)] * (r["flagged"] > 0)
+        for key in keys:
+            self._counts[key] += sign
+
     def counts(self) -> dict:
         """``{"images", "reviewed", "flagged_images", "flags": {flag: images}, "classes": {name: images},
-        "splits": {split: images}}`` over the whole dataset."""
-        rows = self.images()
-        per_flag = {f: sum(f in r["flags"] for r in rows) for f in FLAGS}
-        return {
-            "images": len(rows),
-            "reviewed": sum(r["reviewed"] for r in rows),
-            "flagged_images": sum(r["flagged"] > 0 for r in rows),
-            "flags": {f: n for f, n in per_flag.items() if n},
-            "classes": {n: sum(n in r["classes"] for r in rows) for n in self.names},
-            "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS if any(r["split"] == s for r in rows)},
-        }
+        "splits": {split: images}}`` over the whole dataset (kept as saves commit: no image is summarised here)."""
+        with self._lock:
+            n = self._counts
+            return {
+                "images": n[("images",)],
+                "reviewed": n[("reviewed",)],
+                "flagged_images": n[("flagged",)],
+                "flags": {f: n["flag", f] for f in FLAGS if n["flag", f]},
+                "classes": {c: n["class", c] for c in self.names},
+                "splits": {s: n["split", s] for s in SPLITS if n["split", s]},
+            }
 
     def image(self, iid: str) -> dict:
         """One image for the API: size, version, reviewed, and every instance with its mask as full-image RLE.
@@ -480,7 +494,9 @@ class ReviewStore:
             raise
         size = self.journal.path.stat().st_size - offset
         entry.offset, entry.version, entry.size = offset, entry.version + 1, size
+        self._count(entry, -1)
         entry.record = run_report.light(record)
+        self._count(entry, +1)
         self._apply(record, lines)
         self._compact_if_due()
 
