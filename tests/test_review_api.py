@@ -216,6 +216,16 @@ def test_meta_counts_follow_saves_without_summarising_every_image(client, out, m
     assert counts["reviewed"] == 1 and counts["flagged_images"] == len(flagged) - 1
 
 
+def test_meta_sends_the_flag_registry_and_every_api_route_has_a_response_model(client):
+    from pipeline.quality import FLAG_MEANINGS, FLAGS
+
+    meta = client.get("/api/meta").json()
+    assert meta["flags"] == list(FLAGS)
+    assert list(meta["flag_meanings"].items()) == list(FLAG_MEANINGS.items())  # names and meanings, in order
+    routes = [r for r in client.app.app.routes if r.path.startswith("/api/") and not r.path.endswith("/image")]
+    assert len(routes) == 5 and all(r.response_model is not None for r in routes)
+
+
 def test_image_payload(client, out):
     image = _first_flagged(client)
     assert {"id", "width", "height", "version", "reviewed", "instances", "file_name", "split"} <= set(image)

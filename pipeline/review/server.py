@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -46,7 +46,7 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import load_image
 from pipeline.masks import RleError, checked_rle_to_mask, mask_to_rle
-from pipeline.quality import FLAGS
+from pipeline.quality import FLAG_MEANINGS
 from pipeline.review.guard import LOOPBACK_HOSTS, Guard
 from pipeline.review.sam import Candidate, SamSession
 from pipeline.review.store import (
@@ -106,6 +106,100 @@ class PredictBody(BaseModel):
     instance: int | None = None
     mask: RleBody | None = None
     multimask: bool | None = None
+
+
+# ----------------------------------------------------------------------------------------- response bodies
+
+
+class Counts(BaseModel):
+    """Images over the whole dataset: all, reviewed, with a flagged instance, per flag, class and split."""
+
+    images: int
+    reviewed: int
+    flagged_images: int
+    flags: dict[str, int]
+    classes: dict[str, int]
+    splits: dict[str, int]
+
+
+class Meta(BaseModel):
+    """``GET /api/meta``: the dataset, its classes (with their colours), the flags and SAM's state."""
+
+    dataset: str
+    names: list[str]
+    colors: list[str]
+    flags: list[str]  # flag names, in ``pipeline.quality.FLAGS`` order
+    flag_meanings: dict[str, str]  # the same flags, each with what it means (``pipeline.quality.FLAG_MEANINGS``)
+    counts: Counts
+    sam: Literal["loading", "ready", "unavailable"]
+    sam_error: str | None
+
+
+class QueueItem(BaseModel):
+    """One image of ``GET /api/images`` (:meth:`ReviewStore.images`)."""
+
+    id: str
+    file_name: str
+    split: str
+    instances: int
+    flags: list[str]
+    flagged: int
+    classes: list[str]
+    reviewed: bool
+
+
+class InstanceOut(BaseModel):
+    """One instance of ``GET /api/images/{id}`` (:meth:`ReviewStore.image`)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: int
+    class_name: str = Field(alias="class")
+    class_id: int
+    rle: RleBody
+    bbox: list[int]  # the mask's tight box, COCO xywh
+    box: list[float]  # the prompt box, xyxy
+    mask_score: float | None
+    confidence: float | None
+    flags: list[str]
+    signals: dict[str, int | float]
+    edited: bool
+
+
+class ImageOut(BaseModel):
+    """``GET /api/images/{id}``: one image with its instances."""
+
+    id: str
+    file_name: str
+    split: str
+    width: int
+    height: int
+    version: int
+    reviewed: bool
+    instances: list[InstanceOut]
+
+
+class CandidateOut(BaseModel):
+    """One of SAM's candidate masks with its scores."""
+
+    rle: RleBody
+    mask_score: float | None
+    stability_score: float | None
+
+
+class Prediction(CandidateOut):
+    """``POST /api/images/{id}/predict``: the best candidate's fields, which one it is, and all of them."""
+
+    chosen: int
+    candidates: list[CandidateOut]
+    multimask: bool
+    seconds: float
+
+
+class Saved(BaseModel):
+    """``PUT /api/images/{id}``: the image's version after the save."""
+
+    version: int
 
 
 # ----------------------------------------------------------------------------------------- the SAM side
@@ -259,7 +353,7 @@ def create_app(
             return JSONResponse({"detail": "not found"}, status_code=404)
         return Response((STATIC / name).read_bytes(), media_type=media)
 
-    @app.get("/api/meta")
+    @app.get("/api/meta", response_model=Meta)
     def meta() -> dict:
         from pipeline.report.thumbs import class_color
 
@@ -267,19 +361,20 @@ def create_app(
             "dataset": store.out.name,
             "names": store.names,
             "colors": [class_color(i).as_hex() for i in range(len(store.names))],
-            "flags": list(FLAGS),
+            "flags": list(FLAG_MEANINGS),
+            "flag_meanings": FLAG_MEANINGS,
             "counts": store.counts(),
             "sam": slot.status(),
             "sam_error": slot.error,
         }
 
-    @app.get("/api/images")
+    @app.get("/api/images", response_model=list[QueueItem])
     def images(
         flag: str | None = None, split: str | None = None, reviewed: bool | None = None, class_name: str | None = None
     ) -> list[dict]:
         return store.images(flag=flag, class_name=class_name, split=split, reviewed=reviewed)
 
-    @app.get("/api/images/{iid}")
+    @app.get("/api/images/{iid}", response_model=ImageOut)
     def image(iid: str) -> dict:
         out = store.image(iid)
         if slot.status() == "ready":  # encode it now, so the first click finds the embedding ready
@@ -292,7 +387,7 @@ def create_app(
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"cache-control": "private, no-cache"})
 
-    @app.post("/api/images/{iid}/predict")
+    @app.post("/api/images/{iid}/predict", response_model=Prediction)
     def predict(iid: str, body: PredictBody) -> dict:
         hw = store.hw(iid)
         session = slot.get()
@@ -332,7 +427,7 @@ def create_app(
             "seconds": round(time.perf_counter() - started, 4),
         }
 
-    @app.put("/api/images/{iid}")
+    @app.put("/api/images/{iid}", response_model=Saved)
     def put(iid: str, body: PutBody) -> dict:
         if body.instances is None:
             current = store.image(iid)["instances"]
