@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SamlabelError
+from pipeline.masks import CropMask
+from pipeline.options import Runtime
 from pipeline.quality import stability_from_logits
-from pipeline.types import CropMask
 
 #: Embeddings kept (an image's is ~4 MB for every SAM-1 size): the open image, the one before, the next ones.
 EMBEDDINGS = 4
@@ -69,7 +70,7 @@ class SamSession:
         *,
         arch: str | None = None,
         device: str | None = None,
-        runtime: str = "auto",
+        runtime: Runtime = "auto",
         cache_dir: str | Path | None = None,
     ) -> SamSession:
         """Build the SAM stage (``pipeline.sam.Segmenter``) for these weights.

@@ -46,6 +46,7 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import load_image
 from pipeline.masks import RleError, checked_rle_to_mask, mask_to_rle
+from pipeline.options import Runtime
 from pipeline.quality import FLAG_MEANINGS
 from pipeline.review.guard import LOOPBACK_HOSTS, Guard
 from pipeline.review.sam import Candidate, SamSession
@@ -495,7 +496,7 @@ def serve(
     segmenter: str | None = None,
     sam_arch: str | None = None,
     device: str | None = None,
-    runtime: str | None = None,
+    runtime: Runtime | None = None,
     sam: Any = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
@@ -604,7 +605,7 @@ def sam_loader(
     segmenter: str | None = None,
     sam_arch: str | None = None,
     device: str | None = None,
-    runtime: str | None = None,
+    runtime: Runtime | None = None,
 ) -> Callable[[], SamSession]:
     """What builds review's SAM session: the options given, else the dataset's own (its ``state.json`` settings).
 
