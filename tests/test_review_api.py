@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -142,6 +143,16 @@ def test_ids_only_path_like_ids_are_404(client, iid):
 
 def test_static_files_are_a_fixed_list(client):
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    static = Path(review_server.__file__).parent / "static"
+    modules = sorted(p.name for p in static.glob("*.js"))
+    assert modules == sorted(review_server.MODULES)  # every module of the page is served, none forgotten
+    for name in modules:
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and r.headers["content-type"] == "text/javascript; charset=utf-8", name
+        assert r.content == (static / name).read_bytes()  # as it is: no build step
+        for imported in re.findall(r'from "\./([\w-]+\.js)"', r.text):
+            assert imported in modules, (name, imported)  # each import resolves to a served module
+    assert '<script type="module" src="/static/app.js">' in client.get("/").text
     for name in ("index.html", "..%2Fstore.py", "%2E%2E%2F__init__.py", "app.js%00"):
         assert client.get(f"/static/{name}").status_code == 404, name
     assert client.get("/static/../review/store.py").status_code == 404

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.quality import FLAG_MEANINGS
 from tests.helpers import assert_valid, check_yolo_matches_coco
 from tests.review_helpers import coco_image, make_dataset, start_server
 
@@ -59,6 +60,8 @@ def test_review_page_end_to_end(tmp_path, browser):
         before = coco_image(out, first["split"], first["file_name"])[1]
         assert page.locator("#queue li.current .name").inner_text() == first["file_name"]
         page.screenshot(path=str(SHOTS / "review_open.png"))
+        chip = page.locator("#queue li .flag").first  # a flag chip says what the flag means (quality's registry)
+        assert chip.get_attribute("title") == FLAG_MEANINGS[chip.inner_text()]
 
         # delete the selected (first flagged) instance, undo, redo
         n = page.locator("#instances li").count()

@@ -74,7 +74,9 @@ SAM_THREAD = "samlabel-review-sam"
 
 STATIC = Path(__file__).parent / "static"
 #: The only files the app serves besides the page and the dataset's images: name -> media type.
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+#: The page's ES modules (``app.js`` the entry), served as they are.
+MODULES = ("app.js", "state.js", "api.js", "rle.js", "canvas.js", "queue.js", "actions.js")
+ASSETS = {**dict.fromkeys(MODULES, "text/javascript; charset=utf-8"), "app.css": "text/css; charset=utf-8"}
 
 # ----------------------------------------------------------------------------------------- request bodies
 
