@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline import masks as rle_codec
 from pipeline.cli import build_parser
 from pipeline.errors import SamlabelError
 from pipeline.review import server as review_server
@@ -296,37 +295,6 @@ def test_cli_prints_the_url_and_serves_without_sam(out, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- pure parts
-
-
-def test_mask_to_rle_decodes_back_through_the_checked_decoder():
-    from pipeline.masks import mask_to_rle
-
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        hw = tuple(int(v) for v in rng.integers(1, 30, 2))
-        bits = rng.random((int(rng.integers(0, 25)), int(rng.integers(0, 25)))) < 0.5
-        mask = CropMask(bits, int(rng.integers(0, 30)), int(rng.integers(0, 30)))  # may reach past the image
-        rle = mask_to_rle(mask, hw)
-        assert np.array_equal(rle_codec.checked_rle_to_mask(rle, hw).full(hw), mask.full(hw))
-
-
-@pytest.mark.parametrize(
-    "rle, message",
-    [
-        ({"size": [4, 4], "counts": "0"}, "cover 0 pixels"),
-        ({"size": [4, 4], "counts": "44"}, "cover 8 pixels, the image has 16"),
-        ({"size": [4, 4], "counts": "0\x7f"}, "alphabet"),
-        ({"size": [4, 4], "counts": "0`"}, "ends inside a number"),
-        ({"size": [4, 4], "counts": "04O"}, "negative"),  # a delta that takes a run below 0
-        ({"size": [5, 4], "counts": "0`0"}, "size"),
-        ({"size": [4, 4], "counts": [16]}, "string"),
-        ({"size": [4, 4]}, "expected"),
-        ("0`0", "expected"),
-    ],
-)
-def test_rle_decode_checks_what_pycocotools_would_trust(rle, message):
-    with pytest.raises(rle_codec.RleError, match=message):
-        rle_codec.checked_rle_to_mask(rle, (4, 4))
 
 
 def test_mask_logits_in_sams_letterboxed_frame():
