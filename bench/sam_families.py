@@ -46,7 +46,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     rgb = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
-    print(f"{'arch':<16} {'runtime':<8} {'encoder s/img':>14} {'decoder s/box':>14}  (min of {args.repeats}, 640x480, 4 boxes)")
+    print(
+        f"{'arch':<16} {'runtime':<8} {'encoder s/img':>14} {'decoder s/box':>14}  (min of {args.repeats}, 640x480, 4 boxes)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs.split(","):
             path = checkpoint(arch, Path(tmp))

@@ -126,7 +126,9 @@ class Profile:
 
 
 ULTRALYTICS = Profile("ultralytics", resize="letterbox", normalize="mean_std", upsample="content")
-SEGMENT_ANYTHING = Profile("segment_anything", resize="longest_side", normalize="mean_std", upsample="input_then_content")
+SEGMENT_ANYTHING = Profile(
+    "segment_anything", resize="longest_side", normalize="mean_std", upsample="input_then_content"
+)
 MEDSAM = Profile("medsam", resize="stretch", normalize="min_max", upsample="direct", sigmoid=True, box_only=True)
 
 #: Architectures that are not Ultralytics': name -> (profile, what builds the model, file names that say it).
