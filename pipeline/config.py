@@ -77,8 +77,8 @@ class Settings:
     )
     sam_arch: str | None = _opt(
         None,
-        "SAM architecture of --segmenter (sam_b/l/h, mobile_sam, sam2_t/s/b/l, sam2.1_t/s/b/l), for a file whose "
-        "name does not say it (a fine-tuned my_sam.pt); default: from the file name",
+        "SAM architecture of --segmenter (sam_b/l/h, mobile_sam, sam2_t/s/b/l, sam2.1_t/s/b/l, medsam, "
+        "sam_hq_vit_b/l/h/tiny), for a file whose name does not say it (a fine-tuned my_sam.pt); default: from the file name",
     )
     cache_dir: str | None = _opt(
         None,

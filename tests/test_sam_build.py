@@ -12,10 +12,13 @@ from pipeline.sam import ARCHS, Segmenter, load_sam
 from pipeline.sam.build import mismatches, resolve_arch
 
 
-def test_archs_are_ultralytics_model_names():
+def test_archs_are_ultralytics_model_names_then_medsam_and_hq_sam():
     from ultralytics.models.sam.build import sam_model_map
 
-    assert ARCHS == tuple(name[: -len(".pt")] for name in sam_model_map)
+    from pipeline.sam.profiles import EXTRA_ARCHS
+
+    assert ARCHS == tuple(name[: -len(".pt")] for name in sam_model_map) + tuple(EXTRA_ARCHS)
+    assert {"medsam", "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny"} <= set(ARCHS)
     assert {"sam_b", "sam_l", "sam_h", "mobile_sam", "sam2_t", "sam2.1_l"} <= set(ARCHS)
 
 

@@ -25,7 +25,7 @@ from pipeline import fsio
 from pipeline.errors import SamlabelError
 from pipeline.finetune.model import Features, content_cells
 from pipeline.images import upright_hw
-from pipeline.sam.prompts import LOWRES, SAM_INPUT, input_scale
+from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile
 from pipeline.sources import assign_split, read_dataset, to_instances
 from pipeline.types import CropMask, Instances
 
@@ -56,17 +56,18 @@ class LowresTarget:
         return out
 
 
-def lowres_target(mask: CropMask, hw: tuple[int, int]) -> LowresTarget:
+def lowres_target(mask: CropMask, hw: tuple[int, int], profile: Profile = ULTRALYTICS) -> LowresTarget:
     """The mask's exact area coverage of each cell of the 256 x 256 grid SAM's decoder predicts on.
 
-    The image is letterboxed to 1024 x 1024 as the encoder input is (scaled by ``1024 / max(H, W)``,
-    placed top-left); each low-res cell is a 4 x 4 block of that input. A cell's value is the part
+    The image is placed in the 1024 x 1024 input as the profile's encoder input is (letterboxed: scaled
+    by ``1024 / max(H, W)``, top-left; MedSAM: stretched to the whole input); each low-res cell is a
+    4 x 4 block of that input. A cell's value is the part
     of its area that the mask's pixels cover there, so a 0/1 target where the mask is resolved
     and fractions along its outline (or for objects smaller than a cell).
     """
     h, w = hw
-    r = input_scale(hw)
-    sy, sx = max(round(h * r), 1) / h, max(round(w * r), 1) / w  # LetterBox resizes to exactly this size
+    ch, cw = profile.content_hw(hw)
+    sy, sx = ch / h, cw / w  # the image's resize goes to exactly this size
     if mask.area == 0:
         return LowresTarget(np.zeros((0, 0), dtype=np.uint8), 0, 0)
     row0, rows = _coverage(mask.y0, mask.shape[0], sy)
@@ -107,6 +108,7 @@ class Sample:
         instances: the objects with a non-empty mask: prompt boxes ``xyxy`` (the dataset's own boxes,
             in pixels), ``class_id``, ``source_id`` and ``masks``.
         targets: each object's ``LowresTarget``, in ``instances`` order.
+        profile: the SAM profile the targets are placed for (:mod:`pipeline.sam.profiles`).
     """
 
     path: Path
@@ -116,11 +118,12 @@ class Sample:
     hw: tuple[int, int]
     instances: Instances
     targets: tuple[LowresTarget, ...] = field(repr=False)
+    profile: Profile = field(default=ULTRALYTICS, repr=False)
 
     @property
     def cells(self) -> tuple[int, int]:
         """(rows, cols) of the low-res grid the image covers."""
-        return content_cells(self.hw)
+        return content_cells(self.hw, self.profile)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def load_training_data(
     names: list[str] | None = None,
     val_fraction: float = 0.2,
     reviewed_only: bool = False,
+    profile: Profile = ULTRALYTICS,
 ) -> TrainingData:
     """Read a dataset with masks and split it into training and validation samples.
 
@@ -168,7 +172,8 @@ def load_training_data(
     (so the choice never changes between runs or when images are added). A ``test`` split is not used.
     Objects without a mask (box-only labels) and images without any masked object are left out and
     counted. With ``reviewed_only`` (a samlabel dataset) only the images checked in ``samlabel review``
-    are used, in both splits.
+    are used, in both splits. ``profile`` is the SAM profile of the model to train (where the low-res
+    targets lie in its input frame).
 
     Raises:
         SamlabelError: unreadable dataset, ``reviewed_only`` on a dataset samlabel did not write, or no
@@ -193,7 +198,7 @@ def load_training_data(
         if reviewed is not None and (it.split, it.path.name) not in reviewed:
             skipped["images not reviewed"] += 1
             continue
-        sample = _sample(it, skipped)
+        sample = _sample(it, skipped, profile)
         if sample is not None:
             by_split[it.split].append(sample)
     train, valid = by_split["train"], by_split["valid"]
@@ -236,7 +241,7 @@ def _with_split(sample: Sample, split: str) -> Sample:
     return dataclasses.replace(sample, split=split)
 
 
-def _sample(item, skipped: Counter) -> Sample | None:
+def _sample(item, skipped: Counter, profile: Profile) -> Sample | None:
     try:
         data = item.path.read_bytes()
         hw = upright_hw(item.path)
@@ -258,7 +263,8 @@ def _sample(item, skipped: Counter) -> Sample | None:
         digest=hashlib.sha256(data).hexdigest(),
         hw=hw,
         instances=instances,
-        targets=tuple(lowres_target(m, hw) for m in instances.masks),
+        targets=tuple(lowres_target(m, hw, profile) for m in instances.masks),
+        profile=profile,
     )
 
 

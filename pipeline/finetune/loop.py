@@ -23,7 +23,7 @@ from pipeline.finetune.model import Features, TrainableSam, autocast
 from pipeline.finetune.options import FinetuneOptions
 from pipeline.finetune.prompts import jitter_boxes, sample_clicks
 from pipeline.masks import full_rle
-from pipeline.sam.prompts import LOWRES, SAM_INPUT, input_scale
+from pipeline.sam.prompts import LOWRES, SAM_INPUT
 from pipeline.sam.upsample import Upsampler
 from pipeline.types import CropMask, Instances
 
@@ -132,8 +132,8 @@ class Trainer:
         rounds = 1 + self.options.clicks
         feats = _to(self.features(sample), device)
         rows, cols = sample.cells
-        scale = input_scale(sample.hw)
-        boxes = jitter_boxes(sample.instances.xyxy[ks], sample.hw, rng, fraction=self.options.box_jitter) * scale
+        jittered = jitter_boxes(sample.instances.xyxy[ks], sample.hw, rng, fraction=self.options.box_jitter)
+        boxes = sam.profile.scale_boxes(jittered, sample.hw)
         boxes_t = torch.from_numpy(boxes).to(device)
         target = torch.from_numpy(np.stack([sample.targets[k].dense((rows, cols)) for k in ks])).to(device)
         target_np = target.cpu().numpy() >= 0.5
@@ -184,9 +184,9 @@ def predict(sam: TrainableSam, features: Features, sample: Sample, *, chunk: int
     """
     device = sam.device
     feats = _to(features, device)
-    upsampler = Upsampler(sample.hw, device=device)
+    upsampler = Upsampler(sample.hw, device=device, profile=sam.profile)
     threshold = sam.threshold
-    boxes = torch.from_numpy((sample.instances.xyxy * input_scale(sample.hw)).astype(np.float32)).to(device)
+    boxes = torch.from_numpy(sam.profile.scale_boxes(sample.instances.xyxy, sample.hw)).to(device)
     masks: list[CropMask] = []
     scores: list[float] = []
     for start in range(0, len(boxes), chunk):

@@ -20,7 +20,8 @@ from torch import nn
 from pipeline.errors import SamlabelError
 from pipeline.finetune.options import TRAIN_PARTS
 from pipeline.sam.build import load_sam, resolve_arch
-from pipeline.sam.prompts import LOWRES, SAM_INPUT, Prompts, input_scale
+from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile, is_hq
+from pipeline.sam.prompts import Prompts
 from pipeline.sam.torch_backend import TorchBackend
 from pipeline.threads import torch_threads
 
@@ -41,6 +42,8 @@ class TrainableSam:
 
     Attributes:
         backend: the SAM stage's ``TorchBackend`` around the model.
+        profile: the architecture's pre- and postprocessing (MedSAM's for ``medsam``): the images are
+            encoded, prompts scaled and masks upsampled as the SAM stage does for this architecture.
         model: the Ultralytics ``SAMModel`` / ``SAM2Model``.
         arch: the architecture name.
         sam2: whether it is SAM2 / SAM2.1.
@@ -52,11 +55,15 @@ class TrainableSam:
         self, weights: str | Path, arch: str | None = None, *, device: torch.device | str | None = "cpu"
     ) -> None:
         self.arch = resolve_arch(weights, arch)
+        if is_hq(self.arch):
+            raise SamlabelError(f"--sam-arch {self.arch}: fine-tuning HQ-SAM is not supported (its decoder is the "
+                                "authors' segment_anything_hq, not Ultralytics'); fine-tune a SAM, SAM2 or MedSAM model")  # fmt: skip
         with torch_threads():
             model = load_sam(weights, self.arch)
         self.backend = TorchBackend(model, arch=self.arch, device=None if device is None else str(device))
         if self.backend.dtype != torch.float32:  # a half-precision model cannot be trained stably
             self.backend.model.float()
+        self.profile: Profile = self.backend.profile
         self.model = self.backend.model
         self.device: torch.device = self.backend.device
         self.sam2 = self.backend.sam2
@@ -133,7 +140,8 @@ class TrainableSam:
     # -------------------------------------------------------------------------------------- image side
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) RGB -> the (1, 3, 1024, 1024) encoder input, exactly as the SAM stage makes it."""
+        """uint8 (H, W, 3) RGB -> the (1, 3, 1024, 1024) encoder input, exactly as the SAM stage makes it
+        (the profile's preprocessing: Ultralytics' letterbox, or MedSAM's stretch and min-max)."""
         return self.backend.preprocess(rgb)
 
     @torch.inference_mode()
@@ -167,13 +175,13 @@ class TrainableSam:
 
         Args:
             features: the image's ``encode`` output, on ``device``.
-            boxes: float (N, 4) xyxy in encoder-input pixels (image pixels times 1024 / max(H, W)).
+            boxes: float (N, 4) xyxy in encoder-input pixels (``profile.scale_boxes`` of image pixels).
             points: float (N, K, 2) clicks (x, y) in encoder-input pixels, or None.
             labels: int (N, K): 1 positive, 0 negative, -1 no click.
             mask_input: float (N, 1, 256, 256) previous low-res logits, or None.
 
         Returns:
-            logits float (N, 256, 256) over the letterboxed input, predicted IoU float (N,).
+            logits float (N, 256, 256) over the encoder input's frame, predicted IoU float (N,).
         """
         if self.sam2:
             levels = sorted(k for k in features if k.startswith("high_res_"))
@@ -185,10 +193,9 @@ class TrainableSam:
         return logits[:, 0], iou[:, 0]
 
 
-def content_cells(hw: tuple[int, int]) -> tuple[int, int]:
-    """(rows, cols) of the 256 x 256 low-res grid that the image (not the letterbox padding) covers."""
-    r = input_scale(hw)
-    new_h, new_w = max(round(hw[0] * r), 1), max(round(hw[1] * r), 1)
+def content_cells(hw: tuple[int, int], profile: Profile = ULTRALYTICS) -> tuple[int, int]:
+    """(rows, cols) of the 256 x 256 low-res grid that the image (not the padding) covers."""
+    new_h, new_w = profile.content_hw(hw)
     cell = SAM_INPUT // LOWRES
     return -(-new_h // cell), -(-new_w // cell)
 

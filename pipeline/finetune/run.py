@@ -19,7 +19,9 @@ from pipeline.finetune.data import EmbeddingCache, TrainingData, default_cache_d
 from pipeline.finetune.loop import Trainer, make_features, steps_per_epoch, validate
 from pipeline.finetune.model import TrainableSam
 from pipeline.finetune.options import FinetuneOptions
+from pipeline.sam.build import resolve_arch
 from pipeline.sam.onnx_cache import file_sha256
+from pipeline.sam.profiles import profile_of
 from pipeline.threads import torch_threads
 from pipeline.weights import resolve_weights
 
@@ -83,9 +85,11 @@ def finetune(
         raise SamlabelError(f"--out {out}: give a .pt file name (the fine-tuned checkpoint)")
     paths = st.Paths(out)
     check_device(device)
+    profile = profile_of(resolve_arch(weights, arch))
     data = load_training_data(
-        dataset, images=images, names=names, val_fraction=opts.val_fraction, reviewed_only=reviewed_only
-    )
+        dataset, images=images, names=names, val_fraction=opts.val_fraction, reviewed_only=reviewed_only,
+        profile=profile,
+    )  # fmt: skip
     d = data.describe()
     left_out = ", ".join(f"{n} {what}" for what, n in d["skipped"].items() if n) or "nothing"
     LOGGER.info(

@@ -5,8 +5,10 @@ Ultralytics picks the architecture from the end of the file name (``mobile_sam.p
 ``arch="mobile_sam"``), and the checkpoint is compared with the architecture before it is loaded:
 one that does not fit fails with one line naming the first key that differs.
 
-This module uses Ultralytics' model *builders* (``ultralytics.models.sam.build``); everything that
-runs a model goes through :mod:`pipeline.sam.torch_backend`.
+This module uses Ultralytics' model *builders* (``ultralytics.models.sam.build``) and, for HQ-SAM, the
+authors' ``segment_anything_hq.sam_model_registry`` (the optional extra ``samlabel[hq]``); MedSAM is
+SAM ViT-B's architecture. Everything that runs a model goes through :mod:`pipeline.sam.torch_backend`
+(and :mod:`pipeline.sam.hq_backend`); how each family is run is its profile (:mod:`pipeline.sam.profiles`).
 """
 
 from __future__ import annotations
@@ -22,17 +24,29 @@ from unittest import mock
 import torch
 
 from pipeline.errors import SamlabelError
+from pipeline.sam.profiles import EXTRA_ARCHS
+
+#: One line for a missing ``segment-anything-hq`` (or the ``timm`` its TinyViT needs).
+HQ_MISSING = (
+    "--sam-arch {arch} (HQ-SAM) needs the optional package segment-anything-hq: pip install 'samlabel[hq]' ({e})"
+)
 
 
 @lru_cache(maxsize=1)
 def sam_archs() -> tuple[str, ...]:
-    """The architectures Ultralytics builds: the keys of its ``sam_model_map`` without ``.pt``.
+    """The architectures: the keys of Ultralytics' ``sam_model_map`` without ``.pt``, then MedSAM and HQ-SAM.
 
-    ``("sam_h", "sam_l", "sam_b", "mobile_sam", "sam2_t", ..., "sam2.1_l")`` with Ultralytics 8.4.
+    ``("sam_h", "sam_l", "sam_b", "mobile_sam", "sam2_t", ..., "sam2.1_l", "medsam", "sam_hq_vit_b", ...)``
+    with Ultralytics 8.4.
     """
     from ultralytics.models.sam.build import sam_model_map
 
-    return tuple(name.removesuffix(".pt") for name in sam_model_map)
+    return tuple(name.removesuffix(".pt") for name in sam_model_map) + tuple(EXTRA_ARCHS)
+
+
+def _file_names(arch: str) -> tuple[str, ...]:
+    """The file-name endings that say ``arch`` (``sam_b.pt``; ``medsam_vit_b.pth``; ``sam_hq_vit_b.pth`` ...)."""
+    return EXTRA_ARCHS[arch][2] if arch in EXTRA_ARCHS else (f"{arch}.pt",)
 
 
 def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> str:
@@ -47,13 +61,14 @@ def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--se
             raise SamlabelError(f"--sam-arch {arch}: expected one of {', '.join(choices)}")
         return arch
     name = Path(path).name
-    matches = [a for a in choices if name.endswith(f"{a}.pt")]
+    matches = [(len(end), a) for a in choices for end in _file_names(a) if name.endswith(end)]
     if not matches:
+        ends = ", ".join(end for a in choices for end in _file_names(a)[:1])
         raise SamlabelError(
             f"{flag} {path}: the file name does not say which SAM architecture it holds (it ends with none of "
-            f"{', '.join(a + '.pt' for a in choices)}); pass --sam-arch, one of {', '.join(choices)}"
+            f"{ends}); pass --sam-arch, one of {', '.join(choices)}"
         )
-    return max(matches, key=len)
+    return max(matches)[1]
 
 
 def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> torch.nn.Module:
@@ -111,19 +126,42 @@ _BUILD_LOCK = threading.Lock()
 
 
 def build_arch(arch: str) -> torch.nn.Module:
-    """A randomly initialised ``arch`` model built by Ultralytics' own builder; nothing is read or downloaded.
+    """A randomly initialised ``arch`` model built by its authors' builder; nothing is read or downloaded.
 
-    The initialisation draws from a forked RNG, so the caller's global random state is left as it was.
+    Ultralytics' builders for its architectures and MedSAM (SAM ViT-B), ``segment_anything_hq``'s
+    ``sam_model_registry`` for HQ-SAM. The initialisation draws from a forked RNG, so the caller's
+    global random state is left as it was.
+
+    Raises:
+        SamlabelError: an HQ-SAM architecture without the ``segment-anything-hq`` package.
     """
+    kind, _, key = EXTRA_ARCHS[arch][1].partition(":") if arch in EXTRA_ARCHS else ("ultralytics", "", arch)
+    if kind == "sam_hq":
+        registry = hq_registry(arch)
+        with torch.random.fork_rng(devices=[]):
+            return registry[key]()
     from ultralytics.models.sam import build as sam_build
 
-    builder = sam_build.sam_model_map[f"{arch}.pt"]
+    builder = sam_build.sam_model_map[f"{key}.pt"]
     with (
         _BUILD_LOCK,
         mock.patch.object(sam_build, "_load_checkpoint", lambda model, _checkpoint: model),
         torch.random.fork_rng(devices=[]),
     ):
-        return builder(f"{arch}.pt")
+        return builder(f"{key}.pt")
+
+
+def hq_registry(arch: str):
+    """``segment_anything_hq.sam_model_registry``, or a one-line SamlabelError saying how to install it."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # timm's notice about the import path segment_anything_hq uses
+            warnings.simplefilter("ignore", FutureWarning)
+            from segment_anything_hq import sam_model_registry
+    except ImportError as e:
+        raise SamlabelError(HQ_MISSING.format(arch=arch, e=e)) from None
+    return sam_model_registry
 
 
 def _read_state_dict(path: Path, *, flag: str) -> Mapping[str, object]:

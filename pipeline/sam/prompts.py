@@ -1,9 +1,9 @@
 """SAM prompts: checked once, then held in encoder-input pixels for every backend.
 
-Images are letterboxed into SAM's 1024 x 1024 input: scaled by ``r = min(1024 / H, 1024 / W)``,
-content at the top left. A prompt in image pixels is multiplied by ``r``, as Ultralytics'
-predictors do; mask inputs are SAM's own low-resolution logits (1/4 of the input, 256 x 256), which
-are in the letterboxed frame already.
+Images become SAM's 1024 x 1024 input as the architecture's profile says (:mod:`pipeline.sam.profiles`):
+letterboxed by Ultralytics (prompts times ``r = min(1024 / H, 1024 / W)``), resized along the longest
+side by segment-anything, or stretched by MedSAM (prompts scaled per axis). Mask inputs are SAM's own
+low-resolution logits (1/4 of the input, 256 x 256), which are in the input frame already.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SAM_INPUT = 1024  # every SAM / SAM2 model here encodes a 1024 x 1024 letterboxed image
-LOWRES = SAM_INPUT // 4  # side of SAM's low-resolution mask logits and mask inputs
+from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile
+
+__all__ = ["LOWRES", "POINT_LABELS", "SAM_INPUT", "Prompts", "input_scale", "prepare_prompts"]
 POINT_LABELS = (-1, 0, 1)  # padding, negative, positive (SAM's own codes; 2 and 3 are its box corners)
 
 
@@ -87,6 +88,7 @@ def prepare_prompts(
     mask_input=None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    profile: Profile = ULTRALYTICS,
 ) -> Prompts:
     """Check prompts given in pixels of an (H, W) image and put them in encoder-input pixels.
 
@@ -99,6 +101,7 @@ def prepare_prompts(
         mask_input: float (N, 256, 256) low-resolution logits from an earlier prediction (numpy or torch).
         device: where the tensors go.
         dtype: float type of the tensors.
+        profile: the architecture's profile: how image pixels map to encoder-input pixels on each axis.
 
     Raises:
         ValueError: a shape, count or value that is not as documented (the message says expected vs got).
@@ -106,13 +109,13 @@ def prepare_prompts(
     if boxes is None and points is None:
         what = "mask_input alone" if mask_input is not None else "no prompt"
         raise ValueError(f"expected boxes or points (mask_input refines one of them), got {what}")
-    r = input_scale(hw)
+    sx, sy = profile.scale_xy(hw)
     counts = {}
     out = {}
     if boxes is not None:
         b = _float_array("boxes", boxes, ndim=2, tail=(4,), form="(N, 4)")
         counts["boxes"] = len(b)
-        out["boxes"] = torch.as_tensor(b, dtype=dtype, device=device) * r
+        out["boxes"] = torch.as_tensor(b, dtype=dtype, device=device) * _scale((sx, sy, sx, sy), dtype, device)
     if points is not None:
         p = _float_array("points", points, ndim=3, tail=(2,), form="(N, P, 2)")
         if p.shape[1] == 0:
@@ -126,7 +129,7 @@ def prepare_prompts(
         if bad:
             raise ValueError(f"point_labels: expected 1 (positive), 0 (negative) or -1 (padding), got {bad}")
         counts["points"] = len(p)
-        out["points"] = torch.as_tensor(p, dtype=dtype, device=device) * r
+        out["points"] = torch.as_tensor(p, dtype=dtype, device=device) * _scale((sx, sy), dtype, device)
         out["labels"] = torch.as_tensor(labels.astype(np.int32), device=device)
     elif point_labels is not None:
         raise ValueError("point_labels: expected None without points, got labels")
@@ -138,6 +141,11 @@ def prepare_prompts(
         got = ", ".join(f"{v} {k}" for k, v in counts.items())
         raise ValueError(f"expected the same number of prompts N in every argument, got {got}")
     return Prompts(**out)
+
+
+def _scale(factors: tuple[float, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """Per-axis factors as a tensor of the prompts' dtype (a product like ``tensor * r`` for equal factors)."""
+    return torch.tensor(factors, dtype=dtype, device=device)
 
 
 def _float_array(name: str, value, *, ndim: int, tail: tuple[int, ...], form: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from pipeline.errors import SamlabelError
 from pipeline.quality import MULTIMASK, choose_candidate, stability_score
 from pipeline.sam.build import load_sam, resolve_arch
 from pipeline.sam.prompts import LOWRES, Prompts, prepare_prompts
-from pipeline.sam.torch_backend import Features, TorchBackend
+from pipeline.sam.torch_backend import Features, TorchBackend, make_backend
 from pipeline.sam.upsample import Upsampler
 from pipeline.threads import torch_threads
 from pipeline.types import CropMask, Instances
@@ -58,8 +58,8 @@ class Prediction:
     """SAM's answer to N prompts of one image, K candidates each (3 with ``multimask``, else 1).
 
     Attributes:
-        logits: float32 (N, K, 256, 256) low-resolution mask logits, in the 1024 x 1024 letterboxed
-            frame SAM works in, on the segmenter's device; ``logits[:, k]`` is a valid ``mask_input``.
+        logits: float32 (N, K, 256, 256) low-resolution mask logits, in the 1024 x 1024 input frame
+            SAM works in (letterboxed, or stretched for MedSAM), on the segmenter's device; ``logits[:, k]`` is a valid ``mask_input``.
         scores: float32 (N, K) numpy: SAM's predicted IoU of each candidate.
         threshold: the model's mask logit threshold.
         upsampler: the image's upsampler (see :meth:`masks_at` for masks at other thresholds).
@@ -113,7 +113,9 @@ class Segmenter:
         arch: the architecture in use.
         runtime: the runtime in use (``torch`` or ``onnx``; ``auto`` resolved).
         batch: prompts per decoder call.
-        reference: the :class:`TorchBackend` (PyTorch: the reference; it also preprocesses images).
+        reference: the PyTorch backend (:class:`TorchBackend`, or ``HqBackend`` for HQ-SAM): the reference;
+            it also preprocesses images.
+        profile: how the architecture is pre- and postprocessed (:mod:`pipeline.sam.profiles`).
         backend: what encodes and decodes: ``reference`` or an ``OnnxBackend`` built on it.
 
     Raises:
@@ -142,7 +144,8 @@ class Segmenter:
         self.arch = resolve_arch(path, arch)
         with torch_threads():  # building the model runs PyTorch too
             model = load_sam(path, self.arch)
-        self.reference = TorchBackend(model, arch=self.arch, device=device)  # PyTorch; also the preprocessing
+        self.reference = make_backend(model, arch=self.arch, device=device)  # PyTorch; also the preprocessing
+        self.profile = self.reference.profile
         self.backend = select_backend(runtime, self.reference, weights=path, cache_dir=cache_dir)
         self.runtime: str = self.backend.name
         # Prompts per decoder call. PyTorch's decoder copies the image embedding per box and gets slower per box
@@ -169,7 +172,7 @@ class Segmenter:
         hw = (int(rgb.shape[0]), int(rgb.shape[1]))
         with torch_threads():
             features = self.backend.encode(self.reference.preprocess(rgb))
-        return ImageEmbedding(features, hw, self.arch, Upsampler(hw, device=self.device))
+        return ImageEmbedding(features, hw, self.arch, Upsampler(hw, device=self.device, profile=self.profile))
 
     @torch.inference_mode()
     def predict(
@@ -216,6 +219,7 @@ class Segmenter:
             mask_input=mask_input,
             device=self.device,
             dtype=self.reference.dtype,
+            profile=self.profile,
         )
         logits, scores = self._decode(embedding.features, prompts, multimask=multimask)
         return Prediction(logits.float(), scores.float().cpu().numpy(), self.threshold, embedding.upsampler)
@@ -296,6 +300,9 @@ def select_backend(runtime: str, reference: TorchBackend, *, weights: Path, cach
             raise SamlabelError(onnx_backend.failure_message(e, cache=cache)) from None
         LOGGER.warning("ONNX Runtime not used for %s (%s); using PyTorch", weights.name, e)
         return reference
-    decoders = " and decoders" if backend.box_decoder is not None else ""
-    LOGGER.info("SAM image encoder%s run on ONNX Runtime (cache %s)", decoders, cache.dir)
+    if backend.box_decoder is not None:
+        LOGGER.info("SAM image encoder and decoders run on ONNX Runtime (cache %s)", cache.dir)
+    else:  # SAM2's and HQ-SAM's decoders have no ONNX export
+        LOGGER.info("SAM image encoder runs on ONNX Runtime (cache %s); the %s decoder has no ONNX export and "
+                    "runs on PyTorch", cache.dir, reference.arch)  # fmt: skip
     return backend

@@ -11,10 +11,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.sam.profiles import profile_of
 from pipeline.sam.prompts import SAM_INPUT, Prompts
 from pipeline.threads import torch_threads
 
 Features = torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]
+
+
+def make_backend(model: torch.nn.Module, *, arch: str, device: str | None = None):
+    """The PyTorch backend of ``arch``: :class:`TorchBackend`, or the ``HqBackend`` for HQ-SAM."""
+    from pipeline.sam.profiles import is_hq
+
+    if is_hq(arch):
+        from pipeline.sam.hq_backend import HqBackend
+
+        return HqBackend(model, arch=arch, device=device)
+    return TorchBackend(model, arch=arch, device=device)
 
 
 class TorchBackend:
@@ -26,6 +38,7 @@ class TorchBackend:
     Attributes:
         name: ``"torch"``.
         arch: the architecture (one of :func:`pipeline.sam.build.sam_archs`).
+        profile: how it is pre- and postprocessed (:func:`pipeline.sam.profiles.profile_of`).
         predictor: the Ultralytics predictor (model on ``device``, eval mode).
         device: where the model runs.
         dtype: float type of the model's inputs (float32, or float16 for a half-precision GPU model).
@@ -39,6 +52,7 @@ class TorchBackend:
         from ultralytics.models.sam import Predictor, SAM2Predictor
 
         self.arch = arch
+        self.profile = profile_of(arch)
         self.sam2 = arch.startswith("sam2")
         predictor_cls = SAM2Predictor if self.sam2 else Predictor
         with torch_threads():
@@ -65,7 +79,13 @@ class TorchBackend:
         return None if self.sam2 else (self.model.prompt_encoder, self.model.mask_decoder)
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) RGB -> the letterboxed, normalized (1, 3, 1024, 1024) encoder input on ``device``."""
+        """uint8 (H, W, 3) RGB -> the (1, 3, 1024, 1024) encoder input on ``device``, as the profile says.
+
+        The ``ultralytics`` profile is Ultralytics' own preprocessing (letterbox, mean / std); the others
+        (MedSAM's) are the profile's.
+        """
+        if self.profile.resize != "letterbox":
+            return torch.from_numpy(self.profile.preprocess(rgb)).to(self.device, self.dtype)
         return self.predictor.preprocess([np.ascontiguousarray(rgb[..., ::-1])])
 
     def encode(self, image: torch.Tensor) -> Features:

@@ -1,4 +1,4 @@
-"""Upsampling of SAM's low-resolution logits to image masks, exactly as Ultralytics' postprocess does."""
+"""Upsampling of SAM's low-resolution logits to image masks, as each family's authors do (see :mod:`.profiles`)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,35 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pipeline.sam.prompts import LOWRES, SAM_INPUT
+from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile
 from pipeline.types import CropMask
 
 
 class Upsampler:
-    """Bilinear resize of SAM's low-res logits to the image, exactly as Ultralytics' postprocess does.
+    """Bilinear resize of SAM's low-res logits to the image, as the profile's family does it.
 
-    Ultralytics crops the letterboxed content from the 256 x 256 logits and resizes it to (H, W)
+    The ``ultralytics`` profile: Ultralytics crops the letterboxed content from the 256 x 256 logits and resizes it to (H, W)
     (``F.interpolate``, or ``F.grid_sample`` when the content ends mid-pixel). Both are separable:
     ``out = Ry @ logits @ Rx.T`` with fixed (H, 256) and (W, 256) matrices. A bilinear output pixel
     can only be positive if one of the low-res pixels it mixes is, so each mask is evaluated only
     on the window those pixels reach: memory and time follow the object, not the image.
+
+    ``segment_anything`` (``Sam.postprocess_masks``: to 1024 x 1024, crop, to (H, W)) is the product of two
+    such matrices; ``medsam`` resizes all 256 x 256 straight to (H, W) and works on ``sigmoid(logits)``
+    (thresholds are still given in logit units; :meth:`Profile.upsample_threshold` maps them).
     """
 
-    def __init__(self, hw: tuple[int, int], *, lowres: int = LOWRES, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        hw: tuple[int, int],
+        *,
+        lowres: int = LOWRES,
+        device: torch.device | str = "cpu",
+        profile: Profile = ULTRALYTICS,
+    ) -> None:
         self.hw = hw
-        ry, rx = _interp_matrices(hw[0], hw[1], lowres)
+        self.profile = profile
+        ry, rx = _interp_matrices(hw[0], hw[1], lowres, profile)
         self.ry = torch.from_numpy(ry).to(device)
         self.rx = torch.from_numpy(rx).to(device)
         self._y_span = _spans(ry)
@@ -58,6 +70,8 @@ class Upsampler:
         if len(thresholds) == 0:
             raise ValueError("thresholds: expected at least one threshold, got none")
         empty = CropMask(np.zeros((0, 0), dtype=bool))
+        logits = self.profile.upsample_values(logits)
+        thresholds = [self.profile.upsample_threshold(float(t)) for t in thresholds]
         positive = logits > min(thresholds)
         rows = torch.nonzero(positive.any(dim=1)).flatten()
         cols = torch.nonzero(positive.any(dim=0)).flatten()
@@ -83,8 +97,8 @@ class Upsampler:
         return int(first[lo : hi + 1].min()), int(last[lo : hi + 1].max()) + 1
 
     def full(self, logits: torch.Tensor) -> torch.Tensor:
-        """Full-image float logits (H, W); for tests and comparisons."""
-        return self.ry @ logits.float() @ self.rx.T
+        """Full-image float (H, W) of what is thresholded (logits, or probabilities for MedSAM); for tests."""
+        return self.ry @ self.profile.upsample_values(logits) @ self.rx.T
 
 
 def _spans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +112,15 @@ def _spans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=8)
-def _interp_matrices(h: int, w: int, lowres: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (H, lowres) and (W, lowres) float32 matrices of Ultralytics' SAM mask postprocess."""
+def _interp_matrices(h: int, w: int, lowres: int, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
+    """The (H, lowres) and (W, lowres) float32 matrices of the profile's mask postprocess."""
+    if profile.upsample == "direct":  # F.interpolate(logits, (H, W), bilinear, align_corners=False)
+        return _resize_matrix(h, lowres, lowres), _resize_matrix(w, lowres, lowres)
+    if profile.upsample == "input_then_content":  # segment-anything's Sam.postprocess_masks
+        ch, cw = profile.content_hw((h, w))
+        size = lowres * SAM_INPUT // LOWRES
+        first = _resize_matrix(size, lowres, lowres)
+        return _resize_matrix(h, ch, ch) @ first[:ch], _resize_matrix(w, cw, cw) @ first[:cw]
     gain = min(SAM_INPUT / h, SAM_INPUT / w)
     ratio_h = round(h * gain) * lowres / SAM_INPUT / h
     ratio_w = round(w * gain) * lowres / SAM_INPUT / w
