@@ -140,3 +140,20 @@ def test_finetune_encodes_and_validates_with_medsam_preprocessing(medsam, tmp_pa
     for mask, ref in zip(pred.masks, ref_masks, strict=True):
         assert iou(mask.full(sample.hw), ref) >= 0.999
     np.testing.assert_allclose(pred.mask_score, ref_scores, atol=1e-4)
+
+
+def test_a_drawn_mask_is_placed_in_medsams_stretched_frame():
+    """Review's mask input (a mask the user drew, fed back to SAM) follows the profile: MedSAM's frame is the
+    image stretched to 256 x 256, not letterboxed. The right half of a 100 x 400 image covers the right half
+    of every low-resolution row."""
+    from pipeline.masks import CropMask
+    from pipeline.review.sam import mask_logits
+
+    hw = (100, 400)
+    bits = np.zeros(hw, dtype=bool)
+    bits[:, 200:] = True
+    mask = CropMask.from_full(bits)
+    logits = mask_logits(mask, hw, scale_xy=MEDSAM.scale_xy(hw))
+    assert (logits[:, 130:] > 0).all() and (logits[:, :126] < 0).all()
+    letterboxed = mask_logits(mask, hw)  # the other profiles: content in the top 64 rows only
+    assert (letterboxed[:64, 130:] > 0).all() and (letterboxed[65:] < 0).all()

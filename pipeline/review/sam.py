@@ -26,6 +26,7 @@ EMBEDDINGS = 4
 
 #: Side of SAM's low-resolution mask logits (``pipeline.sam.prompts.LOWRES``): 1/4 of its 1024 px input.
 LOWRES = 256
+SAM_INPUT = 1024
 
 #: Logit given to mask / background pixels of a mask turned into a mask input (micro-sam's choice:
 #: the inverse sigmoid of 1 - 1e-3).
@@ -144,24 +145,30 @@ class SamSession:
     def mask_input(self, mask: CropMask, hw: tuple[int, int]) -> np.ndarray:
         """A mask SAM did not make in this session as low-resolution logits, to prompt SAM with it.
 
-        As micro-sam does: the mask in SAM's letterboxed frame (longest side 256, content top left),
-        area-averaged, as logits of +-6.9 (mask / background).
+        As micro-sam does: the mask in the model's low-resolution frame (the profile's: letterboxed, longest
+        side 256, content top left; MedSAM: stretched to 256 x 256), area-averaged, as logits of +-6.9.
         """
-        return mask_logits(mask, hw)
+        return mask_logits(mask, hw, scale_xy=self.segmenter.profile.scale_xy(hw))
 
 
-def mask_logits(mask: CropMask, hw: tuple[int, int]) -> np.ndarray:
-    """float32 (256, 256) logits of ``mask`` (image of size ``hw``) in SAM's letterboxed low-resolution frame."""
-    r = LOWRES / max(hw)
+def mask_logits(mask: CropMask, hw: tuple[int, int], *, scale_xy: tuple[float, float] | None = None) -> np.ndarray:
+    """float32 (256, 256) logits of ``mask`` (image of size ``hw``) in SAM's low-resolution frame.
+
+    Args:
+        scale_xy: encoder-input pixels per image pixel along x and y (``Profile.scale_xy``); None: the
+            letterbox frame (one ratio, ``1024 / max(hw)``).
+    """
+    sx, sy = scale_xy if scale_xy is not None else (SAM_INPUT / max(hw),) * 2
+    rx, ry = sx * LOWRES / SAM_INPUT, sy * LOWRES / SAM_INPUT
     out = np.full((LOWRES, LOWRES), -MASK_LOGIT, dtype=np.float32)
     if mask.area == 0:
         return out
     x0, y0, x1, y1 = mask.xyxy
-    lx0, ly0 = int(np.floor(x0 * r)), int(np.floor(y0 * r))
-    lx1, ly1 = min(int(np.ceil(x1 * r)), LOWRES), min(int(np.ceil(y1 * r)), LOWRES)
+    lx0, ly0 = int(np.floor(x0 * rx)), int(np.floor(y0 * ry))
+    lx1, ly1 = min(int(np.ceil(x1 * rx)), LOWRES), min(int(np.ceil(y1 * ry)), LOWRES)
     # the crop placed on the low-res pixel grid: pad it to whole low-res pixels, then area-average
-    px0, py0 = int(round(lx0 / r)), int(round(ly0 / r))
-    pw, ph = max(int(round(lx1 / r)) - px0, 1), max(int(round(ly1 / r)) - py0, 1)
+    px0, py0 = int(round(lx0 / rx)), int(round(ly0 / ry))
+    pw, ph = max(int(round(lx1 / rx)) - px0, 1), max(int(round(ly1 / ry)) - py0, 1)
     window = np.zeros((ph, pw), dtype=np.float32)
     bits = mask.bits
     ys, xs = y0 - py0, x0 - px0
