@@ -67,9 +67,9 @@ def validate(out: str | Path) -> list[str]:
         for p in sorted((out / "annotations").glob("*.json")):
             if f"annotations/{p.name}" not in listed:
                 problems.append(f"annotations/{p.name}: no image folder images/<split>/ for it")
-    for paths in hashes.values():
-        if len({p.split("/")[0] for p in paths}) > 1:
-            problems.append(f"same image in several splits: {', '.join(paths)}")
+    for rels in hashes.values():
+        if len({p.split("/")[0] for p in rels}) > 1:
+            problems.append(f"same image in several splits: {', '.join(rels)}")
     return problems
 
 

@@ -114,7 +114,8 @@ def _low_score(inst: Instances, min_mask_score: float) -> np.ndarray:
 def describe(instances: Instances, i: int, names: Sequence[str]) -> dict:
     """An instance as report.json lists it: class name, source id, prompt box, scores where known."""
     c = int(instances.class_id[i])
-    out = {"class": names[c] if 0 <= c < len(names) else c, "source_id": int(instances.source_id[i])}
+    out: dict[str, object] = {"class": names[c] if 0 <= c < len(names) else c}
+    out["source_id"] = int(instances.source_id[i])
     out["box_xyxy"] = [round(float(v), 2) for v in instances.xyxy[i]]
     for key in ("confidence", "mask_score"):
         value = float(getattr(instances, key)[i])
@@ -262,6 +263,7 @@ def light(record: ImageRecord) -> ImageRecord:
 
 def coco_image(record: ImageRecord) -> dict:
     """A record's COCO ``images`` entry (the writer adds ``id``); ``reviewed: true`` once checked in review."""
+    assert record.hw is not None  # ImageRecord.__post_init__: a written image has its size
     image = {"file_name": record.name, "height": record.hw[0], "width": record.hw[1], "source": record.source}
     if record.reviewed:
         image["reviewed"] = True
