@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from pipeline.errors import SamlabelError
 from pipeline.run.outputs import to_record, write_files
+from pipeline.run.stages import build
 from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, read_item
 from pipeline.types import ImageItem, ImageRecord
 
@@ -29,6 +30,7 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
     ``job.saved`` counts the images whose journal line is written (the bar does not count when disabled).
     """
     out, settings, seconds = job.out, job.settings, job.seconds
+    detector, segmenter = build(job.detector), build(job.segmenter)  # stage objects, or a Recipe's stage
     bar = progress_bar(len(todo), job.command, progress=job.progress)
     with job.journal.appender() as append:
 
@@ -51,7 +53,7 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
                     if isinstance(loaded, ImageRecord):
                         stages.write(finish, item, loaded)
                     else:
-                        instances = infer_item(item, loaded, job.detector, job.segmenter, settings, seconds)
+                        instances = infer_item(item, loaded, detector, segmenter, settings, seconds)
                         stages.write(finish, item, (loaded, instances))
         except KeyboardInterrupt:
             LOGGER.error("interrupted: %d images are saved; run the same command again to resume", job.saved)

@@ -24,6 +24,7 @@ from pipeline.types import DetectorStage, ImageItem, ImageRecord, Instances, Seg
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
     from pipeline.run.state import Journal
 
 LOGGER = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class Job:
     out: Path
     journal: Journal
     settings: Settings
-    detector: DetectorStage | None
-    segmenter: SegmenterStage | None
+    detector: DetectorStage | DetectorRecipe | None
+    segmenter: SegmenterStage | SegmenterRecipe | None
     command: str
     progress: bool
     seconds: Counter = field(default_factory=Counter)

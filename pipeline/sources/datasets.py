@@ -382,7 +382,7 @@ def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *
 
 def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Problems) -> list[ImageItem]:
     where_json = json_path.name if json_path.parent == root else str(json_path)
-    images: dict[int, dict] = {}
+    images: dict[object, dict] = {}  # by id as the JSON gives it: a number or a string
     listed = coco.get("images", [])
     for index, img in enumerate(listed if isinstance(listed, list) else []):
         iid = img.get("id") if isinstance(img, dict) else None
@@ -393,7 +393,7 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             problems.add(f"{where_json}: image {iid}", "duplicate image id", "second entry ignored")
             continue
         images[iid] = img
-    per_image: dict[int, list[SourceObject]] = {iid: [] for iid in images}
+    per_image: dict[object, list[SourceObject]] = {iid: [] for iid in images}
     seen_ann: set = set()
     for index, ann in enumerate(coco.get("annotations", [])):
         aid = ann.get("id") if isinstance(ann, dict) else None
