@@ -113,9 +113,14 @@ def run_dataset(
         this_run = _add_run(out, time.perf_counter() - started, result.saved, job.seconds)
         timings = run_report.timings(this_run, run_state.runs(out))
         report = run_report.finalize(
-            out, names=names, settings=settings, state=state, wanted={it.rel for it in items}, timings=timings,
+            out,
+            names=names,
+            settings=settings,
+            state=state,
+            wanted={it.rel for it in items},
+            timings=timings,
             prelude={**(prelude or {}), **({"unfinished_images": unfinished} if unfinished else {})},
-        )  # fmt: skip
+        )
     run_report.log_summary(out, report)
     if unfinished:
         raise SamlabelError(

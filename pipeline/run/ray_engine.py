@@ -200,7 +200,9 @@ def check_shared(run: _Run, source: Path) -> None:
             if error:
                 raise SamlabelError(f"{where}: {error}; {fix}")
             if not _visible(out / name, name):
-                raise SamlabelError(f"--out {out} is not shared with {where}: a task there wrote {name}, not seen here; {fix}")  # fmt: skip
+                raise SamlabelError(
+                    f"--out {out} is not shared with {where}: a task there wrote {name}, not seen here; {fix}"
+                )
     finally:
         for name, _ in answers:
             (out / name).unlink(missing_ok=True)
@@ -257,13 +259,16 @@ def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter) -> D
         batch_size=batch,
         num_gpus=gpus or None,
         num_cpus=1 if gpus else _cpus_per_actor(threads),
-    )  # fmt: skip
+    )
     ds = ds.map_batches(_write_batch, fn_kwargs=dict(run=run), **io)  # type: ignore[arg-type]
     ds.context.enable_progress_bars = False  # the driver shows its own bar (images/s), as a local run does
     LOGGER.info(
         "Ray: %d model replica(s) (%s), %d threads each, %d images",
-        actors, f"{gpus:g} GPU each" if gpus else "CPU", threads, len(todo),
-    )  # fmt: skip
+        actors,
+        f"{gpus:g} GPU each" if gpus else "CPU",
+        threads,
+        len(todo),
+    )
     return ds
 
 

@@ -62,10 +62,14 @@ class _Tally:
         self._add_flags(image, inst)
         low = _low_score(inst, self.min_mask_score)
         self.review += [
-            {"image": image, "class": self.names[int(inst.class_id[i])], "source_id": int(inst.source_id[i]),
-             "mask_score": round(float(inst.mask_score[i]), 6)}
+            {
+                "image": image,
+                "class": self.names[int(inst.class_id[i])],
+                "source_id": int(inst.source_id[i]),
+                "mask_score": round(float(inst.mask_score[i]), 6),
+            }
             for i in low
-        ]  # fmt: skip
+        ]
 
     def _add_flags(self, image: str, inst: Instances) -> None:
         """Count the flags of the instances in the label files and list the flagged ones."""
@@ -305,5 +309,6 @@ def _log_skipped(out: Path, skipped: list[dict]) -> None:
         for s in skipped:
             LOGGER.warning("skipped %s", s["reason"])
     else:
-        LOGGER.warning("skipped %d images; each with its reason in %s (skipped_images)", len(skipped),
-                       out / "report.json")  # fmt: skip
+        LOGGER.warning(
+            "skipped %d images; each with its reason in %s (skipped_images)", len(skipped), out / "report.json"
+        )

@@ -202,9 +202,15 @@ def read_yolo_yaml(path: Path, problems: Problems, *, confined: bool = True) -> 
             labels_dir = yolo.labels_dir_for(images_dir)
             prefix = f"{index}-{images_dir.name}" if len(entries) > 1 else ""  # several folders in one split
             items += _yolo_items(
-                images_dir, labels_dir, split, names, problems, root=path.parent, prefix=prefix,
+                images_dir,
+                labels_dir,
+                split,
+                names,
+                problems,
+                root=path.parent,
+                prefix=prefix,
                 confine=path.parent if confined else None,
-            )  # fmt: skip
+            )
             found.append(f"{split}={images_dir}")
     if not items:
         raise SamlabelError(f"{path}: none of its splits (train/val/test) point to an existing image folder")

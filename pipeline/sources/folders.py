@@ -232,8 +232,9 @@ def _walk(root: Path, exclude: Path | None = None) -> list[tuple[Path, str]]:
 def _skip_dataset(folder: Path) -> bool:
     why = holds_dataset(folder)
     if why:
-        LOGGER.info("%s: holds a dataset (%s); its images are not inputs (give it as a source to include them)",
-                    folder, why)  # fmt: skip
+        LOGGER.info(
+            "%s: holds a dataset (%s); its images are not inputs (give it as a source to include them)", folder, why
+        )
     return why is not None
 
 
