@@ -43,19 +43,25 @@ def main() -> None:
                 yolo_bbox2segment(str(src / split / "images"), save_dir=str(out), sam_model=str(sam), device="cpu")
                 files, lines = count_lines(out)
                 ul_total += lines
-                print(f"  yolo_bbox2segment {split:5s}: {files} label files, {lines} instances; "
-                      f"written: {sorted(p.name for p in out.iterdir())[:3]}...")  # fmt: skip
+                print(
+                    f"  yolo_bbox2segment {split:5s}: {files} label files, {lines} instances; "
+                    f"written: {sorted(p.name for p in out.iterdir())[:3]}..."
+                )
             written = sorted(p.name for p in (work / f"ul-{score}-train").iterdir())
-            print(f"  yolo_bbox2segment total: {ul_total}/{source_boxes} instances; files are label .txt only "
-                  f"({len(written)}), run once per split folder; no images, no data.yaml, no COCO")  # fmt: skip
+            print(
+                f"  yolo_bbox2segment total: {ul_total}/{source_boxes} instances; files are label .txt only "
+                f"({len(written)}), run once per split folder; no images, no data.yaml, no COCO"
+            )
             out = work / f"sl-{score}"
             report = convert(src, out, segmenter=str(sam), device="cpu", runtime="torch", progress=False).report
             coco = {s: json.loads((out / s / "_annotations.coco.json").read_text()) for s in report["images"]}
             n_coco = sum(len(c["annotations"]) for c in coco.values())
             low = sum(1 for c in coco.values() for a in c["annotations"] if a["mask_score"] < 0.25)
-            print(f"  samlabel convert: splits {report['images']}, {report['instances_total']}/{source_boxes} "
-                  f"instances in YOLO-seg and {n_coco} in COCO, names {report['names']}, "
-                  f"{low} with mask_score < 0.25 kept and visible in COCO; data.yaml + images + report.json\n")  # fmt: skip
+            print(
+                f"  samlabel convert: splits {report['images']}, {report['instances_total']}/{source_boxes} "
+                f"instances in YOLO-seg and {n_coco} in COCO, names {report['names']}, "
+                f"{low} with mask_score < 0.25 kept and visible in COCO; data.yaml + images + report.json\n"
+            )
 
 
 if __name__ == "__main__":

@@ -51,12 +51,25 @@ def heldout_iou(weights: Path, heldout: Path, work: Path, *, arch: str) -> dict:
     out = work / f"pred_{weights.stem}"
     shutil.rmtree(out, ignore_errors=True)
     coco = heldout / "_annotations.coco.json"
-    pipeline.convert(coco, out, images=heldout, segmenter=str(weights), resegment=True, runtime="torch",
-                     progress=False, coco_masks="rle")  # fmt: skip
+    pipeline.convert(
+        coco,
+        out,
+        images=heldout,
+        segmenter=str(weights),
+        resegment=True,
+        runtime="torch",
+        progress=False,
+        coco_masks="rle",
+    )
     r = evaluate(out, coco, gt_images=heldout, match_iou=0.0)
     per_object = r["mask_iou"]["mean"] * r["matched"] / r["instances"]["gt"] if r["matched"] else 0.0
-    return {"per_object_iou": per_object, "matched_mean_iou": r["mask_iou"]["mean"], "gt": r["instances"]["gt"],
-            "matched": r["matched"], "segm_AP": r["segm"]["AP"]}  # fmt: skip
+    return {
+        "per_object_iou": per_object,
+        "matched_mean_iou": r["mask_iou"]["mean"],
+        "gt": r["instances"]["gt"],
+        "matched": r["matched"],
+        "segm_AP": r["segm"]["AP"],
+    }
 
 
 def quality(work: Path, args) -> None:
@@ -69,7 +82,10 @@ def quality(work: Path, args) -> None:
     base = make_plain_sam_checkpoint(work / "base" / "mobile_sam.pt")
     out = work / "models" / "shapes_mobile_sam.pt"
     opts = FinetuneOptions.make(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneOptions)})
-    print(f"dataset: {args.train_images} train + {args.valid_images} valid images, {args.heldout_images} held-out; {opts}", flush=True)  # fmt: skip
+    print(
+        f"dataset: {args.train_images} train + {args.valid_images} valid images, {args.heldout_images} held-out; {opts}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneOptions)}
     result = finetune(ds, out, segmenter=base, cache_dir=work / "cache", progress=not args.quiet, **overrides)
@@ -84,10 +100,13 @@ def quality(work: Path, args) -> None:
     after = heldout_iou(out, heldout, work, arch="mobile_sam")
     print(f"\nheld-out ({args.heldout_images} images, samlabel convert --resegment + samlabel evaluate):")
     for name, r in (("before", before), ("after", after)):
-        print(f"  {name:6}  mask IoU per object {r['per_object_iou']:.4f}  (matched {r['matched']}/{r['gt']}, "
-              f"matched mean {r['matched_mean_iou'] or 0:.4f}, segm AP {r['segm_AP'] or 0:.4f})")  # fmt: skip
-    (work / "quality.json").write_text(json.dumps({"result": result, "heldout": {"before": before, "after": after},
-                                                   "seconds": seconds}, indent=2))  # fmt: skip
+        print(
+            f"  {name:6}  mask IoU per object {r['per_object_iou']:.4f}  (matched {r['matched']}/{r['gt']}, "
+            f"matched mean {r['matched_mean_iou'] or 0:.4f}, segm AP {r['segm_AP'] or 0:.4f})"
+        )
+    (work / "quality.json").write_text(
+        json.dumps({"result": result, "heldout": {"before": before, "after": after}, "seconds": seconds}, indent=2)
+    )
 
 
 def speed(work: Path, args) -> None:
@@ -107,8 +126,10 @@ def speed(work: Path, args) -> None:
         f"{len(data.train)} images, {objects} objects, batch {opts.batch}, {opts.clicks} click rounds",
         flush=True,
     )
-    print(f"{'arch':12} {'encoder s/img':>13} {'steps/s':>8} {'objects/s':>9} {'s/epoch':>8} {'val s/obj':>9} "
-          f"{'500 masks: 1 epoch':>18} {'whole fine-tune':>15}")  # fmt: skip
+    print(
+        f"{'arch':12} {'encoder s/img':>13} {'steps/s':>8} {'objects/s':>9} {'s/epoch':>8} {'val s/obj':>9} "
+        f"{'500 masks: 1 epoch':>18} {'whole fine-tune':>15}"
+    )
     for arch in args.archs.split(","):
         weights = make_plain_sam_checkpoint(work / "w" / f"{arch}.pt")
         sam = TrainableSam(weights, device=device)
@@ -132,8 +153,11 @@ def speed(work: Path, args) -> None:
         per_obj = epoch / objects
         # 500 training masks on 250 images, a valid split of 125 masks on 63 images, every epoch of the defaults
         whole = 313 * enc + opts.epochs * (500 * per_obj + 125 * val)
-        print(f"{arch:12} {enc:13.3f} {steps / epoch:8.3f} {objects / epoch:9.3f} {epoch:8.1f} {val:9.3f} "
-              f"{500 * per_obj / 60:14.1f} min {whole / 60:11.0f} min", flush=True)  # fmt: skip
+        print(
+            f"{arch:12} {enc:13.3f} {steps / epoch:8.3f} {objects / epoch:9.3f} {epoch:8.1f} {val:9.3f} "
+            f"{500 * per_obj / 60:14.1f} min {whole / 60:11.0f} min",
+            flush=True,
+        )
         del sam, trainer
 
 

@@ -41,8 +41,16 @@ def synthetic_gt(root: Path, n: int = 8) -> Path:
             cv2.fillPoly(im, [poly.round().astype(np.int32)], (230, 200, 180))
             x0, y0 = poly.min(0)
             x1, y1 = poly.max(0)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                         "segmentation": [poly.reshape(-1).tolist()], "bbox": [x0, y0, x1 - x0, y1 - y0]})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "segmentation": [poly.reshape(-1).tolist()],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                }
+            )
         Image.fromarray(im).save(root / "train" / name)
     coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "shape"}]}
     (root / "train" / "_annotations.coco.json").write_text(json.dumps(coco))
@@ -74,8 +82,17 @@ def main() -> None:
             out = work / f"out{k}"
             extra = {"sam_arch": args.sam_arch} if args.sam_arch else {}
             t = time.perf_counter()
-            result = convert(gt, out, segmenter=w, runtime=runtime, multimask=multimask, resegment=True,
-                             progress=False, cache_dir=str(work / "cache"), **extra)  # fmt: skip
+            result = convert(
+                gt,
+                out,
+                segmenter=w,
+                runtime=runtime,
+                multimask=multimask,
+                resegment=True,
+                progress=False,
+                cache_dir=str(work / "cache"),
+                **extra,
+            )
             n = sum(result.report["images"].values())
             seconds = (time.perf_counter() - t) / max(n, 1)
             r = evaluate(out, gt)

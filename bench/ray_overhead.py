@@ -103,8 +103,12 @@ def fake_overhead(tmp: Path, sizes: tuple[int, int]) -> dict:
     for engine, runs in best.items():
         per = (runs[n2][0] - runs[n1][0]) / (n2 - n1)
         driver = (runs[n2][1] - runs[n1][1]) / (n2 - n1)
-        fit[engine] = {"startup_s": runs[n1][0] - n1 * per, "per_image_s": per, "driver_cpu_per_image_s": driver,
-                       "runs": {n: r[0] for n, r in runs.items()}}  # fmt: skip
+        fit[engine] = {
+            "startup_s": runs[n1][0] - n1 * per,
+            "per_image_s": per,
+            "driver_cpu_per_image_s": driver,
+            "runs": {n: r[0] for n, r in runs.items()},
+        }
     return fit
 
 
@@ -177,7 +181,8 @@ def model_table(fake: dict, real: dict) -> list[str]:
     worker_cpu = p.get("read", 0) + p.get("write", 0) + max(overhead - driver, 0.0)
     slots = min(CORES_PER_GPU, 4)  # read and write tasks, each capped at 2 per replica (pipeline/run/ray_engine.py)
     lines = [
-        "assumed: GPU s/image " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in ASSUMED_GPU_S.items())
+        "assumed: GPU s/image "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in ASSUMED_GPU_S.items())
         + f" (incl. YOLOv8n; A100-class, fp32); {CORES_PER_GPU} CPU cores per GPU",
         f"measured here: worker CPU {worker_cpu * 1000:.0f} ms/image (read + write {1000 * (worker_cpu - max(overhead - driver, 0)):.0f},"
         f" Ray {1000 * max(overhead - driver, 0):.0f}); driver CPU {driver * 1000:.1f} ms/image"
@@ -185,7 +190,7 @@ def model_table(fake: dict, real: dict) -> list[str]:
         "",
         "| GPUs | model | GPU-bound img/s | worker-CPU-bound img/s | driver-bound img/s | expected img/s |",
         "|---:|---|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     driver_limit = 1 / driver if driver > 0 else float("inf")
     for model, g in ASSUMED_GPU_S.items():
         for n in (1, 2, 4, 8):
@@ -207,8 +212,14 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=cpus, num_gpus=1, include_dashboard=False, logging_level="ERROR",
-             _node_ip_address="127.0.0.1")  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        num_gpus=1,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _node_ip_address="127.0.0.1",
+    )
     ray_init = time.perf_counter() - t
     tmp = Path(tempfile.mkdtemp(prefix="samlabel-ray-bench-"))
     try:
@@ -225,8 +236,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     for engine, f in fake.items():
         runs = ", ".join(f"{n}: {s:.2f}" for n, s in f["runs"].items())
-        print(f"| {engine} | {f['startup_s']:.2f} | {f['per_image_s'] * 1000:.1f} | "
-              f"{f['driver_cpu_per_image_s'] * 1000:.1f} | {runs} |")  # fmt: skip
+        print(
+            f"| {engine} | {f['startup_s']:.2f} | {f['per_image_s'] * 1000:.1f} | "
+            f"{f['driver_cpu_per_image_s'] * 1000:.1f} | {runs} |"
+        )
     print(f"\njournal append (parse, write, fsync): {journal_s * 1000:.2f} ms/image")
     print(f"\nrandom-weight YOLOv8n + MobileSAM, {args.real_images} images of 640x480, max 5 boxes, CPU, torch:\n")
     print("| engine | s | images/s | read | detect | segment | write | (s/image) |")
@@ -237,8 +250,10 @@ def main() -> None:
         cells = " | ".join(f"{p.get(k, 0):.3f}" for k in ("read", "detect", "segment", "write"))
         print(f"| {engine} | {r['seconds']:.1f} | {r['images_per_s']:.3f} | {cells} | |")
     ratio = real["ray"]["images_per_s"] / real["local"]["images_per_s"]
-    print(f"\nray / local: {ratio:.2f}x; SAM split (s/image): encoder {real['split']['encode']:.3f}, "
-          f"decoder (5 boxes) {real['split']['decode']:.3f}\n")  # fmt: skip
+    print(
+        f"\nray / local: {ratio:.2f}x; SAM split (s/image): encoder {real['split']['encode']:.3f}, "
+        f"decoder (5 boxes) {real['split']['decode']:.3f}\n"
+    )
     print("throughput model on N GPUs:\n")
     print("\n".join(model_table(fake, real)))
     print("\n" + json.dumps({"fake": fake, "real": real, "journal_s": journal_s}, default=float))

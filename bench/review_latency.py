@@ -63,8 +63,10 @@ def _photos(folder: Path, n: int, hw=(480, 640)) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(n):
-        discs = [(int(rng.integers(60, hw[1] - 60)), int(rng.integers(60, hw[0] - 60)), int(rng.integers(20, 55)))
-                 for _ in range(5)]  # fmt: skip
+        discs = [
+            (int(rng.integers(60, hw[1] - 60)), int(rng.integers(60, hw[0] - 60)), int(rng.integers(20, 55)))
+            for _ in range(5)
+        ]
         Image.fromarray(draw_scene(hw=hw, discs=discs)).save(folder / f"img_{i:04d}.png")
     return folder
 
@@ -74,8 +76,14 @@ def _dataset(work: Path, name: str, n: int, hw) -> Path:
     from tests.conftest import FakeDetector, FakeSegmenter
 
     out = work / name
-    pipeline.label(_photos(work / f"{name}-photos", n, hw), out, detector=FakeDetector(), segmenter=FakeSegmenter(),
-                   progress=False, split="train=1")  # fmt: skip
+    pipeline.label(
+        _photos(work / f"{name}-photos", n, hw),
+        out,
+        detector=FakeDetector(),
+        segmenter=FakeSegmenter(),
+        progress=False,
+        split="train=1",
+    )
     return out
 
 
@@ -137,13 +145,21 @@ def bench_runtime(runtime: str, args, ckpt: Path, work: Path, out: Path) -> None
     for k in range(args.clicks):
         pts = np.array(_clicks(rng, box, k % 5 + 1))
         with _Timer(times, cpu):
-            cands = session.predict("warm0", box=box, points=pts[:, :2], point_labels=pts[:, 2].astype(int),
-                                    mask_input=logits, multimask=len(pts) == 1)  # fmt: skip
+            cands = session.predict(
+                "warm0",
+                box=box,
+                points=pts[:, :2],
+                point_labels=pts[:, 2].astype(int),
+                mask_input=logits,
+                multimask=len(pts) == 1,
+            )
         logits = cands[int(np.argmax([c.score for c in cands]))].logits if len(pts) < 5 else None
     print(f"  predict      {_stats(times[1:], cpu[1:])}")
 
-    client = TestClient(create_app(ReviewStore(out), token="bench-token-0123456789", sam=session),
-                        headers={"authorization": "Bearer bench-token-0123456789"})  # fmt: skip
+    client = TestClient(
+        create_app(ReviewStore(out), token="bench-token-0123456789", sam=session),
+        headers={"authorization": "Bearer bench-token-0123456789"},
+    )
     iid = client.get("/api/images").json()[0]["id"]
     image = client.get(f"/api/images/{iid}").json()
     inst = image["instances"][0]
@@ -169,8 +185,10 @@ def bench_saves(out: Path, label: str, n: int = 5) -> None:
         iid = queue[k % len(queue)]["id"]
         image = store.image(iid)
         names = store.names
-        edits = [InstanceEdit(i["id"], names[(i["class_id"] + 1) % len(names)] if j == 0 else i["class"], i["rle"])
-                 for j, i in enumerate(image["instances"])]  # fmt: skip
+        edits = [
+            InstanceEdit(i["id"], names[(i["class_id"] + 1) % len(names)] if j == 0 else i["class"], i["rle"])
+            for j, i in enumerate(image["instances"])
+        ]
         with _Timer(times, cpu):
             store.save(iid, version=image["version"], reviewed=True, instances=edits)
     print(f"  save ({label:>10})  {_stats(times, cpu)}")

@@ -109,15 +109,29 @@ def run_yolo_bbox2segment(data: Path, out: Path, sam: Path, device: str, **_) ->
 def run_label(data: Path, out: Path, sam: Path, device: str, runtime: str, det: Path, boxes: int) -> None:
     from pipeline import label
 
-    label(data / "images", out, detector=str(det), segmenter=str(sam), device=device, runtime=runtime,
-          max_det=boxes, progress=False)  # fmt: skip
+    label(
+        data / "images",
+        out,
+        detector=str(det),
+        segmenter=str(sam),
+        device=device,
+        runtime=runtime,
+        max_det=boxes,
+        progress=False,
+    )
 
 
 def run_auto_annotate(data: Path, out: Path, sam: Path, device: str, det: Path, boxes: int, **_) -> None:
     from ultralytics.data.annotator import auto_annotate
 
-    auto_annotate(data=str(data / "images"), det_model=str(det), sam_model=str(sam), device=device,
-                  max_det=boxes, output_dir=str(out))  # fmt: skip
+    auto_annotate(
+        data=str(data / "images"),
+        det_model=str(det),
+        sam_model=str(sam),
+        device=device,
+        max_det=boxes,
+        output_dir=str(out),
+    )
 
 
 def measure(run, data: Path, work: Path, **kwargs) -> float:
@@ -236,9 +250,11 @@ def main() -> None:
         agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
         peak = cpu_peak_gflops() if args.device == "cpu" else None
 
-    print(f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs, device {args.device}"
-          + (f" (float32 matmul peak {peak:.0f} GFLOP/s)" if peak else "")
-          + f"; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n")  # fmt: skip
+    print(
+        f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs, device {args.device}"
+        + (f" (float32 matmul peak {peak:.0f} GFLOP/s)" if peak else "")
+        + f"; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n"
+    )
     print("| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
     base: dict[str, float] = {}
     for job, tool, seconds in rows:

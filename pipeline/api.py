@@ -55,10 +55,8 @@ def label(
     Returns:
         The output folder and the run report (also in ``out/report.json``).
     """
-    detector, segmenter = (
-        _stage_or_setting(detector, "detector", settings),
-        _stage_or_setting(segmenter, "segmenter", settings),
-    )
+    det: DetectorStage | DetectorRecipe | None = _stage_or_setting(detector, "detector", settings)
+    seg: SegmenterStage | SegmenterRecipe | None = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
     _require_engine(cfg)
     if isinstance(sources, (str, Path)):
@@ -77,21 +75,21 @@ def label(
     LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
     if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
-        detector = DetectorRecipe(cfg) if detector is None else detector
-        segmenter = SegmenterRecipe(cfg, lazy=True) if segmenter is None else segmenter
-    if detector is None or segmenter is None:
+        det = DetectorRecipe(cfg) if det is None else det
+        seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg
+    if det is None or seg is None:
         check_device(cfg.device)
-    if detector is None:
-        detector = DetectorRecipe(cfg).build()
-    if segmenter is None:
-        segmenter = SegmenterRecipe(cfg).build()
+    if det is None:
+        det = DetectorRecipe(cfg).build()
+    if seg is None:
+        seg = SegmenterRecipe(cfg).build()
     return run_dataset(
         items,
         out=out,
-        names=list(detector.names),
+        names=list(det.names),
         settings=cfg,
-        detector=detector,
-        segmenter=segmenter,
+        detector=det,
+        segmenter=seg,
         command="label",
         overwrite=overwrite,
         progress=progress,
@@ -157,7 +155,7 @@ def convert(
         discard_reviews: let ``overwrite`` replace a dataset with images checked in ``samlabel review``.
         **settings: fields of ``pipeline.config.Settings`` (``link=True``, ``coco_masks="rle"`` ...).
     """
-    segmenter = _stage_or_setting(segmenter, "segmenter", settings)
+    seg: SegmenterStage | SegmenterRecipe | None = _stage_or_setting(segmenter, "segmenter", settings)
     cfg = load_settings(config, **settings)
     _require_engine(cfg)
     _refuse_overlap(Path(src), Path(out))
@@ -176,16 +174,17 @@ def convert(
         LOGGER.warning("%s: %s (%s)", problem.where, problem.problem, problem.action)
     if not ds.items:
         raise SamlabelError(f"{src}: no labeled images to convert ({len(ds.unlabeled)} images without labels)")
-    if segmenter is None:
+    if seg is None:
         # Built on first use: images whose source masks are kept never load SAM, while a source mask that
         # turns out unusable on its image (an RLE made for another size) is redone from its box.
-        needs_sam = any(cfg.resegment or not o.has_mask for it in ds.items for o in it.labels.objects)
+        objects = (o for it in ds.items if it.labels is not None for o in it.labels.objects)  # read_dataset: all set
+        needs_sam = any(cfg.resegment or not o.has_mask for o in objects)
         if needs_sam and cfg.engine != "ray":  # refused now, in one line; on Ray the device is the workers'
             check_device(cfg.device)
         if needs_sam:
             resolve_weights(cfg.segmenter, flag="--segmenter")
         recipe = SegmenterRecipe(cfg, lazy=True)  # on Ray, each replica builds it (and SAM only if it needs it)
-        segmenter = recipe if cfg.engine == "ray" else recipe.build()
+        seg = recipe if cfg.engine == "ray" else recipe.build()
     prelude = {
         "source": {"detected": ds.describe(), "path": str(src)},
         "source_problems": [p.to_dict() for p in ds.problems],
@@ -196,7 +195,7 @@ def convert(
         out=out,
         names=ds.names,
         settings=cfg,
-        segmenter=segmenter,
+        segmenter=seg,
         command="convert",
         overwrite=overwrite,
         progress=progress,

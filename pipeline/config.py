@@ -65,7 +65,8 @@ class Settings:
         "(annotations/instances_<split>.json, images/<split>/)",
         choices=LAYOUTS,
     )
-    formats: tuple[Format, ...] | None = _opt(
+    # None stands for the layout's own formats; __post_init__ puts them in, so a Settings always has a tuple
+    formats: tuple[Format, ...] = _opt(
         None,
         "comma-separated output formats; default yolo,coco (coco alone with --layout coco)",
         choices=FORMATS,
@@ -131,7 +132,8 @@ class Settings:
             set_(self, name, tuple(value) if value is not None else None)
         if self.classes == ():
             set_(self, "classes", None)
-        if self.multimask is False:  # YAML reads an unquoted `off` as false
+        given: object = self.multimask  # as given: YAML reads an unquoted `off` as false
+        if given is False:
             set_(self, "multimask", "off")
         for name in ("layout", "coco_masks", "runtime", "engine", "multimask"):
             choices = Settings.__dataclass_fields__[name].metadata["choices"]

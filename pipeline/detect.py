@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -11,6 +12,10 @@ from pipeline.errors import SamlabelError
 from pipeline.threads import torch_threads
 from pipeline.types import Instances
 from pipeline.weights import resolve_weights
+
+if TYPE_CHECKING:
+    import torch
+    from ultralytics.engine.results import Results
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,7 +47,9 @@ class Detector:
             own = [str(self.model.names[i]) for i in sorted(self.model.names)]  # loads the file, if YOLO did not
         except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types inside Ultralytics
             raise SamlabelError(f"--detector {weights}: cannot load it as Ultralytics weights ({e})") from None
-        self._kwargs = dict(conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device=device, verbose=False)
+        self._kwargs: dict[str, Any] = dict(
+            conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device=device, verbose=False
+        )
         self._keep: list[int] | None = None
         self._to_dataset_id: np.ndarray | None = None
         if not classes:
@@ -90,13 +97,20 @@ class Detector:
             = detection index (in the detector's confidence order).
         """
         with torch_threads():
-            result = self.model.predict(rgb[..., ::-1], classes=self._keep, **self._kwargs)[0]
-        boxes = result.boxes
-        class_id = boxes.cls.cpu().numpy().astype(np.int64)
+            results = self.model.predict(rgb[..., ::-1], classes=self._keep, **self._kwargs)
+        boxes = cast("list[Results]", results)[0].boxes  # a list: predict without stream=True
+        if boxes is None:
+            raise SamlabelError("--detector: the model gave no boxes; give a detection model (task 'detect')")
+        class_id = _numpy(boxes.cls).astype(np.int64)
         if self._to_dataset_id is not None:
             class_id = self._to_dataset_id[class_id]
         return Instances(
-            xyxy=boxes.xyxy.cpu().numpy(),
+            xyxy=_numpy(boxes.xyxy),
             class_id=class_id,
-            confidence=boxes.conf.cpu().numpy(),
+            confidence=_numpy(boxes.conf),
         )
+
+
+def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A field of Ultralytics' ``Boxes`` (a tensor, on any device, or already an array) as a NumPy array."""
+    return values if isinstance(values, np.ndarray) else values.cpu().numpy()

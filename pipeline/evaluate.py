@@ -15,7 +15,7 @@ import io
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -31,7 +31,7 @@ from pipeline.formats import layout
 from pipeline.images import upright_hw
 from pipeline.masks import CropMask, full_rle
 from pipeline.sources import read_dataset, to_instances
-from pipeline.types import Instances
+from pipeline.types import ImageItem, Instances, SourceLabels
 
 #: How prediction scores (which rank detections for AP) are made; also in the result as ``"score"``.
 SCORE = "confidence x mask_score"
@@ -48,7 +48,7 @@ class EvalImage:
         rel: its identity in the dataset (split and path), used in messages and ``worst``.
         name: the dataset's flat output name (``a/x.jpg`` -> ``a_x.jpg``).
         source: the original image path a samlabel dataset records (COCO ``images[].source``), or None.
-        labels: ``(H, W) -> Instances``: the image's objects placed on an image of that size.
+        labels: the image's objects, normalised to the image; ``to_instances`` places them on its pixels.
         scores: prediction score by ``source_id`` (COCO annotation id), where the dataset stores one.
     """
 
@@ -56,7 +56,7 @@ class EvalImage:
     rel: str
     name: str
     source: str | None
-    labels: Callable[[tuple[int, int]], Instances]
+    labels: SourceLabels
     scores: Mapping[int, float] = field(default_factory=dict)
 
 
@@ -175,7 +175,7 @@ def _load(src: str | Path, *, images: str | Path | None = None, names: Sequence[
     coco_files = _coco_files(src, images)
     if not coco_files:
         ds = read_dataset(src, images=images, names=names, keep_unlabeled=True)
-        found = [EvalImage(path=it.path, rel=it.rel, name=it.name, source=None, labels=it.labels) for it in ds.items]
+        found = [EvalImage(path=it.path, rel=it.rel, name=it.name, source=None, labels=_labels(it)) for it in ds.items]
         return EvalSet(names=list(ds.names), images=_once(found), problems=[q.to_dict() for q in ds.problems])
     all_names, out, problems = None, [], []
     for json_path, root in coco_files:
@@ -195,11 +195,16 @@ def _load(src: str | Path, *, images: str | Path | None = None, names: Sequence[
                     rel=prefix + file_name,
                     name=it.name,
                     source=sources.get(file_name),
-                    labels=it.labels,
+                    labels=_labels(it),
                     scores=scores.get(file_name, {}),
                 )
             )
     return EvalSet(names=all_names or [], images=_once(out), problems=problems)
+
+
+def _labels(item: ImageItem) -> SourceLabels:
+    """An item's labels; an image without a label file (kept by ``keep_unlabeled``) has no objects."""
+    return item.labels if item.labels is not None else SourceLabels()
 
 
 def _once(images: list[EvalImage]) -> list[EvalImage]:
@@ -307,8 +312,9 @@ def match_images(
     taken: dict[int, EvalImage] = {}
     leftover, n_path = [], 0
     for p in preds:
-        for key in [*([p.source] if p.source else []), p.path]:
-            js = by_path.get(_real(key), set())
+        candidates: list[str | Path] = [*([p.source] if p.source else []), p.path]
+        for candidate in candidates:
+            js = by_path.get(_real(candidate), set())
             if len(js) == 1 and next(iter(js)) not in taken:
                 taken[next(iter(js))] = p
                 n_path += 1
@@ -441,9 +447,9 @@ class _Accumulator:
         self.gt_bbox: list[dict] = []
         self.dt_segm: list[dict] = []
         self.dt_bbox: list[dict] = []
-        self.only = {"pred_only": Counter(), "gt_only": Counter()}
-        self.counts = Counter()
-        self.per_class = {n: Counter() for n in self.classes}
+        self.only: dict[str, Counter[str]] = {"pred_only": Counter(), "gt_only": Counter()}
+        self.counts: Counter[str] = Counter()
+        self.per_class: dict[str, Counter[str]] = {n: Counter() for n in self.classes}
         self.sums = {n: np.zeros(2) for n in self.classes}  # summed (mask IoU, boundary IoU) per class
         self.worst: list[tuple] = []  # heap of the lowest IoUs: (-iou, -boundary iou, -sequence, record)
         self.seq = 0

@@ -27,6 +27,11 @@ class CropMask:
     """
 
     __slots__ = ("_rle", "_shape", "_area", "x0", "y0")
+    _rle: dict | None  # pycocotools compressed RLE of the crop; None when the crop is empty
+    _shape: tuple[int, int]
+    _area: int
+    x0: int
+    y0: int
 
     def __init__(self, bits: np.ndarray, x0: int = 0, y0: int = 0) -> None:
         bits = np.asarray(bits)
@@ -151,8 +156,8 @@ def mask_to_polygons(mask: CropMask, *, tolerance: float = SIMPLIFY_TOLERANCE) -
         return []
     bits = mask.bits.view(np.uint8)
     up = np.repeat(np.repeat(bits, 2, axis=0), 2, axis=1)
-    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    padded = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours, hierarchy = cv2.findContours(padded, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     offset = np.array([mask.x0, mask.y0], dtype=np.float64)
     # Contour point c of the padded 2x grid is the centre of 2x-pixel (c - 1): (c - 1 + 0.5) / 2 in image units.
     to_image = [(c.reshape(-1, 2).astype(np.float64) - 0.5) / 2 + offset for c in contours]

@@ -25,6 +25,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -150,19 +151,21 @@ class QualityThresholds:
             return value
         if value is None:
             return cls()
+        entries: list[tuple[str, object, str]]  # (name, number as given, the entry as given)
         if isinstance(value, Mapping):
             entries = [(str(k), v, f"{k}={v}") for k, v in value.items()]
         else:
             parts = filter(None, (p.strip() for p in str(value).split(",")))
-            entries = [(*p.partition("=")[::2], p) for p in parts]
+            entries = [(p.partition("=")[0], p.partition("=")[2], p) for p in parts]
         ints = {f.name for f in dataclasses.fields(cls) if f.type == "int"}
         known = [f.name for f in dataclasses.fields(cls)]
-        values: dict[str, float] = {}
-        for name, number, part in entries:
+        values: dict[str, Any] = {}  # int for the int fields, float for the rest
+        for name, given, part in entries:
             name = name.strip().replace("-", "_")
+            number: float | None
             try:
-                number = float(number) if not isinstance(number, bool) else None
-            except (TypeError, ValueError):
+                number = float(given) if isinstance(given, (str, int, float)) and not isinstance(given, bool) else None
+            except ValueError:
                 number = None
             if name not in known or number is None:
                 raise ValueError(f"thresholds: bad entry {part!r}; expected name=number with names from {known}")
@@ -344,12 +347,11 @@ def choose_candidate(
         raise ValueError("choose_candidate: no candidate masks")
     ranked = np.nan_to_num(_checked("scores", scores, (n,)), nan=-np.inf)
     if strategy == "score":
-        keys = [(-ranked[i], i) for i in range(n)]
+        fits = [0.0] * n  # every candidate fits alike: the score decides
     else:
-        box = np.asarray(prompt_xyxy, dtype=np.float64)
+        box = [float(v) for v in prompt_xyxy]
         fits = [box_iou(g.xyxy, box) if g.area else 0.0 for g in (_Geom.of(m, None) for m in candidate_masks)]
-        keys = [(-fits[i], -ranked[i], i) for i in range(n)]
-    return min(keys)[-1]
+    return min((-fits[i], -ranked[i], i) for i in range(n))[-1]
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -102,7 +102,8 @@ class DetectorStage(Protocol):
         names: the class names that ``Instances.class_id`` indexes.
     """
 
-    names: Sequence[str]
+    @property
+    def names(self) -> Sequence[str]: ...
 
     def __call__(self, rgb: np.ndarray) -> Instances:
         """Instances (boxes, classes, confidences; no masks) of ``rgb``, uint8 (H, W, 3)."""
@@ -237,6 +238,8 @@ class ImageRecord:
         safepath.component(self.name, what=f"image {self.rel!r}: file name")
         if self.status not in ("ok", "skipped"):
             raise ValueError(f"ImageRecord.status: expected 'ok' or 'skipped', got {self.status!r}")
+        if self.status == "ok" and self.hw is None:
+            raise ValueError(f"ImageRecord {self.rel!r}: a written ('ok') image needs its size hw (H, W)")
         if len(self.segmentations) != len(self.instances):
             raise ValueError(
                 f"ImageRecord: {len(self.instances)} instances but {len(self.segmentations)} segmentations"
@@ -254,9 +257,11 @@ class ImageRecord:
 
     def to_json(self) -> dict:
         """The journal form (JSON-ready); ``from_json`` gives back an equal record."""
-        out = {"rel": self.rel, "name": self.name, "split": self.split, "source": self.source, "status": self.status}
+        out: dict[str, object] = {"rel": self.rel, "name": self.name, "split": self.split, "source": self.source}
+        out["status"] = self.status
         if self.status != "ok":
             return {**out, "reason": self.reason}
+        assert self.hw is not None  # __post_init__: a written image has its size
         out.update(height=self.hw[0], width=self.hw[1], rotated=self.rotated)
         out["instances"] = [
             {**_instance_json(self.instances, i), "segmentation": seg} for i, seg in enumerate(self.segmentations)
@@ -361,10 +366,10 @@ def _instances_from_json(rows: list[dict]) -> Instances:
     nan = float("nan")
     return Instances(
         xyxy=np.array([r["xyxy"] for r in rows], dtype=np.float32),
-        class_id=[r["class_id"] for r in rows],
-        confidence=[nan if r["confidence"] is None else r["confidence"] for r in rows],
-        mask_score=[nan if r["mask_score"] is None else r["mask_score"] for r in rows],
+        class_id=np.array([r["class_id"] for r in rows], dtype=np.int64),
+        confidence=np.array([nan if r["confidence"] is None else r["confidence"] for r in rows], dtype=np.float32),
+        mask_score=np.array([nan if r["mask_score"] is None else r["mask_score"] for r in rows], dtype=np.float32),
         masks=tuple(None if r["mask"] is None else CropMask.from_json(r["mask"]) for r in rows),
-        source_id=[r["id"] for r in rows],
+        source_id=np.array([r["id"] for r in rows], dtype=np.int64),
         extras=extras,
     )

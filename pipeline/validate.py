@@ -54,8 +54,9 @@ def validate(out: str | Path) -> list[str]:
         coco_classes = _guarded(paths.coco_file(split), _check_coco, *args)
         if yolo_classes is not None and coco_classes is not None:
             for name in images:
-                _compare_classes(paths.image(split, name), yolo_classes.get(name, []), coco_classes.get(name, []),
-                                 names, problems)  # fmt: skip
+                _compare_classes(
+                    paths.image(split, name), yolo_classes.get(name, []), coco_classes.get(name, []), names, problems
+                )
     pending = out / layout.STATE_DIR / "review-pending.json"
     if pending.is_file():
         problems.append(
@@ -67,9 +68,9 @@ def validate(out: str | Path) -> list[str]:
         for p in sorted((out / "annotations").glob("*.json")):
             if f"annotations/{p.name}" not in listed:
                 problems.append(f"annotations/{p.name}: no image folder images/<split>/ for it")
-    for paths in hashes.values():
-        if len({p.split("/")[0] for p in paths}) > 1:
-            problems.append(f"same image in several splits: {', '.join(paths)}")
+    for rels in hashes.values():
+        if len({p.split("/")[0] for p in rels}) > 1:
+            problems.append(f"same image in several splits: {', '.join(rels)}")
     return problems
 
 

@@ -26,8 +26,9 @@ GOLDEN = Path(__file__).parent / "golden"
 def _label(src: Path, out: Path, **kw) -> None:
     import pipeline
 
-    pipeline.label(make_photos(src / "photos"), out, detector=FakeDetector(), segmenter=FakeSegmenter(),
-                   progress=False, **kw)  # fmt: skip
+    pipeline.label(
+        make_photos(src / "photos"), out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False, **kw
+    )
 
 
 def _convert(src: Path, out: Path, **kw) -> None:

@@ -60,8 +60,16 @@ class FakeSamSession:
 
     def predict(self, image_id, *, box, points, point_labels, mask_input=None, multimask):
         rgb = self.images[image_id]
-        self.calls.append({"image": image_id, "box": box, "points": points, "labels": point_labels,
-                           "mask_input": mask_input, "multimask": multimask})  # fmt: skip
+        self.calls.append(
+            {
+                "image": image_id,
+                "box": box,
+                "points": points,
+                "labels": point_labels,
+                "mask_input": mask_input,
+                "multimask": multimask,
+            }
+        )
         bright = rgb[..., 0] > 200
         mask = np.zeros_like(bright)
         if box is None:

@@ -72,9 +72,16 @@ def roboflow_coco(root: Path, *, polygons: bool = False) -> Path:
                 x0, y0, x1, y1 = _box(cx, cy, r)
                 seg = [disc_polygon(cx, cy, r).reshape(-1).tolist()] if polygons else []
                 anns.append(
-                    {"id": len(anns), "image_id": i, "category_id": c + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                     "area": (x1 - x0) * (y1 - y0), "segmentation": seg, "iscrowd": 0}
-                )  # fmt: skip
+                    {
+                        "id": len(anns),
+                        "image_id": i,
+                        "category_id": c + 1,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": (x1 - x0) * (y1 - y0),
+                        "segmentation": seg,
+                        "iscrowd": 0,
+                    }
+                )
         (root / split / "_annotations.coco.json").write_text(
             json.dumps({"info": {}, "licenses": [], "categories": cats, "images": images, "annotations": anns})
         )
@@ -95,10 +102,17 @@ def coco_polygons_with_two_part_object(root: Path) -> tuple[Path, Path, dict[int
     Image.fromarray(_image([])).save(images_dir / "scene.png")
     parts = {1: [disc_polygon(40, 40, 20)], 2: [disc_polygon(110, 30, 12), disc_polygon(120, 90, 15)]}
     anns = [
-        {"id": k, "image_id": 7, "category_id": 5 if k == 1 else 9, "segmentation": [p.reshape(-1).tolist() for p in ps],
-         "bbox": [0, 0, 1, 1], "area": 0, "iscrowd": 0}
+        {
+            "id": k,
+            "image_id": 7,
+            "category_id": 5 if k == 1 else 9,
+            "segmentation": [p.reshape(-1).tolist() for p in ps],
+            "bbox": [0, 0, 1, 1],
+            "area": 0,
+            "iscrowd": 0,
+        }
         for k, ps in parts.items()
-    ]  # fmt: skip
+    ]
     coco = {
         "images": [{"id": 7, "file_name": "scene.png", "height": HW[0], "width": HW[1]}],
         "annotations": anns,

@@ -43,6 +43,20 @@ def test_shipped_configs_load():
         assert isinstance(load_settings(path), Settings)
 
 
+def test_default_yaml_loads_to_exactly_the_defaults():
+    """configs/default.yaml gives exactly Settings(): the whole object equal, and each field of the same type
+    (``0`` for a float setting's ``0.0``, or a list for a tuple, would compare equal but is not the default)."""
+    import dataclasses
+    from pathlib import Path
+
+    loaded, defaults = load_settings(Path(__file__).parents[1] / "configs" / "default.yaml"), Settings()
+    assert loaded == defaults
+    typed = {f.name: (type(getattr(loaded, f.name)), getattr(loaded, f.name)) for f in dataclasses.fields(Settings)}
+    assert typed == {
+        f.name: (type(getattr(defaults, f.name)), getattr(defaults, f.name)) for f in dataclasses.fields(Settings)
+    }
+
+
 def test_every_setting_is_a_flag():
     """The CLI is generated from Settings: each label setting has its flag."""
     parser = build_parser()

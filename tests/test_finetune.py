@@ -222,14 +222,25 @@ def test_finetune_raises_heldout_mask_iou_and_the_file_works_in_the_sam_stage(sh
 
 def test_finetune_refuses_to_mix_runs_and_skips_a_finished_one(shapes):
     out = shapes.root / "refuse" / "x_mobile_sam.pt"
-    first = finetune(shapes.ds, out, segmenter=shapes.base, cache_dir=shapes.cache, progress=False,
-                     epochs=1, batch=8, clicks=0)  # fmt: skip
-    again = finetune(shapes.ds, out, segmenter=shapes.base, cache_dir=shapes.cache, progress=False,
-                     epochs=1, batch=8, clicks=0)  # fmt: skip
+    first = finetune(
+        shapes.ds, out, segmenter=shapes.base, cache_dir=shapes.cache, progress=False, epochs=1, batch=8, clicks=0
+    )
+    again = finetune(
+        shapes.ds, out, segmenter=shapes.base, cache_dir=shapes.cache, progress=False, epochs=1, batch=8, clicks=0
+    )
     assert again == first  # finished: nothing redone
     with pytest.raises(SamlabelError, match=r"other --batch, --lr; refusing to mix"):
-        finetune(shapes.ds, out, segmenter=shapes.base, cache_dir=shapes.cache, progress=False,
-                 epochs=1, batch=4, clicks=0, lr=1e-3)  # fmt: skip
+        finetune(
+            shapes.ds,
+            out,
+            segmenter=shapes.base,
+            cache_dir=shapes.cache,
+            progress=False,
+            epochs=1,
+            batch=4,
+            clicks=0,
+            lr=1e-3,
+        )
     with pytest.raises(SamlabelError, match="is the --segmenter file itself"):
         finetune(shapes.ds, shapes.base, segmenter=shapes.base, cache_dir=shapes.cache)
     with pytest.raises(SamlabelError, match="--sam-arch sam_x: expected one of"):
@@ -261,8 +272,21 @@ def _wait_for_epoch(state_path: Path, proc: subprocess.Popen, epoch: int, timeou
 
 def test_killed_finetune_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(shapes):
     killed = shapes.root / "resume" / "killed_mobile_sam.pt"
-    cmd = [sys.executable, "-m", "pipeline.cli", "finetune", str(shapes.ds), "--out", str(killed),
-           "--segmenter", str(shapes.base), "--cache-dir", str(shapes.cache), "-q", *RESUME]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "finetune",
+        str(shapes.ds),
+        "--out",
+        str(killed),
+        "--segmenter",
+        str(shapes.base),
+        "--cache-dir",
+        str(shapes.cache),
+        "-q",
+        *RESUME,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMLABEL_THREADS": str(default_threads())}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -294,8 +318,9 @@ def test_finetune_sam2_trains_its_decoder_and_the_sam_stage_loads_the_result(tmp
     ds = write_coco_dataset(tmp_path / "ds", {"train": 2, "valid": 1}, seed=5, **SHAPES)
     base = make_plain_sam_checkpoint(tmp_path / "base" / "sam2.1_t.pt")
     out = tmp_path / "models" / "shapes_sam2.1_t.pt"
-    result = finetune(ds, out, segmenter=base, cache_dir=tmp_path / "cache", progress=False,
-                      epochs=1, batch=2, clicks=1, patience=0)  # fmt: skip
+    result = finetune(
+        ds, out, segmenter=base, cache_dir=tmp_path / "cache", progress=False, epochs=1, batch=2, clicks=1, patience=0
+    )
     assert [p["epoch"] for p in result["curve"]] == [0, 1]
     base_state = torch.load(base, map_location="cpu")
     assert list(torch.load(out, map_location="cpu")) == list(base_state)
@@ -316,8 +341,23 @@ def test_cli_prints_the_before_after_table_and_writes_the_curve(shapes, capsys):
     from pipeline.cli import main
 
     out = shapes.root / "cli" / "tuned.pt"
-    argv = ["finetune", str(shapes.ds), "--out", str(out), "--segmenter", str(shapes.base), "--cache-dir",
-            str(shapes.cache), "-q", "--epochs", "1", "--batch", "8", "--clicks", "0"]  # fmt: skip
+    argv = [
+        "finetune",
+        str(shapes.ds),
+        "--out",
+        str(out),
+        "--segmenter",
+        str(shapes.base),
+        "--cache-dir",
+        str(shapes.cache),
+        "-q",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--clicks",
+        "0",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "before     after    change" in printed

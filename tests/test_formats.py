@@ -76,9 +76,14 @@ def test_label_file_round_trip_and_empty_file(tmp_path):
 def test_coco_annotation_polygon_exact():
     mask = _two_part()
     ann = to_coco_annotation(
-        class_id=1, mask=mask, polygons=mask_to_polygons(mask), hw=(4, 6),
-        det_xyxy=[0.5, 0, 6, 4], confidence=0.5, mask_score=0.25,
-    )  # fmt: skip
+        class_id=1,
+        mask=mask,
+        polygons=mask_to_polygons(mask),
+        hw=(4, 6),
+        det_xyxy=[0.5, 0, 6, 4],
+        confidence=0.5,
+        mask_score=0.25,
+    )
     assert ann == {
         "category_id": 2,  # class 1 -> category id 2 (ids follow data.yaml order, from 1)
         "segmentation": [  # every part of the two-part mask
@@ -169,18 +174,26 @@ def test_labels_dir_follows_ultralytics_rule(tmp_path):
     assert labels_dir_for(tmp_path / "pics") == tmp_path / "labels"
 
 
+# the 3 x 2 rectangle x in [1, 4], y in [1, 3]: the pixels whose centres lie inside, rows 1-2 x columns 1-3
+RECT_PIXELS = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+
+
 @pytest.mark.parametrize(
-    "seg",
+    "seg, pixels",
     [
-        [[1, 1, 4, 1, 4, 3, 1, 3]],  # polygon parts
-        [1, 1, 4, 1, 4, 3, 1, 3],  # one flat polygon, as some tools write it
-        {"size": [4, 6], "counts": [7, 2, 2, 2, 11]},  # uncompressed RLE
+        ([[1, 1, 4, 1, 4, 3, 1, 3]], RECT_PIXELS),  # polygon parts
+        ([1, 1, 4, 1, 4, 3, 1, 3], RECT_PIXELS),  # one flat polygon, as some tools write it
+        # uncompressed RLE, column-major runs over 4 rows: 7 off, 2 on (flat 7, 8), 2 off, 2 on (flat 11, 12), 11 off;
+        # flat index i is (row i % 4, column i // 4)
+        ({"size": [4, 6], "counts": [7, 2, 2, 2, 11]}, [(0, 2), (0, 3), (3, 1), (3, 2)]),
     ],
 )
-def test_to_rle_reads_every_segmentation_kind(seg):
+def test_to_rle_reads_every_segmentation_kind(seg, pixels):
     from pycocotools import mask as mask_utils
 
-    assert int(mask_utils.area(to_rle(seg, 4, 6))) > 0
+    rle = to_rle(seg, 4, 6)
+    assert int(mask_utils.area(rle)) == len(pixels)
+    assert [(int(r), int(c)) for r, c in np.argwhere(mask_utils.decode(rle))] == pixels
 
 
 def test_to_rle_refuses_an_rle_of_another_size():

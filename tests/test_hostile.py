@@ -181,5 +181,6 @@ def test_many_skipped_images_are_counted_in_one_line(tmp_path, caplog):
     with caplog.at_level("INFO", logger="pipeline"):
         report = _run(src, tmp_path / "out")
     assert len(report["skipped_images"]) == 23
-    assert _skip_lines(caplog) == [f"skipped 23 images; each with its reason in {tmp_path / 'out' / 'report.json'} "
-                                   "(skipped_images)"]  # fmt: skip
+    assert _skip_lines(caplog) == [
+        f"skipped 23 images; each with its reason in {tmp_path / 'out' / 'report.json'} (skipped_images)"
+    ]

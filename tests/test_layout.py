@@ -62,8 +62,14 @@ def test_coco_layout_with_yolo_labels_trains_with_ultralytics(image_folder, tmp_
     out = tmp_path / "ds"
     report = _label(image_folder, out, layout="coco", formats="yolo,coco")
     assert sorted(p.name for p in out.iterdir()) == [
-        ".samlabel", "annotations", "data.yaml", "images", "labels", "report.html", "report.json"
-    ]  # fmt: skip
+        ".samlabel",
+        "annotations",
+        "data.yaml",
+        "images",
+        "labels",
+        "report.html",
+        "report.json",
+    ]
     assert sorted(p.name for p in (out / "labels").iterdir()) == sorted(report["images"])
     loaded = ultralytics_segment_labels(out)
     assert sum(len(lb["segments"]) for labels in loaded.values() for lb in labels) == report["instances_total"]

@@ -311,6 +311,7 @@ def _browser():
     return sync_api
 
 
+@pytest.mark.browser
 def test_renders_in_chromium(plain, tmp_path):
     sync_api = _browser()
     root = _copy(plain, tmp_path)

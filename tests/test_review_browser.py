@@ -15,9 +15,10 @@ from tests.review_helpers import coco_image, make_dataset, start_server
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path("/tmp")
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and shutil.which("chromium") is None, reason="chromium is not installed"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() and shutil.which("chromium") is None, reason="chromium is not installed"),
+]
 
 
 @pytest.fixture

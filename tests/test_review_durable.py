@@ -166,8 +166,14 @@ def _killed_after_the_journal(out: Path, monkeypatch) -> list[int]:
 def test_a_pending_save_is_completed_by_the_next_command(out, monkeypatch, command):
     saved = _killed_after_the_journal(out, monkeypatch)
     if command == "label":  # the same run again: a resume of the finished dataset
-        label(out.parent / "photos", out, detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False,
-              thresholds=THRESHOLDS)  # fmt: skip
+        label(
+            out.parent / "photos",
+            out,
+            detector=FakeDetector(),
+            segmenter=FakeSegmenter(),
+            progress=False,
+            thresholds=THRESHOLDS,
+        )
     else:
         assert main(["report", str(out)]) == 0
     assert _classes(out, IMAGE) == (saved, saved, saved)
@@ -239,8 +245,13 @@ _save_many(Path({out!r}), 21)
 
 
 def test_a_kill_mid_compaction_loses_nothing(out):
-    run = subprocess.run([sys.executable, "-c", KILLED_COMPACTION.format(root=str(ROOT), out=str(out))],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_COMPACTION.format(root=str(ROOT), out=str(out))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert run.returncode == 9, run.stderr
     assert list((out / ".samlabel").glob(".journal.jsonl.*.tmp"))  # the kill left the compacted copy
     lines = journal_lines(out)

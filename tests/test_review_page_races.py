@@ -14,7 +14,7 @@ from tests.test_review_browser import (  # noqa: F401 - the fixture
     SHOTS,
     _to_page,
     browser,
-    pytestmark,  # noqa: F401 - skipped without chromium
+    pytestmark,  # noqa: F401 - marked browser, skipped without chromium
 )
 
 

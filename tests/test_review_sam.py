@@ -47,8 +47,16 @@ class _Segmenter:
         return ("embedding", rgb.shape[:2])
 
     def predict(self, embedding, *, boxes=None, points=None, point_labels=None, mask_input=None, multimask=False):
-        self.calls.append(dict(embedding=embedding, boxes=boxes, points=points, point_labels=point_labels,
-                               mask_input=mask_input, multimask=multimask))  # fmt: skip
+        self.calls.append(
+            dict(
+                embedding=embedding,
+                boxes=boxes,
+                points=points,
+                point_labels=point_labels,
+                mask_input=mask_input,
+                multimask=multimask,
+            )
+        )
         k = 3 if multimask else 1
         logits = torch.full((1, k, 256, 256), -3.0)
         x0, y0, x1, y1 = (int(v) for v in boxes[0])
@@ -63,8 +71,14 @@ def test_session_shapes_prompts_as_the_prompt_api_wants_them():
     session.embed("a", rgb)
     session.embed("a", lambda: pytest.fail("encoded twice"))  # cached: the loader is not called
     mask_input = np.zeros((256, 256), np.float32)
-    cands = session.predict("a", box=[10, 20, 50, 60], points=[[30, 40], [12, 22]], point_labels=[1, 0],
-                            mask_input=mask_input, multimask=True)  # fmt: skip
+    cands = session.predict(
+        "a",
+        box=[10, 20, 50, 60],
+        points=[[30, 40], [12, 22]],
+        point_labels=[1, 0],
+        mask_input=mask_input,
+        multimask=True,
+    )
     call = seg.calls[-1]
     assert call["embedding"] == ("embedding", (256, 256))
     assert call["boxes"].shape == (1, 4) and call["points"].shape == (1, 2, 2) and call["point_labels"].shape == (1, 2)
@@ -110,8 +124,9 @@ def test_real_mobile_sam_behind_the_app(tmp_path):
     session.embed("scene", draw_scene())
     three = session.predict("scene", box=[20, 20, 60, 60], points=[[40, 40]], point_labels=[1], multimask=True)
     assert len(three) == 3 and all(c.mask.xyxy == (0, 0, 160, 120) and c.stability == 1.0 for c in three)
-    one = session.predict("scene", box=None, points=[[40, 40], [5, 5]], point_labels=[1, 0],
-                          mask_input=three[0].logits, multimask=False)  # fmt: skip
+    one = session.predict(
+        "scene", box=None, points=[[40, 40], [5, 5]], point_labels=[1, 0], mask_input=three[0].logits, multimask=False
+    )
     assert len(one) == 1 and one[0].score == pytest.approx(0.9, abs=1e-4)
     out = make_dataset(tmp_path)
     client = TestClient(

@@ -238,8 +238,14 @@ def test_coco_layout_dataset(tmp_path):
 def test_server_and_runs_exclude_each_other(out, monkeypatch):
     with locked(out):  # what `samlabel review` holds while it serves
         with pytest.raises(SamlabelError, match="another samlabel run"):
-            pipeline.label(out.parent / "photos", out, detector=FakeDetector(), segmenter=FakeSegmenter(),
-                           progress=False, thresholds="min_box_fit=0.8")  # fmt: skip
+            pipeline.label(
+                out.parent / "photos",
+                out,
+                detector=FakeDetector(),
+                segmenter=FakeSegmenter(),
+                progress=False,
+                thresholds="min_box_fit=0.8",
+            )
         with pytest.raises(SamlabelError, match="another samlabel run"):
             review_server.serve(out, port=0, open_browser=False, sam=object())
 
@@ -271,8 +277,13 @@ def test_cli_prints_the_url_and_serves_without_sam(out, tmp_path):
     """``samlabel review DIR --port 0``: the printed URL works; SAM that cannot load leaves the rest usable."""
     code = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
     args = [str(out), "--port", "0", "--no-browser", "--segmenter", str(tmp_path / "missing_sam_b.pt")]
-    proc = subprocess.Popen([sys.executable, "-c", code, "review", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "review", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         match = re.fullmatch(r"review: (http://127\.0\.0\.1:(\d+))/\?token=([\w-]+)\n", line)

@@ -40,8 +40,9 @@ def scenes(tmp_path):
 
 def test_every_annotation_carries_its_signals_and_the_report_counts_flags(scenes, tmp_path):
     out = tmp_path / "ds"
-    report = label(scenes, out, detector=FakeDetector(extra_tiny_box=False), segmenter=Leaky(), split="train=1",
-                   progress=False).report  # fmt: skip
+    report = label(
+        scenes, out, detector=FakeDetector(extra_tiny_box=False), segmenter=Leaky(), split="train=1", progress=False
+    ).report
     anns = [a for anns in coco_by_image(out, "train").values() for a in anns]
     assert len(anns) == 3
     for a in anns:
@@ -59,8 +60,15 @@ def test_every_annotation_carries_its_signals_and_the_report_counts_flags(scenes
 
 def test_drop_flags_leave_instances_out_and_say_why(scenes, tmp_path):
     out = tmp_path / "ds"
-    report = label(scenes, out, detector=FakeDetector(extra_tiny_box=False), segmenter=Leaky(), split="train=1",
-                   drop_flags="leaks_box", progress=False).report  # fmt: skip
+    report = label(
+        scenes,
+        out,
+        detector=FakeDetector(extra_tiny_box=False),
+        segmenter=Leaky(),
+        split="train=1",
+        drop_flags="leaks_box",
+        progress=False,
+    ).report
     assert report["instances_total"] == 1
     dropped = report["dropped_instances"]
     assert len(dropped) == 2 and all(d["reason"] == "flagged leaks_box (--drop-flags)" for d in dropped)
@@ -79,8 +87,15 @@ def test_unknown_drop_flag_and_bad_threshold_are_refused(scenes, tmp_path):
 
 def test_thresholds_setting_moves_a_flag(scenes, tmp_path):
     out = tmp_path / "ds"
-    report = label(scenes, out, detector=FakeDetector(extra_tiny_box=False), segmenter=Leaky(), split="train=1",
-                   thresholds="max_outside_box=0.9", progress=False).report  # fmt: skip
+    report = label(
+        scenes,
+        out,
+        detector=FakeDetector(extra_tiny_box=False),
+        segmenter=Leaky(),
+        split="train=1",
+        thresholds="max_outside_box=0.9",
+        progress=False,
+    ).report
     assert "leaks_box" not in report["quality"]["flag_counts"]
     assert report["quality"]["thresholds"]["max_outside_box"] == 0.9
 

@@ -23,6 +23,7 @@ from tests.helpers import assert_valid, coco_data, label_files_bytes
 from tests.roboflow import roboflow_yolo
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
 FAKES = dict(detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
 
 

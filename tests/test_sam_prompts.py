@@ -83,8 +83,9 @@ def test_each_prompt_answered_on_its_own(segmenters, embedding, kinds, kind, run
     seg, kw = segmenters[runtime], kinds[kind]
     together = seg.predict(embedding, **kw)
     for i in range(3):
-        alone = seg.predict(embedding, **{k: v[i : i + 1] if isinstance(v, (np.ndarray, torch.Tensor)) else v
-                                          for k, v in kw.items()})  # fmt: skip
+        alone = seg.predict(
+            embedding, **{k: v[i : i + 1] if isinstance(v, (np.ndarray, torch.Tensor)) else v for k, v in kw.items()}
+        )
         assert (alone.logits[0] - together.logits[i]).abs().max() < 1e-4
         assert np.abs(alone.scores[0] - together.scores[i]).max() < 1e-5
     for i, j in [(0, 1), (1, 2), (0, 2)]:
@@ -101,8 +102,10 @@ def test_mask_input_changes_the_answer(segmenters, embedding, kinds):
 
 def test_end_to_end_masks_agree_across_runtimes(segmenters, image):
     """Each runtime with its own encoder: the image-size masks of a box + point prompt agree."""
-    preds = [seg.predict(seg.set_image(image), boxes=BOXES, points=POINTS[:, :1], point_labels=LABELS[:, :1])
-             for seg in segmenters.values()]  # fmt: skip
+    preds = [
+        seg.predict(seg.set_image(image), boxes=BOXES, points=POINTS[:, :1], point_labels=LABELS[:, :1])
+        for seg in segmenters.values()
+    ]
     assert (preds[0].logits - preds[1].logits).abs().max() < 1e-2
     for i in range(3):
         assert _iou(preds[0].mask(i).full(HW), preds[1].mask(i).full(HW)) >= 0.99

@@ -235,4 +235,7 @@ def test_a_data_yaml_the_user_names_may_point_elsewhere(tmp_path):
     out = tmp_path / "out"
     convert(ds / "data.yaml", out, segmenter=FakeSegmenter(), progress=False)
     assert [n for n in _images_written(out) if n.startswith("train/")] == [
-        "train/images/a_jpg.rf.1.jpg", "train/images/b_jpg.rf.2.jpg", "train/images/c_jpg.rf.3.jpg"]  # fmt: skip
+        "train/images/a_jpg.rf.1.jpg",
+        "train/images/b_jpg.rf.2.jpg",
+        "train/images/c_jpg.rf.3.jpg",
+    ]

@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -63,7 +64,7 @@ def to_annotation(
         extras: more fields, written after the others (JSON-ready values).
     """
     x0, y0, x1, y1 = (int(v) for v in mask_xyxy)
-    ann = {
+    ann: dict[str, object] = {
         "category_id": int(class_id) + 1,
         "segmentation": segmentation,
         "area": int(area),
@@ -222,7 +223,7 @@ def parse_polygons(seg) -> tuple[list[np.ndarray], int]:
     return parts, len(seg) - len(parts)
 
 
-def is_rle(seg) -> bool:
+def is_rle(seg: object) -> TypeGuard[dict]:
     return isinstance(seg, dict) and "counts" in seg
 
 

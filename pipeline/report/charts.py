@@ -7,6 +7,7 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 #: Chart size in pixels (width, height) and the PNG byte limit a chart must fit (it does by a wide margin).
 CHART_PX = (360, 200)
@@ -38,7 +39,9 @@ def histogram_png(counts: np.ndarray, *, xlabel: str, threshold: float | None = 
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("instances", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    locator = ax.yaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # the default AutoLocator is one
+        locator.set_params(integer=True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout(pad=0.4)

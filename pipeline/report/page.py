@@ -154,8 +154,8 @@ def _summary(page: Page) -> str:
         if isinstance(report.get(key), list):
             n = len(report[key])
             tiles.append((label, f"{n:,}", "listed below" if n else "none", n > 0))
-    timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
-    total = timings.get("total") if isinstance(timings.get("total"), dict) else {}  # older reports: this run only
+    timings = _dict(report.get("timings"))
+    total = _dict(timings.get("total"))  # older reports: this run only
     speed = total.get("images_per_second", timings.get("images_per_second"))
     if _is_number(speed):
         seconds = total.get("seconds", timings.get("this_run_seconds"))
@@ -167,6 +167,11 @@ def _summary(page: Page) -> str:
         for label, value, hint, warn in tiles
     )
     return f'<section id="summary" class="tiles">{cards}</section>\n'
+
+
+def _dict(value: object) -> dict:
+    """``value`` if it is a mapping as report.json holds one, else an empty one (report.json is read back)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _is_number(value) -> bool:
@@ -375,11 +380,11 @@ def _run(page: Page) -> str:
     report = page.report
     if not report:
         return _section("run", "Run", '<p class="muted">No report.json in this dataset.</p>')
-    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
+    settings = _dict(report.get("settings"))
     rows = [
         [_e(k), f"<code>{_e(json.dumps(v, ensure_ascii=False, default=str), 200)}</code>"] for k, v in settings.items()
     ]
-    timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
+    timings = _dict(report.get("timings"))
     t_rows = []
     for k, v in timings.items():
         if isinstance(v, dict):

@@ -140,7 +140,9 @@ def render(rgb: np.ndarray, focus: Shape, others: Neighbours, *, thumb_size: int
     scale = thumb_size / max(x1 - x0, y1 - y0)
     out_wh = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    scene = cv2.cvtColor(cv2.resize(rgb[y0:y1, x0:x1], out_wh, interpolation=interpolation), cv2.COLOR_RGB2BGR)
+    scene: np.ndarray = cv2.cvtColor(
+        cv2.resize(rgb[y0:y1, x0:x1], out_wh, interpolation=interpolation), cv2.COLOR_RGB2BGR
+    )
     near = others.near(window, exclude=focus)
     if near:
         scene = sv.MaskAnnotator(color=PALETTE, opacity=0.25).annotate(scene, _detections(near, hw, window, out_wh))
@@ -173,7 +175,7 @@ class Neighbours:
         h = np.clip(np.minimum(b[:, 3], y1) - np.maximum(b[:, 1], y0), 0, None)
         overlap = w * h
         order = np.argsort(-overlap, kind="stable")
-        out = []
+        out: list[Shape] = []
         for i in order:
             if overlap[i] <= 0 or len(out) == MAX_NEIGHBOURS:
                 break

@@ -257,7 +257,8 @@ def _coco_cards(root: Path, split: str, wanted: dict[tuple, list[Item]], cache: 
     for key in sorted(wanted):  # (file name, image id): one image decoded at a time
         items = wanted[key]
         rgb, problem = _load(root, split, key[0])
-        image_anns = anns.get(items[0].image_id, [])
+        image_id = items[0].image_id
+        image_anns = anns.get(image_id, []) if image_id is not None else []
         shapes: dict[int, thumbs.Shape | str] = {}  # annotation id -> its shape, or why it has none
         for ordinal, ann in enumerate(image_anns):
             try:

@@ -7,13 +7,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from pipeline.errors import SamlabelError
 from pipeline.run.outputs import to_record, write_files
-from pipeline.run.steps import EngineResult, Job, infer_item, progress_bar, read_item
+from pipeline.run.stages import build
+from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, read_item
 from pipeline.types import ImageItem, ImageRecord
 
 LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Images read ahead of the model, and finished images waiting for their files: bounds the memory a run holds
 #: (at most the image in the model, ``PREFETCH`` being read and ``PREFETCH`` + 1 being written).
@@ -26,6 +30,7 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
     ``job.saved`` counts the images whose journal line is written (the bar does not count when disabled).
     """
     out, settings, seconds = job.out, job.settings, job.seconds
+    detector, segmenter = build(job.detector), build(job.segmenter)  # stage objects, or a Recipe's stage
     bar = progress_bar(len(todo), job.command, progress=job.progress)
     with job.journal.appender() as append:
 
@@ -37,7 +42,7 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
                 image, instances = loaded
                 record, lines = to_record(item, image, instances, settings)
                 write_files(record, item, image, lines, out, settings)
-                seconds["write"] += time.perf_counter() - t
+                add_seconds(seconds, "write", since=t)
             append(record)
             job.saved += 1
             bar.update()
@@ -45,9 +50,11 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
         try:
             with _Stages(prefetch=PREFETCH) as stages:
                 for item, loaded in stages.read(todo, lambda it: read_item(it, seconds)):
-                    if not isinstance(loaded, ImageRecord):
-                        loaded = (loaded, infer_item(item, loaded, job.detector, job.segmenter, settings, seconds))
-                    stages.write(finish, item, loaded)
+                    if isinstance(loaded, ImageRecord):
+                        stages.write(finish, item, loaded)
+                    else:
+                        instances = infer_item(item, loaded, detector, segmenter, settings, seconds)
+                        stages.write(finish, item, (loaded, instances))
         except KeyboardInterrupt:
             LOGGER.error("interrupted: %d images are saved; run the same command again to resume", job.saved)
             raise
@@ -82,7 +89,7 @@ class _Stages:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="samlabel-write")
         self._pending: deque = deque()
 
-    def read(self, items: Sequence[ImageItem], fn: Callable) -> Iterator[tuple[ImageItem, object]]:
+    def read(self, items: Sequence[ImageItem], fn: Callable[[ImageItem], T]) -> Iterator[tuple[ImageItem, T]]:
         it = iter(items)
         ahead = deque((item, self._reader.submit(fn, item)) for item in itertools.islice(it, self.prefetch))
         while ahead:

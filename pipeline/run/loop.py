@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
@@ -26,6 +27,9 @@ from pipeline.run import report as run_report
 from pipeline.run import state as run_state
 from pipeline.run.steps import Engine, Job
 from pipeline.types import DetectorStage, ImageItem, SegmenterStage
+
+if TYPE_CHECKING:
+    from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,8 +51,8 @@ def run_dataset(
     out: str | Path,
     names: Sequence[str],
     settings: Settings,
-    segmenter: SegmenterStage | None,
-    detector: DetectorStage | None = None,
+    segmenter: SegmenterStage | SegmenterRecipe | None,
+    detector: DetectorStage | DetectorRecipe | None = None,
     command: str = "label",
     overwrite: bool = False,
     progress: bool = True,
@@ -109,9 +113,14 @@ def run_dataset(
         this_run = _add_run(out, time.perf_counter() - started, result.saved, job.seconds)
         timings = run_report.timings(this_run, run_state.runs(out))
         report = run_report.finalize(
-            out, names=names, settings=settings, state=state, wanted={it.rel for it in items}, timings=timings,
+            out,
+            names=names,
+            settings=settings,
+            state=state,
+            wanted={it.rel for it in items},
+            timings=timings,
             prelude={**(prelude or {}), **({"unfinished_images": unfinished} if unfinished else {})},
-        )  # fmt: skip
+        )
     run_report.log_summary(out, report)
     if unfinished:
         raise SamlabelError(

@@ -12,7 +12,7 @@ from pipeline import safepath
 from pipeline.config import Settings
 from pipeline.formats import coco, layout, yolo
 from pipeline.images import LoadedImage, export_image
-from pipeline.masks import mask_to_polygons, mask_to_rle, merge_polygons
+from pipeline.masks import CropMask, mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.quality import QUALITY_FIELDS, WRITTEN_SIGNALS, compute_signals, flag
 from pipeline.types import ImageItem, ImageRecord, Instances, Problem
 
@@ -87,7 +87,7 @@ def instance_files(
             reasons.append(f"flagged {','.join(flagged)} (--drop-flags)")
             continue
         parts = mask_to_polygons(mask, tolerance=settings.simplify) if mask is not None else []
-        if not parts:
+        if mask is None or not parts:
             dropped.append(i)
             reasons.append("empty mask")
             continue
@@ -112,7 +112,7 @@ def to_record(
     ``settings.drop_flags``: the dropped instances are the record's ``dropped``, with the reason)."""
     hw = image.hw
     files = instance_files(instances, hw, settings, drop_flags=settings.drop_flags)
-    problems = ()
+    problems: tuple[Problem, ...] = ()
     declared = item.labels.declared_hw if item.labels is not None else None
     if declared is not None and tuple(declared) != tuple(hw):
         problems = (_size_mismatch(item, declared, hw),)
@@ -152,8 +152,8 @@ def coco_annotations(record: ImageRecord) -> list[dict]:
         coco.to_annotation(
             class_id=int(inst.class_id[i]),
             segmentation=record.segmentations[i],
-            area=inst.masks[i].area,
-            mask_xyxy=inst.masks[i].xyxy,
+            area=_kept_mask(record, i).area,
+            mask_xyxy=_kept_mask(record, i).xyxy,
             det_xyxy=inst.xyxy[i].tolist(),
             confidence=float(inst.confidence[i]),
             mask_score=float(inst.mask_score[i]),
@@ -162,6 +162,14 @@ def coco_annotations(record: ImageRecord) -> list[dict]:
         )
         for i in range(len(inst))
     ]
+
+
+def _kept_mask(record: ImageRecord, i: int) -> CropMask:
+    """The mask of kept instance ``i`` (every instance in the label files has one)."""
+    mask = record.instances.masks[i]
+    if mask is None:
+        raise ValueError(f"{record.rel}: kept instance {i} has no mask (only dropped instances may lack one)")
+    return mask
 
 
 def _coco_extras(inst: Instances, i: int) -> dict:

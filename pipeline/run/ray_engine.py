@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
 from pipeline.errors import SamlabelError
@@ -39,9 +40,12 @@ from pipeline.images import LoadedImage
 from pipeline.run.outputs import to_record, write_files
 from pipeline.run.stages import build
 from pipeline.run.state import STATE_DIR
-from pipeline.run.steps import EngineResult, Job, infer_item, progress_bar, read_item
+from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, read_item
 from pipeline.threads import default_threads
 from pipeline.types import ImageItem, ImageRecord, Instances
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 LOGGER = logging.getLogger(__name__)
 
@@ -196,7 +200,9 @@ def check_shared(run: _Run, source: Path) -> None:
             if error:
                 raise SamlabelError(f"{where}: {error}; {fix}")
             if not _visible(out / name, name):
-                raise SamlabelError(f"--out {out} is not shared with {where}: a task there wrote {name}, not seen here; {fix}")  # fmt: skip
+                raise SamlabelError(
+                    f"--out {out} is not shared with {where}: a task there wrote {name}, not seen here; {fix}"
+                )
     finally:
         for name, _ in answers:
             (out / name).unlink(missing_ok=True)
@@ -229,7 +235,7 @@ def _visible(path: Path, text: str, tries: int = 10) -> bool:
     return False
 
 
-def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter):
+def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter) -> Dataset:
     """The Ray Data dataset: read tasks -> model actors -> write tasks, one row per image."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -241,10 +247,11 @@ def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter):
     actors = min(run.settings.ray_actors or _auto_actors(gpus, threads), blocks)  # no replica without work
     # Reads (a few ms an image) and records + files (tens of ms) reserve no CPU: whole CPUs for them would leave a
     # small node no room for its model replica, which does the work; their number is capped instead.
-    io = dict(num_cpus=0, compute=TaskPoolStrategy(size=min(2 * actors, len(todo))), batch_size=1)
+    io: dict[str, Any] = dict(num_cpus=0, compute=TaskPoolStrategy(size=min(2 * actors, len(todo))), batch_size=1)
     rows = [{"rel": it.rel, "work": _dumps(_Work(item=it))} for it in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(_read_batch, fn_kwargs=dict(run=run), **io)
+    ds: Dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    # the batch functions take the default batch format, a dict of arrays; Ray types them for any format
+    ds = ds.map_batches(_read_batch, fn_kwargs=dict(run=run), **io)  # type: ignore[arg-type]
     ds = ds.map_batches(
         _Models,
         fn_constructor_kwargs=dict(detector=detector, segmenter=segmenter, run=run, threads=threads, gpus=gpus),
@@ -252,13 +259,16 @@ def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter):
         batch_size=batch,
         num_gpus=gpus or None,
         num_cpus=1 if gpus else _cpus_per_actor(threads),
-    )  # fmt: skip
-    ds = ds.map_batches(_write_batch, fn_kwargs=dict(run=run), **io)
+    )
+    ds = ds.map_batches(_write_batch, fn_kwargs=dict(run=run), **io)  # type: ignore[arg-type]
     ds.context.enable_progress_bars = False  # the driver shows its own bar (images/s), as a local run does
     LOGGER.info(
         "Ray: %d model replica(s) (%s), %d threads each, %d images",
-        actors, f"{gpus:g} GPU each" if gpus else "CPU", threads, len(todo),
-    )  # fmt: skip
+        actors,
+        f"{gpus:g} GPU each" if gpus else "CPU",
+        threads,
+        len(todo),
+    )
     return ds
 
 
@@ -369,6 +379,7 @@ class _Models:
             return replace(work, fatal=self.fatal)
 
         def infer(w: _Work, seconds: Counter) -> _Work:
+            assert w.image is not None  # read: an image not skipped while reading is decoded
             instances = infer_item(w.item, w.image, self.detector, self.segmenter, self.run.settings, seconds)
             return replace(w, instances=instances)
 
@@ -379,10 +390,11 @@ def _write_batch(batch: dict, *, run: _Run) -> dict:
     run.enter()
 
     def write(work: _Work, seconds: Counter) -> _Work:
+        assert work.image is not None and work.instances is not None  # read and inferred: not skipped
         t = time.perf_counter()
         record, lines = to_record(work.item, work.image, work.instances, run.settings)
         write_files(record, work.item, work.image, lines, Path(run.out), run.settings)
-        seconds["write"] += time.perf_counter() - t
+        add_seconds(seconds, "write", since=t)
         return replace(work, record=record)
 
     # the driver needs the record only: the pixels and masks stay here

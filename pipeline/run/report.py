@@ -62,10 +62,14 @@ class _Tally:
         self._add_flags(image, inst)
         low = _low_score(inst, self.min_mask_score)
         self.review += [
-            {"image": image, "class": self.names[int(inst.class_id[i])], "source_id": int(inst.source_id[i]),
-             "mask_score": round(float(inst.mask_score[i]), 6)}
+            {
+                "image": image,
+                "class": self.names[int(inst.class_id[i])],
+                "source_id": int(inst.source_id[i]),
+                "mask_score": round(float(inst.mask_score[i]), 6),
+            }
             for i in low
-        ]  # fmt: skip
+        ]
 
     def _add_flags(self, image: str, inst: Instances) -> None:
         """Count the flags of the instances in the label files and list the flagged ones."""
@@ -114,7 +118,8 @@ def _low_score(inst: Instances, min_mask_score: float) -> np.ndarray:
 def describe(instances: Instances, i: int, names: Sequence[str]) -> dict:
     """An instance as report.json lists it: class name, source id, prompt box, scores where known."""
     c = int(instances.class_id[i])
-    out = {"class": names[c] if 0 <= c < len(names) else c, "source_id": int(instances.source_id[i])}
+    out: dict[str, object] = {"class": names[c] if 0 <= c < len(names) else c}
+    out["source_id"] = int(instances.source_id[i])
     out["box_xyxy"] = [round(float(v), 2) for v in instances.xyxy[i]]
     for key in ("confidence", "mask_score"):
         value = float(getattr(instances, key)[i])
@@ -262,6 +267,7 @@ def light(record: ImageRecord) -> ImageRecord:
 
 def coco_image(record: ImageRecord) -> dict:
     """A record's COCO ``images`` entry (the writer adds ``id``); ``reviewed: true`` once checked in review."""
+    assert record.hw is not None  # ImageRecord.__post_init__: a written image has its size
     image = {"file_name": record.name, "height": record.hw[0], "width": record.hw[1], "source": record.source}
     if record.reviewed:
         image["reviewed"] = True
@@ -303,5 +309,6 @@ def _log_skipped(out: Path, skipped: list[dict]) -> None:
         for s in skipped:
             LOGGER.warning("skipped %s", s["reason"])
     else:
-        LOGGER.warning("skipped %d images; each with its reason in %s (skipped_images)", len(skipped),
-                       out / "report.json")  # fmt: skip
+        LOGGER.warning(
+            "skipped %d images; each with its reason in %s (skipped_images)", len(skipped), out / "report.json"
+        )

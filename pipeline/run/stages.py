@@ -52,8 +52,15 @@ class DetectorRecipe(Recipe):
         from pipeline.detect import Detector
 
         s = self.settings
-        thresholds = dict(conf=s.conf, iou=s.iou, max_det=s.max_det)
-        return Detector(s.detector, classes=s.classes, imgsz=s.imgsz, device=device or s.device, **thresholds)
+        return Detector(
+            s.detector,
+            classes=s.classes,
+            imgsz=s.imgsz,
+            device=device or s.device,
+            conf=s.conf,
+            iou=s.iou,
+            max_det=s.max_det,
+        )
 
 
 class SegmenterRecipe(Recipe):
@@ -75,8 +82,15 @@ class SegmenterRecipe(Recipe):
         from pipeline.sam import Segmenter
 
         s = self.settings
-        how = dict(batch=s.sam_batch, runtime=s.runtime, cache_dir=s.cache_dir, multimask=s.multimask)
-        return Segmenter(s.segmenter, arch=s.sam_arch, device=s.device, **how)
+        return Segmenter(
+            s.segmenter,
+            arch=s.sam_arch,
+            device=s.device,
+            batch=s.sam_batch,
+            runtime=s.runtime,
+            cache_dir=s.cache_dir,
+            multimask=s.multimask,
+        )
 
 
 class _OnFirstCall:

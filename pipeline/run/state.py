@@ -35,7 +35,7 @@ STATE_DIR = layout.STATE_DIR
 FORMAT_VERSION = 2
 
 #: Settings that change how a run goes, not what it writes: a resume may change them.
-NOT_FINGERPRINTED = ("device", "sam_batch", "runtime", "cache_dir")
+NOT_FINGERPRINTED: tuple[str, ...] = ("device", "sam_batch", "runtime", "cache_dir")
 #: ... and where the run goes: a local run may be resumed on Ray and the other way round.
 NOT_FINGERPRINTED += ("engine", "ray_address", "ray_actors", "ray_gpus_per_actor")
 

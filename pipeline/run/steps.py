@@ -24,6 +24,7 @@ from pipeline.types import DetectorStage, ImageItem, ImageRecord, Instances, Seg
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
     from pipeline.run.state import Journal
 
 LOGGER = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class Job:
     out: Path
     journal: Journal
     settings: Settings
-    detector: DetectorStage | None
-    segmenter: SegmenterStage | None
+    detector: DetectorStage | DetectorRecipe | None
+    segmenter: SegmenterStage | SegmenterRecipe | None
     command: str
     progress: bool
     seconds: Counter = field(default_factory=Counter)
@@ -83,6 +84,15 @@ def progress_bar(total: int, desc: str, *, progress: bool) -> tqdm:
     )
 
 
+def add_seconds(seconds: Counter, stage: str, *, since: float) -> None:
+    """Add the time from ``since`` (a ``time.perf_counter()``) to now to ``seconds[stage]``.
+
+    A ``Counter`` holds float values (its ``update`` adds them, as ``Job.seconds`` needs); typeshed types
+    its values as int, hence the one ignore here.
+    """
+    seconds[stage] += time.perf_counter() - since  # type: ignore[assignment]
+
+
 def read_item(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     """The decoded image, or the record of an image that cannot be used."""
     t = time.perf_counter()
@@ -91,7 +101,7 @@ def read_item(item: ImageItem, seconds: Counter) -> LoadedImage | ImageRecord:
     except ImageReadError as e:  # skipped images are named once, at the end (run_report.log_summary)
         LOGGER.debug("skipped %s", e)
         return ImageRecord.skipped(item, str(e))
-    seconds["read"] += time.perf_counter() - t
+    add_seconds(seconds, "read", since=t)
     if min(image.hw) < MIN_SIDE:
         reason = f"{item.path}: {image.hw[1]}x{image.hw[0]} pixels; Ultralytics drops images under {MIN_SIDE} px a side"
         LOGGER.debug("skipped %s", reason)
@@ -115,11 +125,11 @@ def infer_item(
             raise SamlabelError("images without source labels need a detector, and none was given")
         t = time.perf_counter()
         instances = detector(image.rgb)
-        seconds["detect"] += time.perf_counter() - t
+        add_seconds(seconds, "detect", since=t)
     if any(m is None for m in instances.masks):
         t = time.perf_counter()
         if segmenter is None:
             raise SamlabelError("instances need masks but no segmenter was given")
         instances = segmenter(image.rgb, instances)
-        seconds["segment"] += time.perf_counter() - t
+        add_seconds(seconds, "segment", since=t)
     return instances

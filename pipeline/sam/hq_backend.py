@@ -14,6 +14,8 @@ predicted IoU, which is what ``--multimask score`` picks); scores are SAM's pred
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -63,7 +65,7 @@ class HqBackend:
         self.model = model.to(self.device).eval()
         self.dtype = torch.float32
         self.threshold = float(getattr(model, "mask_threshold", 0.0))
-        self._encoder = HqEncoder(self.model.image_encoder).eval()
+        self._encoder = HqEncoder(cast(nn.Module, self.model.image_encoder)).eval()
 
     @property
     def image_encoder(self) -> nn.Module:
@@ -91,7 +93,8 @@ class HqBackend:
 
         SAM's logits plus the HQ token's (``hq_token_only=False``, the authors' default).
         """
-        pe, md = self.model.prompt_encoder, self.model.mask_decoder
+        pe: Any = self.model.prompt_encoder  # segment_anything_hq's modules (untyped)
+        md: Any = self.model.mask_decoder
         points = None if prompts.points is None else (prompts.points, prompts.labels)
         sparse, dense = pe(points=points, boxes=prompts.boxes, masks=prompts.masks)
         embed, interm = features["image_embed"], features["interm"]

@@ -106,7 +106,7 @@ class Profile:
             from PIL import Image
 
             h, w = self.content_hw(rgb.shape[:2])
-            image = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), dtype=np.float32)
+            image = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
         if self.normalize == "min_max":
             lo, hi = float(image.min()), float(image.max())
             image = (image - lo) / max(hi - lo, 1e-8)

@@ -53,7 +53,9 @@ class ExtractLimits:
 LIMITS = ExtractLimits()
 
 
-def safe_extract(archive: Path, target: Path, *, keep_unlabeled: bool = False, limits: ExtractLimits | None = None):
+def safe_extract(
+    archive: Path, target: Path, *, keep_unlabeled: bool = False, limits: ExtractLimits | None = None
+) -> Path:
     """Extract what the dataset in ``archive`` uses into ``target`` (see the module docstring).
 
     The archive goes to ``target/<hash of the archive>/`` (``-all`` appended with ``keep_unlabeled``), reused when a

@@ -202,9 +202,15 @@ def read_yolo_yaml(path: Path, problems: Problems, *, confined: bool = True) -> 
             labels_dir = yolo.labels_dir_for(images_dir)
             prefix = f"{index}-{images_dir.name}" if len(entries) > 1 else ""  # several folders in one split
             items += _yolo_items(
-                images_dir, labels_dir, split, names, problems, root=path.parent, prefix=prefix,
+                images_dir,
+                labels_dir,
+                split,
+                names,
+                problems,
+                root=path.parent,
+                prefix=prefix,
                 confine=path.parent if confined else None,
-            )  # fmt: skip
+            )
             found.append(f"{split}={images_dir}")
     if not items:
         raise SamlabelError(f"{path}: none of its splits (train/val/test) point to an existing image folder")
@@ -382,7 +388,7 @@ def read_coco_splits(splits: dict[str, tuple[Path, Path]], problems: Problems, *
 
 def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Problems) -> list[ImageItem]:
     where_json = json_path.name if json_path.parent == root else str(json_path)
-    images: dict[int, dict] = {}
+    images: dict[object, dict] = {}  # by id as the JSON gives it: a number or a string
     listed = coco.get("images", [])
     for index, img in enumerate(listed if isinstance(listed, list) else []):
         iid = img.get("id") if isinstance(img, dict) else None
@@ -393,7 +399,7 @@ def _coco_items(coco, json_path, root: Path, split, cat_to_class, problems: Prob
             problems.add(f"{where_json}: image {iid}", "duplicate image id", "second entry ignored")
             continue
         images[iid] = img
-    per_image: dict[int, list[SourceObject]] = {iid: [] for iid in images}
+    per_image: dict[object, list[SourceObject]] = {iid: [] for iid in images}
     seen_ann: set = set()
     for index, ann in enumerate(coco.get("annotations", [])):
         aid = ann.get("id") if isinstance(ann, dict) else None

@@ -76,8 +76,9 @@ def find_images(
     """
     found: dict[Path, str] = {}
     linked: dict[Path, bool] = {}  # whether the name kept for a file is a symlink's
-    excluded = exclude.resolve() if exclude is not None else None
-    if excluded is not None:
+    excluded = None
+    if exclude is not None:
+        excluded = exclude.resolve()
         _refuse_source_in_output(sources, exclude, excluded)
     labels = _source_labels(sources)
     for source, label in zip(sources, labels, strict=True):
@@ -148,7 +149,7 @@ def _source_labels(sources: Sequence[str | Path]) -> list[str]:
         p = Path(str(source))
         root = p if p.is_dir() else p.parent if p.is_file() else _glob_root(str(source))
         names.append(root.resolve().name or "root")
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for n in names:
         counts[n] += 1
     return [n if counts[n] == 1 else f"{i}-{n}" for i, n in enumerate(names)]
@@ -170,7 +171,7 @@ def plan_items(pairs: Iterable[tuple[Path, str]], fractions: dict[str, float]) -
     each get a short hash of their relative path, so names never depend on processing order.
     """
     pairs = list(pairs)
-    seen = {}
+    seen: dict[str, Path] = {}
     for path, rel in pairs:
         if rel in seen:
             raise SamlabelError(f"two images share the relative path {rel!r}: {seen[rel]} and {path}")
@@ -231,8 +232,9 @@ def _walk(root: Path, exclude: Path | None = None) -> list[tuple[Path, str]]:
 def _skip_dataset(folder: Path) -> bool:
     why = holds_dataset(folder)
     if why:
-        LOGGER.info("%s: holds a dataset (%s); its images are not inputs (give it as a source to include them)",
-                    folder, why)  # fmt: skip
+        LOGGER.info(
+            "%s: holds a dataset (%s); its images are not inputs (give it as a source to include them)", folder, why
+        )
     return why is not None
 
 

@@ -30,7 +30,7 @@ def to_instances(labels: SourceLabels, hw: tuple[int, int], *, resegment: bool =
             masks.append(None)
     return Instances(
         xyxy=np.array([o.xyxy_n for o in labels.objects]) * scale,
-        class_id=[o.class_id for o in labels.objects],
+        class_id=np.array([o.class_id for o in labels.objects], dtype=np.int64),
         masks=tuple(masks),
-        source_id=[o.source_id for o in labels.objects],
+        source_id=np.array([o.source_id for o in labels.objects], dtype=np.int64),
     )
