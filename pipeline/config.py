@@ -39,6 +39,13 @@ def _opt(default: Any, help: str, commands: tuple[str, ...] = BOTH, choices: tup
     return field(default=default, metadata={"help": help, "commands": commands, "choices": choices})
 
 
+#: The help of --layout (long: kept out of the field list below).
+LAYOUT_HELP = (
+    "dataset layout: roboflow (<split>/images, labels, _annotations.coco.json) or coco "
+    "(annotations/instances_<split>.json, images/<split>/)"
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run can be told; defaults are the product's defaults."""
@@ -59,12 +66,7 @@ class Settings:
     imgsz: int = _opt(640, "detector input size", (LABEL,))
     device: str | None = _opt(None, "cpu, 0, cuda:0 ... (default: first GPU if any, else CPU)")
     split: str = _opt("train=0.8,valid=0.2", "split fractions, assigned per file by a hash of its path", (LABEL,))
-    layout: Layout = _opt(
-        "roboflow",
-        "dataset layout: roboflow (<split>/images, labels, _annotations.coco.json) or coco "
-        "(annotations/instances_<split>.json, images/<split>/)",
-        choices=LAYOUTS,
-    )
+    layout: Layout = _opt("roboflow", LAYOUT_HELP, choices=LAYOUTS)
     # None stands for the layout's own formats; __post_init__ puts them in, so a Settings always has a tuple
     formats: tuple[Format, ...] = _opt(
         None,

@@ -128,3 +128,19 @@ def write_yolo_dataset(root: Path, splits: dict[str, int], *, seed: int, hw=(96,
     data.update({("val" if s == "valid" else s): f"{s}/images" for s in splits})
     (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return root
+
+
+def disc_scene(hw: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3): a colour ramp with a red disc (centre (60, 60), radius 35) and seeded noise, for SAM
+    families' reference comparisons (not square shapes make resize, padding and crop matter)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: hw[0], : hw[1]]
+    rgb = np.stack([xx * 255 / hw[1], yy * 255 / hw[0], np.full(hw, 90.0)], axis=-1)
+    rgb[(yy - 60) ** 2 + (xx - 60) ** 2 < 35**2] = (230, 40, 40)
+    return np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks of one shape (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

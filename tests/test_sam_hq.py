@@ -20,6 +20,7 @@ import torch
 from pipeline.errors import SamlabelError
 from pipeline.sam import Segmenter
 from pipeline.sam.build import resolve_arch
+from tests.shapes import disc_scene, mask_iou
 
 sam_hq = pytest.importorskip("segment_anything_hq", reason="the optional extra samlabel[hq]")
 
@@ -39,14 +40,6 @@ def make_hq_checkpoint(path: Path, key: str, *, seed: int = 0, jitter: float = 0
     return path
 
 
-def scene(hw=HW) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[: hw[0], : hw[1]]
-    rgb = np.stack([xx * 255 / hw[1], yy * 255 / hw[0], np.full(hw, 90.0)], axis=-1)
-    rgb[(yy - 60) ** 2 + (xx - 60) ** 2 < 35**2] = (230, 40, 40)
-    return np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
-
-
 def authors(path: Path, key: str, rgb: np.ndarray, boxes: np.ndarray, *, multimask: bool = False):
     """``SamPredictor`` as the HQ-SAM README runs it: masks (N, H, W) bool and scores (N,)."""
     model = sam_hq.sam_model_registry[key](checkpoint=str(path)).eval()
@@ -58,11 +51,6 @@ def authors(path: Path, key: str, rgb: np.ndarray, boxes: np.ndarray, *, multima
         masks.append(m[0])
         scores.append(s[0])
     return np.stack(masks), np.array(scores)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def ours(seg: Segmenter, rgb: np.ndarray, boxes: np.ndarray, *, multimask: bool = False):
@@ -81,12 +69,12 @@ def tiny(tmp_path_factory) -> Path:
 )
 def test_masks_equal_the_authors_predictor(key, tiny, tmp_path):
     path = tiny if key == "vit_tiny" else make_hq_checkpoint(tmp_path / f"sam_hq_{key}.pth", key)
-    rgb = scene()
+    rgb = disc_scene(HW)
     seg = Segmenter(str(path), runtime="torch")
     assert seg.arch == f"sam_hq_{key}" and seg.profile.name == "segment_anything"
     pred, masks = ours(seg, rgb, BOXES)
     ref_masks, ref_scores = authors(path, key, rgb, BOXES)
-    ious = [iou(masks[i][0], ref_masks[i]) for i in range(len(BOXES))]
+    ious = [mask_iou(masks[i][0], ref_masks[i]) for i in range(len(BOXES))]
     assert min(ious) >= 0.999, ious
     assert all(0.02 < m.mean() < 0.98 for m in ref_masks)  # real masks, not empty or full
     np.testing.assert_allclose(pred.scores[:, 0], ref_scores, atol=1e-4)
@@ -94,19 +82,19 @@ def test_masks_equal_the_authors_predictor(key, tiny, tmp_path):
 
 def test_best_candidate_is_the_authors_multimask_answer(tiny):
     """Each candidate is SAM's candidate plus the HQ mask; the best-scored is the authors' multimask answer."""
-    rgb = scene()
+    rgb = disc_scene(HW)
     pred, masks = ours(Segmenter(str(tiny), runtime="torch"), rgb, BOXES, multimask=True)
     ref_masks, ref_scores = authors(tiny, "vit_tiny", rgb, BOXES, multimask=True)
     for i in range(len(BOXES)):
         best = int(np.argmax(pred.scores[i]))
-        assert iou(masks[i][best], ref_masks[i]) >= 0.999
+        assert mask_iou(masks[i][best], ref_masks[i]) >= 0.999
         assert abs(pred.scores[i, best] - ref_scores[i]) <= 1e-4
 
 
 def test_auto_runtime_says_once_the_decoder_runs_on_pytorch(tiny, tmp_path, caplog):
     """The encoder (with the early features the HQ decoder reads) runs on ONNX Runtime; the decoder stays on
     PyTorch, said once; masks equal the PyTorch runtime's."""
-    rgb = scene()
+    rgb = disc_scene(HW)
     with caplog.at_level(logging.INFO, logger="pipeline.sam"):
         seg = Segmenter(str(tiny), runtime="auto", cache_dir=tmp_path / "cache")
         _, masks = ours(seg, rgb, BOXES)
@@ -115,7 +103,7 @@ def test_auto_runtime_says_once_the_decoder_runs_on_pytorch(tiny, tmp_path, capl
     assert len(said) == 1 and "sam_hq_vit_tiny decoder" in said[0] and "runs on PyTorch" in said[0]
     assert seg.runtime == "onnx" and seg.backend.box_decoder is None
     _, reference = ours(Segmenter(str(tiny), runtime="torch"), rgb, BOXES)
-    assert min(iou(m[0], r[0]) for m, r in zip(masks, reference, strict=True)) >= 0.999
+    assert min(mask_iou(m[0], r[0]) for m, r in zip(masks, reference, strict=True)) >= 0.999
 
 
 def test_file_names_say_the_architecture():

@@ -19,25 +19,13 @@ from pipeline.sam import Segmenter
 from pipeline.sam.profiles import MEDSAM
 from pipeline.sam.prompts import prepare_prompts
 from tests.checkpoints import make_plain_sam_checkpoint
+from tests.shapes import disc_scene, mask_iou
 
 segment_anything = pytest.importorskip("segment_anything", reason="Meta's segment-anything: the reference model")
 transform = pytest.importorskip("skimage.transform", reason="scikit-image: MedSAM's own resize")
 
 HW = (150, 200)
 BOXES = np.array([[10, 12, 90, 100], [60, 30, 190, 140], [120, 5, 160, 60]], dtype=np.float32)
-
-
-def scene(hw=HW) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[: hw[0], : hw[1]]
-    rgb = np.stack([xx * 255 / hw[1], yy * 255 / hw[0], np.full(hw, 90.0)], axis=-1)
-    rgb[(yy - 60) ** 2 + (xx - 60) ** 2 < 35**2] = (230, 40, 40)
-    return np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def medsam_preprocess(img_3c: np.ndarray) -> torch.Tensor:
@@ -76,7 +64,7 @@ def medsam_reference(path: Path, img_3c: np.ndarray, boxes: np.ndarray):
 def medsam(tmp_path_factory):
     root = tmp_path_factory.mktemp("medsam")
     path = make_plain_sam_checkpoint(root / "medsam_vit_b.pth", arch="sam_b")
-    rgb = scene(HW)
+    rgb = disc_scene(HW)
     ref_masks, ref_scores = medsam_reference(path, rgb, BOXES)
     assert all(0.02 < m.mean() < 0.98 for m in ref_masks)  # real masks, not empty or full
     return path, rgb, ref_masks, ref_scores
@@ -94,7 +82,7 @@ def test_masks_equal_medsam_inference(medsam):
     seg = Segmenter(str(path), runtime="torch")  # arch from the file name
     assert seg.arch == "medsam" and seg.runtime == "torch"
     masks, scores = _masks(seg, rgb, BOXES)
-    ious = [iou(m, r) for m, r in zip(masks, ref_masks, strict=True)]
+    ious = [mask_iou(m, r) for m, r in zip(masks, ref_masks, strict=True)]
     assert min(ious) >= 0.999, ious
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
 
@@ -104,7 +92,7 @@ def test_the_sam_b_profile_gives_other_masks_on_the_same_weights(medsam, tmp_pat
     path, rgb, ref_masks, _ = medsam
     as_sam_b = shutil.copy(path, tmp_path / "sam_b.pt")
     masks, _ = _masks(Segmenter(str(as_sam_b), runtime="torch"), rgb, BOXES)
-    assert min(iou(m, r) for m, r in zip(masks, ref_masks, strict=True)) < 0.95
+    assert min(mask_iou(m, r) for m, r in zip(masks, ref_masks, strict=True)) < 0.95
 
 
 def test_clicks_are_scaled_per_axis_like_boxes(medsam):
@@ -138,7 +126,7 @@ def test_finetune_encodes_and_validates_with_medsam_preprocessing(medsam, tmp_pa
     pred = predict(sam, sam.encode(rgb), sample, chunk=4)
     ref_masks, ref_scores = medsam_reference(path, rgb, sample.instances.xyxy)
     for mask, ref in zip(pred.masks, ref_masks, strict=True):
-        assert iou(mask.full(sample.hw), ref) >= 0.999
+        assert mask_iou(mask.full(sample.hw), ref) >= 0.999
     np.testing.assert_allclose(pred.mask_score, ref_scores, atol=1e-4)
 
 

@@ -98,24 +98,16 @@ class HqBackend:
         points = None if prompts.points is None else (prompts.points, prompts.labels)
         sparse, dense = pe(points=points, boxes=prompts.boxes, masks=prompts.masks)
         embed, interm = features["image_embed"], features["interm"]
+        common = {
+            "image_embeddings": embed,
+            "image_pe": pe.get_dense_pe(),
+            "sparse_prompt_embeddings": sparse,
+            "dense_prompt_embeddings": dense,
+        }
         if not multimask:
-            return md(
-                image_embeddings=embed,
-                image_pe=pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-                hq_token_only=False,
-                interm_embeddings=[interm],
-            )
+            return md(**common, multimask_output=False, hq_token_only=False, interm_embeddings=[interm])
         # MaskDecoderHQ.forward keeps only the best candidate; its own steps, with all three kept.
         hq_features = md.embedding_encoder(embed) + md.compress_vit_feat(interm.permute(0, 3, 1, 2))
-        masks, iou = md.predict_masks(
-            image_embeddings=embed,
-            image_pe=pe.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            hq_features=hq_features,
-        )
+        masks, iou = md.predict_masks(**common, hq_features=hq_features)
         hq = md.num_mask_tokens - 1
         return masks[:, 1:hq] + masks[:, hq : hq + 1], iou[:, 1:hq]
