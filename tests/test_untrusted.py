@@ -105,6 +105,23 @@ def test_a_symlinked_folder_does_not_lead_the_review_outside(out, tmp_path):
     assert got.status_code == 400 and "leads outside" in got.json()["detail"]
 
 
+def test_an_image_link_to_a_file_that_is_no_image_is_not_served(out, tmp_path):
+    """An image *file* may be a link (``--link`` datasets link to their sources), so a hostile dataset can ship
+    ``x.png -> some private file``: review serves only files whose header is an image's."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    store = ReviewStore(out)
+    client = TestClient(create_app(store, token=TOKEN, sam=FakeSamSession()), headers=AUTH)
+    row = client.get("/api/images").json()[0]
+    path = store.image_path(row["id"])
+    assert client.get(f"/api/images/{row['id']}/image").content == path.read_bytes()  # a real image is served
+    path.unlink()
+    path.symlink_to(secret)
+    got = client.get(f"/api/images/{row['id']}/image")
+    assert got.status_code == 400 and "is not an image file" in got.json()["detail"]
+    assert SECRET not in got.content
+
+
 def test_the_report_reads_no_image_through_a_folder_that_leads_outside(out, tmp_path):
     from pipeline.report import write_report_html
 

@@ -233,13 +233,17 @@ class ReviewStore:
         """The image file in the dataset (``<split>/images/<name>`` in the Roboflow layout).
 
         Raises:
-            ReviewError: its folder leads outside the dataset (a symlink); it is not served.
+            ReviewError: its folder leads outside the dataset (a symlink), or the file (which may be a link, as
+                ``--link`` makes them) is not an image PIL can identify from its header; it is not served.
         """
         record = self._entry(iid).record
         try:
-            return safepath.inside(self.out, self.paths.image(record.split, record.name), what="image")
+            path = safepath.inside(self.out, self.paths.image(record.split, record.name), what="image")
         except safepath.UnsafePathError as e:
             raise ReviewError(str(e)) from None
+        if not _is_image_file(path):  # an image file may be a link (--link): what it leads to must be an image
+            raise ReviewError(f"image {record.name!r}: {path} is not an image file; it is not served")
+        return path
 
     def hw(self, iid: str) -> tuple[int, int]:
         return self._entry(iid).record.hw
@@ -687,3 +691,14 @@ def _write_synced(path: Path, text: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _is_image_file(path: Path) -> bool:
+    """Whether ``path`` holds an image by its header (PIL reads the header only, not the pixels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return bool(im.format)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
