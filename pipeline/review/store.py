@@ -694,11 +694,16 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def _is_image_file(path: Path) -> bool:
-    """Whether ``path`` holds an image by its header (PIL reads the header only, not the pixels)."""
-    from PIL import Image, UnidentifiedImageError
+    """Whether ``path`` starts as an image of a kind samlabel writes (JPEG, PNG, BMP, TIFF, WebP) does.
 
+    The first bytes only: not ``PIL.Image.open``, which Ultralytics patches to pip-install a HEIF plugin for
+    a file it cannot identify.
+    """
     try:
-        with Image.open(path) as im:
-            return bool(im.format)
-    except (OSError, UnidentifiedImageError, ValueError):
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
         return False
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")) or (
+        head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    )
