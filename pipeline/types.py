@@ -119,6 +119,37 @@ class SegmenterStage(Protocol):
         ...
 
 
+@runtime_checkable
+class GeneratorStage(Protocol):
+    """Class-agnostic masks of a whole image (SAM's automatic mask generator, or a test's fake).
+
+    Used by ``--mode everything`` (every mask an instance of one class) and by ``--propose`` (masks that
+    overlap no instance are proposals: what the detector missed).
+    """
+
+    def __call__(self, rgb: np.ndarray, covered: Instances | None = None) -> Instances:
+        """Every object found in ``rgb`` (uint8 (H, W, 3)): ``class_id`` 0, masks filled, ``mask_score`` =
+        SAM's predicted IoU, ``xyxy`` = each mask's tight box; signals (``stability`` ...) in ``extras``.
+
+        ``covered``: instances the image already has (with masks); a generator may skip the prompts that fall
+        inside them, since they cannot lead to an object not yet there.
+        """
+        ...
+
+
+@runtime_checkable
+class ConceptModel(Protocol):
+    """A promptable-concept model (SAM 3, or a test's fake): every instance of each phrase in an image."""
+
+    def __call__(self, rgb: np.ndarray, phrases: Sequence[str], exemplars: Sequence = ()) -> list[Instances]:
+        """One ``Instances`` per phrase, in ``phrases`` order: ``class_id`` 0, masks filled, ``xyxy`` the
+        masks' boxes, ``confidence`` the model's score (SAM 3: presence x instance score), unthresholded
+        beyond the model's own floor. ``exemplars``: example boxes of wanted objects ("more like these").
+        A phrase's text encoding is computed once per model, not once per image.
+        """
+        ...
+
+
 def _array(name: str, value, dtype, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(value, dtype=dtype)
     if arr.size == 0 and shape[0] == 0:
