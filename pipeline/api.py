@@ -16,7 +16,7 @@ from pipeline.device import check_device
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
-from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
+from pipeline.run.stages import DetectorRecipe, SegmenterRecipe, build, concept_recipe
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 from pipeline.types import DetectorStage, SegmenterStage
@@ -74,6 +74,14 @@ def label(
     found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
     LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
+    concept = concept_recipe(det, cfg)  # SAM 3 weights, or a concept model object: its stage finds the masks
+    fingerprint = concept.fingerprint() if concept is not None else None
+    if concept is not None:
+        det = concept if cfg.engine == "ray" else None
+        seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg  # only exemplar images' own boxes need SAM
+        if cfg.engine != "ray":
+            check_device(cfg.device)
+            det, seg = concept.build(), build(seg)
     if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
         det = DetectorRecipe(cfg) if det is None else det
         seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg
@@ -95,6 +103,7 @@ def label(
         progress=progress,
         prelude={"skipped_images": skipped} if skipped else None,
         discard_reviews=discard_reviews,
+        fingerprint_extra=fingerprint or None,
     )
 
 

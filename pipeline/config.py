@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.concepts.ontology import Ontology, parse_optional
 from pipeline.errors import SamlabelError
 from pipeline.options import (
     COCO_MASKS,
@@ -58,6 +59,18 @@ class Settings:
     classes: tuple[str, ...] | None = _opt(
         None,
         "comma-separated class names: a YOLO-World vocabulary, else a filter on the detector's names",
+        (LABEL,),
+    )
+    prompts: Ontology | None = _opt(
+        None,
+        "classes by text, for --detector sam3.pt, YOLOE or YOLO-World: 'person, bicycle'; several phrases per class "
+        "'person: man, woman; bike: bicycle'; a phrase's own threshold 'helmet@0.6' (see README)",
+        (LABEL,),
+    )
+    exemplars: str | None = _opt(
+        None,
+        "a COCO json (images beside it) or YOLO folder of a few images with boxes of wanted objects, classes by "
+        "name: SAM 3 finds more like them",
         (LABEL,),
     )
     conf: float = _opt(0.25, "detector confidence threshold", (LABEL,))
@@ -159,6 +172,9 @@ class Settings:
         unknown = [f for f in self.drop_flags if f not in FLAGS]
         if unknown:
             raise SamlabelError(f"drop_flags: unknown flag(s) {unknown}; the flags are {list(FLAGS)}")
+        set_(self, "prompts", parse_optional(self.prompts))  # a text (CLI, state.json), list or mapping (YAML)
+        if self.exemplars is not None:
+            set_(self, "exemplars", str(self.exemplars))
         try:  # parsed once: a "name=number,..." string (CLI, state.json) or a mapping (YAML)
             set_(self, "thresholds", QualityThresholds.parse(self.thresholds))
         except ValueError as e:
@@ -169,6 +185,7 @@ class Settings:
         """The settings as JSON-ready values (state.json, the resume fingerprint): ``thresholds`` as its text."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["thresholds"] = str(self.thresholds)
+        out["prompts"] = None if self.prompts is None else str(self.prompts)
         return out
 
     def replace(self, **changes: Any) -> Settings:

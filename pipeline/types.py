@@ -94,6 +94,12 @@ class Instances:
         return dataclasses.replace(self, **changes)
 
 
+#: ``Instances.extras`` key by which a stage leaves instances out of the label files: one ``str`` reason per
+#: instance (``None`` keeps it). The dropped ones are listed, with the reason, in report.json (a concept run
+#: drops an object found again by another phrase this way: ``pipeline.concepts.stage``).
+DROP_REASON = "drop_reason"
+
+
 @runtime_checkable
 class DetectorStage(Protocol):
     """The detector stage (``pipeline.detect.Detector``, or a test's fake): one image in, its instances out.

@@ -14,7 +14,7 @@ from pipeline.formats import coco, layout, yolo
 from pipeline.images import LoadedImage, export_image
 from pipeline.masks import CropMask, mask_to_polygons, mask_to_rle, merge_polygons
 from pipeline.quality import QUALITY_FIELDS, WRITTEN_SIGNALS, compute_signals, flag
-from pipeline.types import ImageItem, ImageRecord, Instances, Problem
+from pipeline.types import DROP_REASON, ImageItem, ImageRecord, Instances, Problem, stack_instances
 
 __all__ = ["QUALITY_FIELDS", "InstanceFiles", "coco_annotations", "instance_files", "to_record", "with_quality",
            "write_files"]  # fmt: skip
@@ -76,6 +76,11 @@ def instance_files(
         settings: ``simplify`` (polygon tolerance), ``coco_masks`` and ``thresholds`` are used.
         drop_flags: flags that drop an instance (a run: ``settings.drop_flags``; a review: none).
     """
+    instances, withheld, held_reasons = _withheld(instances)
+    given = np.flatnonzero(~withheld)  # the index in the given instances of each one considered below
+    if withheld.any():
+        held = instances[withheld]
+        instances = instances[given]
     instances = with_quality(instances, hw, settings)
     keep, segmentations, lines, dropped, reasons = [], [], [], [], []
     drop = set(drop_flags)
@@ -95,14 +100,30 @@ def instance_files(
         lines.append(yolo.to_line(int(instances.class_id[i]), merge_polygons(parts), hw))
         rle = mask_to_rle(mask, hw) if settings.coco_masks == "rle" else None
         segmentations.append(coco.to_segmentation(parts if rle is None else None, rle))
+    dropped_instances = instances[np.array(dropped, dtype=np.int64)]
+    dropped_at = [int(given[i]) for i in dropped]
+    if withheld.any():  # a stage's own drops (DROP_REASON), after the files' own, without quality signals
+        dropped_instances = stack_instances([dropped_instances, held])
+        reasons += held_reasons
+        dropped_at += np.flatnonzero(withheld).tolist()
     return InstanceFiles(
         instances=instances[np.array(keep, dtype=np.int64)],
         segmentations=tuple(segmentations),
         lines=lines,
-        dropped=instances[np.array(dropped, dtype=np.int64)],
+        dropped=dropped_instances,
         dropped_reasons=tuple(reasons),
-        dropped_at=tuple(dropped),
+        dropped_at=tuple(dropped_at),
     )
+
+
+def _withheld(instances: Instances) -> tuple[Instances, np.ndarray, list[str]]:
+    """``instances`` without ``extras[DROP_REASON]``, which of them a stage dropped (a reason, not None), and why."""
+    given = instances.extras.get(DROP_REASON)
+    if given is None:
+        return instances, np.zeros(len(instances), dtype=bool), []
+    withheld = np.array([r is not None for r in given], dtype=bool)
+    rest = instances.replace(extras={k: v for k, v in instances.extras.items() if k != DROP_REASON})
+    return rest, withheld, [str(r) for r in given[withheld]]
 
 
 def to_record(

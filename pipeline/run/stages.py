@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.config import Settings
 from pipeline.device import check_device
+from pipeline.errors import SamlabelError
 from pipeline.types import DetectorStage, Instances, SegmenterStage
 
 
@@ -105,3 +106,89 @@ class _OnFirstCall:
             check_device(self._recipe.settings.device)
             self._stage = self._recipe.build()
         return self._stage(rgb, instances)
+
+
+def is_concept_weights(weights: str) -> bool:
+    """SAM 3 weights (``sam3.pt``, ``sam3_finetuned.pt`` ...): the detector is a concept model."""
+    from pathlib import Path
+
+    return Path(weights).name.lower().startswith("sam3")
+
+
+class ConceptRecipe(Recipe):
+    """A ``pipeline.concepts.ConceptStage`` over SAM 3 (``--detector sam3.pt``) or a given concept model.
+
+    The ontology (``--prompts``, or ``--classes`` as its synonym) and the exemplars (``--exemplars``, read here,
+    once, on the driver) travel with the recipe; each Ray replica builds its own model.
+
+    Args:
+        settings: the run's settings.
+        model: a ready ``ConceptModel`` (pickled to every replica as it is); ``None``: SAM 3 from ``--detector``.
+
+    Raises:
+        SamlabelError: no prompts nor exemplars, a malformed exemplar file, SAM 3 weights not on disk.
+    """
+
+    def __init__(self, settings: Settings, *, model: Any = None) -> None:
+        from pipeline.concepts.exemplars import attach, read_exemplars
+        from pipeline.concepts.ontology import vocabulary
+
+        self.settings = settings
+        self.model = model
+        ontology = vocabulary(settings)
+        exemplars: list = []
+        if settings.exemplars is not None:
+            ontology, exemplars = attach(read_exemplars(settings.exemplars), ontology)
+        if ontology is None:
+            raise SamlabelError(
+                f"--detector {settings.detector}: a concept model finds what it is asked for: give --prompts "
+                "'person, bicycle' (or --exemplars FILE)"
+            )
+        self.ontology, self.exemplars = ontology, exemplars
+        if model is None:
+            sam3_weights(settings.detector)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.ontology.names)
+
+    def fingerprint(self) -> dict:
+        """What the settings do not say but decides the output: the exemplars' pixels, boxes and classes."""
+        return {"exemplars": [[e.key, list(e.xyxy), e.name] for e in self.exemplars]} if self.exemplars else {}
+
+    def build(self, device: str | None = None) -> DetectorStage:
+        from pipeline.concepts.stage import ConceptStage
+
+        model = self.model
+        if model is None:
+            from pipeline.concepts.sam3 import Sam3Model  # the SAM 3 backend (pipeline/concepts/sam3.py)
+
+            model = Sam3Model(str(sam3_weights(self.settings.detector)), device=device or self.settings.device)
+        return ConceptStage(model, self.ontology, conf=self.settings.conf, exemplars=self.exemplars)
+
+
+def concept_recipe(detector: Any, settings: Settings) -> ConceptRecipe | None:
+    """The concept recipe of a run whose detector is SAM 3 weights (``detector`` None, ``settings.detector`` a
+    ``sam3*`` file) or a concept model object (callable, no ``names``); ``None`` for any other detector."""
+    if detector is None:
+        return ConceptRecipe(settings) if is_concept_weights(settings.detector) else None
+    if isinstance(detector, Recipe) or hasattr(detector, "names"):
+        return None
+    return ConceptRecipe(settings, model=detector)
+
+
+def sam3_weights(weights: str):
+    """The SAM 3 weights file, which samlabel never downloads (gated: Meta's SAM licence).
+
+    Raises:
+        SamlabelError: not on disk, with where to get it.
+    """
+    from pathlib import Path
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise SamlabelError(
+            f"--detector {weights}: no such file. SAM 3 weights are gated: accept Meta's SAM licence at "
+            "https://huggingface.co/facebook/sam3, download sam3.pt and pass its path: --detector PATH/sam3.pt"
+        )
+    return path
