@@ -98,7 +98,9 @@ class Ontology:
                 elif isinstance(phrases, str):
                     phrases = _split(phrases, f"{name}: {phrases}")
                 elif not isinstance(phrases, Sequence) or not all(isinstance(p, str) for p in phrases):
-                    raise SamlabelError(f"prompts: class {name!r}: expected a phrase or a list of phrases, got {phrases!r}")
+                    raise SamlabelError(
+                        f"prompts: class {name!r}: expected a phrase or a list of phrases, got {phrases!r}"
+                    )
                 groups.append((str(name), list(phrases)))
         elif isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
             for entry in value:

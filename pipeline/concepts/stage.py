@@ -19,7 +19,7 @@ The masks are the model's, so the SAM stage has nothing to do for the model's in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -92,14 +92,14 @@ class ConceptStage:
             start += len(found)
             keep = found.confidence >= self.thresholds[k]
             found = found.replace(class_id=np.full(len(found), phrase.class_id), source_id=ids)
-            parts.append(found[keep].replace(extras={"phrase": _objects([phrase.text] * int(keep.sum()))}))
+            parts.append(found[keep].with_extras(phrase=_objects([phrase.text] * int(keep.sum()))))
         own = self._own_boxes(rgb, start)
         found = stack_instances([own, *parts])
         if not len(found):
             return found
-        order = np.lexsort((np.arange(len(found)), -np.nan_to_num(found.confidence, nan=np.inf)))
-        found = found[order]  # exemplar boxes (NaN: from a person) first, then by score
-        return found.with_extras(**{DROP_REASON: self._resolve(found)})
+        found = rank(found)  # exemplar boxes (NaN: from a person) first, then by score
+        reasons = resolve(found, self.ontology.names, lambda i, j: self._same(found, i, j))
+        return found.with_extras(**{DROP_REASON: reasons})
 
     def _own_boxes(self, rgb: np.ndarray, start: int) -> Instances:
         """The exemplar boxes drawn on this very image, as instances without masks."""
@@ -113,28 +113,6 @@ class ConceptStage:
             extras={"phrase": _objects([EXEMPLAR_PHRASE] * len(own))},
         )
 
-    def _resolve(self, found: Instances) -> np.ndarray:
-        """Per instance (in rank order), ``None`` to keep it or why it is dropped."""
-        reasons = _objects([None] * len(found))
-        kept: list[int] = []
-        names, phrases = self.ontology.names, found.extras["phrase"]
-        for i in range(len(found)):
-            j = next((j for j in kept if self._same(found, i, j)), None)
-            if j is None:
-                kept.append(i)
-                continue
-            by = "an exemplar box" if phrases[j] == EXEMPLAR_PHRASE else f"phrase {phrases[j]!r}"
-            what = f"same object as instance {int(found.source_id[j])} ({by}"
-            if found.class_id[i] == found.class_id[j]:
-                reasons[i] = f"found again by phrase {phrases[i]!r}: {what}, class {names[found.class_id[j]]!r})"
-            else:
-                score = "" if np.isnan(found.confidence[j]) else f", score {found.confidence[j]:.3f}"
-                reasons[i] = (
-                    f"also found as class {names[found.class_id[i]]!r} by phrase {phrases[i]!r} "
-                    f"(score {found.confidence[i]:.3f}): {what}{score}), kept as class {names[found.class_id[j]]!r}"
-                )
-        return reasons
-
     def _same(self, found: Instances, i: int, j: int) -> bool:
         a, b = found.masks[i], found.masks[j]
         if a is None or b is None:  # an exemplar's own box (no mask yet): the boxes decide
@@ -142,6 +120,41 @@ class ConceptStage:
             box_b = found.xyxy[j] if b is None else b.xyxy
             return box_iou(box_a, box_b) >= self.same_object_iou
         return crop_iou(a, b) >= self.same_object_iou
+
+
+def rank(found: Instances) -> Instances:
+    """``found`` by descending confidence, NaN (an exemplar box, from a person) first; ties keep their order."""
+    return found[np.lexsort((np.arange(len(found)), -np.nan_to_num(found.confidence, nan=np.inf)))]
+
+
+def resolve(found: Instances, names: Sequence[str], same: Callable[[int, int], bool]) -> np.ndarray:
+    """Per instance of ``found`` (ranked: ``rank``), ``None`` to keep it, or why it is dropped: it is ``same``
+    object as one kept before it (within its class: found again; across classes: kept in the other class).
+
+    Args:
+        found: ranked instances with ``extras["phrase"]``, the phrase that found each.
+        names: class names.
+        same: ``same(i, j)``: instances i and j are one object.
+    """
+    reasons = _objects([None] * len(found))
+    kept: list[int] = []
+    phrases = found.extras["phrase"]
+    for i in range(len(found)):
+        j = next((j for j in kept if same(i, j)), None)
+        if j is None:
+            kept.append(i)
+            continue
+        by = "an exemplar box" if phrases[j] == EXEMPLAR_PHRASE else f"phrase {phrases[j]!r}"
+        what = f"same object as instance {int(found.source_id[j])} ({by}"
+        if found.class_id[i] == found.class_id[j]:
+            reasons[i] = f"found again by phrase {phrases[i]!r}: {what}, class {names[found.class_id[j]]!r})"
+        else:
+            score = "" if np.isnan(found.confidence[j]) else f", score {found.confidence[j]:.3f}"
+            reasons[i] = (
+                f"also found as class {names[found.class_id[i]]!r} by phrase {phrases[i]!r} "
+                f"(score {found.confidence[i]:.3f}): {what}{score}), kept as class {names[found.class_id[j]]!r}"
+            )
+    return reasons
 
 
 def crop_iou(a: CropMask, b: CropMask) -> float:

@@ -56,6 +56,7 @@ class DetectorRecipe(Recipe):
         return Detector(
             s.detector,
             classes=s.classes,
+            prompts=s.prompts,
             imgsz=s.imgsz,
             device=device or s.device,
             conf=s.conf,
