@@ -76,10 +76,15 @@ def label(
     check_writable(out)
     concept = concept_recipe(det, cfg)  # SAM 3 weights, or a concept model object: its stage finds the masks
     fingerprint = concept.fingerprint() if concept is not None else None
+    if cfg.exemplars is not None and concept is None:
+        raise SamlabelError(
+            f"--exemplars: --detector {cfg.detector} takes no example boxes; they prompt a concept model (sam3.pt)"
+        )
     if concept is not None:
-        det = concept if cfg.engine == "ray" else None
         seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg  # only exemplar images' own boxes need SAM
-        if cfg.engine != "ray":
+        if cfg.engine == "ray":
+            det = concept
+        else:
             check_device(cfg.device)
             det, seg = concept.build(), build(seg)
     if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)

@@ -103,7 +103,9 @@ def test_malformed_prompts_on_the_cli_exit_2_with_one_line(tmp_path, capsys):
     code = main(["label", str(src), "--out", str(tmp_path / "out"), "--prompts", "cat,,dog", "-q"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip().splitlines() == ["samlabel: error: prompts: empty phrase in 'cat,,dog'; separate phrases with single commas"]
+    assert err.strip().splitlines() == [
+        "samlabel: error: prompts: empty phrase in 'cat,,dog'; separate phrases with single commas"
+    ]
     assert not (tmp_path / "out").exists()
 
 
@@ -236,9 +238,10 @@ def test_a_concept_run_writes_a_valid_dataset_and_lists_what_it_dropped(tmp_path
         assert "low_score" not in a["flags"] and "stability_score" not in a  # no SAM pass scored it
     dropped = result.report["dropped_instances"]
     by_reason = sorted(d["reason"].split(":")[0] for d in dropped)
-    assert by_reason == ["also found as class 'veg' by phrase 'tomato' (score 0.700)"] * 4 + [
-        "found again by phrase 'cherry'"
-    ] * 4  # every red disc: cherry merged into fruit, tomato lost to apple
+    assert (
+        by_reason
+        == ["also found as class 'veg' by phrase 'tomato' (score 0.700)"] * 4 + ["found again by phrase 'cherry'"] * 4
+    )  # every red disc: cherry merged into fruit, tomato lost to apple
     assert {d["class"] for d in dropped} == {"fruit", "veg"}
     assert all("kept as class 'fruit'" in d["reason"] for d in dropped if d["class"] == "veg")
 
@@ -253,7 +256,14 @@ def _exemplar_coco(folder: Path, image: Path, boxes: list[tuple[str, list[float]
         "images": [{"id": 1, "file_name": image.name, "width": w, "height": h}],
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
         "annotations": [
-            {"id": k + 1, "image_id": 1, "category_id": names.index(n) + 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": names.index(n) + 1,
+                "bbox": b,
+                "area": b[2] * b[3],
+                "iscrowd": 0,
+            }
             for k, (n, b) in enumerate(boxes)
         ],
     }
@@ -399,7 +409,9 @@ def test_concept_run_on_ray_equals_local(tmp_path):
     _label(src, tmp_path / "local", exemplars=str(ex))
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1"
+    )
     try:
         _label(src, tmp_path / "ray", exemplars=str(ex), engine="ray")
     finally:

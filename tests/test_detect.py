@@ -152,7 +152,9 @@ def test_classes_is_the_vocabulary_of_an_open_vocabulary_detector(open_vocab_wei
 @pytest.mark.parametrize(("kind", "file"), [("yoloe", "mobileclip_blt.ts"), ("world", "ViT-B-32.pt")])
 def test_offline_without_the_text_encoder_names_the_missing_file(open_vocab_weights, tmp_path, monkeypatch, kind, file):
     offline(monkeypatch, tmp_path)
-    with pytest.raises(SamlabelError, match=rf"needs its text encoder {re.escape(file)}, not found in .*ultralytics-weights") as e:
+    with pytest.raises(
+        SamlabelError, match=rf"needs its text encoder {re.escape(file)}, not found in .*ultralytics-weights"
+    ) as e:
         Detector(str(open_vocab_weights[kind]), prompts=Ontology.parse("cat"), device="cpu")
     assert "\n" not in str(e.value)
 

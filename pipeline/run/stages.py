@@ -8,6 +8,7 @@ turns either into the callable stage.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,13 +112,12 @@ class _OnFirstCall:
 
 def is_concept_weights(weights: str) -> bool:
     """SAM 3 weights (``sam3.pt``, ``sam3_finetuned.pt`` ...): the detector is a concept model."""
-    from pathlib import Path
-
     return Path(weights).name.lower().startswith("sam3")
 
 
-class ConceptRecipe(Recipe):
-    """A ``pipeline.concepts.ConceptStage`` over SAM 3 (``--detector sam3.pt``) or a given concept model.
+class ConceptRecipe(DetectorRecipe):
+    """A detector recipe: the ``pipeline.concepts.ConceptStage`` over SAM 3 (``--detector sam3.pt``) or a given
+    concept model.
 
     The ontology (``--prompts``, or ``--classes`` as its synonym) and the exemplars (``--exemplars``, read here,
     once, on the driver) travel with the recipe; each Ray replica builds its own model.
@@ -178,14 +178,12 @@ def concept_recipe(detector: Any, settings: Settings) -> ConceptRecipe | None:
     return ConceptRecipe(settings, model=detector)
 
 
-def sam3_weights(weights: str):
+def sam3_weights(weights: str) -> Path:
     """The SAM 3 weights file, which samlabel never downloads (gated: Meta's SAM licence).
 
     Raises:
         SamlabelError: not on disk, with where to get it.
     """
-    from pathlib import Path
-
     path = Path(weights).expanduser()
     if not path.is_file():
         raise SamlabelError(
