@@ -432,3 +432,31 @@ def test_concept_run_on_ray_equals_local(tmp_path):
 
 def test_phrase_dataclass_text_form():
     assert str(Phrase("helmet", 0, 0.6)) == "helmet@0.6" and str(Phrase("helmet", 0)) == "helmet"
+
+
+def test_other_exemplar_boxes_are_another_run_not_a_resume(tmp_path):
+    src = disc_photos(tmp_path / "photos")
+    ex = _exemplar_coco(tmp_path / "ex", src / "a.png", [("fruit", [17, 17, 27, 27])])
+    _label(src, tmp_path / "out", exemplars=str(ex))
+    _exemplar_coco(tmp_path / "ex", src / "a.png", [("fruit", [10, 10, 30, 30])])  # same file name, other box
+    with pytest.raises(SamlabelError, match="holds a dataset from a run with other inputs or settings"):
+        _label(src, tmp_path / "out", exemplars=str(ex))
+
+
+def test_exemplars_need_a_concept_model(tmp_path):
+    from tests.conftest import FakeDetector
+
+    src = disc_photos(tmp_path / "photos")
+    ex = _exemplar_coco(tmp_path / "ex", src / "a.png", [("ball", [17, 17, 27, 27])])
+    with pytest.raises(SamlabelError, match=r"--exemplars: --detector .* takes no example boxes"):
+        label(src, tmp_path / "out", detector=FakeDetector(), segmenter=FakeSegmenter(), exemplars=str(ex))
+
+
+def test_ultralytics_trainer_reads_a_concept_dataset(tmp_path):
+    from tests.helpers import ultralytics_segment_labels
+
+    src = disc_photos(tmp_path / "photos")
+    _label(src, tmp_path / "out", split="train=1")
+    labels = ultralytics_segment_labels(tmp_path / "out")["train"]
+    assert sorted(len(lb["cls"]) for lb in labels) == [1, 1, 2, 2]  # a: red + blue, b: 2 red, c: blue, d: red
+    assert {int(c) for lb in labels for c in lb["cls"].ravel()} == {0, 2}  # fruit and water; veg lost every disc
