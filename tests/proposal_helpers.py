@@ -77,9 +77,9 @@ def _place(bits: np.ndarray, like: CropMask, hw: tuple[int, int]) -> np.ndarray:
 
 
 def make_three_disc_images(root: Path, n: int = 1) -> Path:
-    """``n`` images of three discs each (shifted a little per image) in ``root``."""
+    """``n`` (at most 32) different images of three discs each (shifted a little per image) in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        shifted = tuple((cx + i % 5, cy + i % 3, r) for cx, cy, r in THREE_DISCS)
+        shifted = tuple((cx + i % 8, cy + i // 8, r) for cx, cy, r in THREE_DISCS)  # each image its own
         Image.fromarray(draw_scene(hw=(120, 160), discs=shifted)).save(root / f"img_{i:02d}.png")
     return root
