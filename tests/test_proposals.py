@@ -347,3 +347,42 @@ def test_a_refined_proposal_keeps_its_source_and_gets_no_generator_score(out):
     with pytest.raises(ReviewError, match="proposal 0 is not a proposal"):
         store.save(iid, version=image["version"] + 1, reviewed=False, instances=[InstanceEdit(None, "cube", rle, proposal=0)])
 
+
+
+# ----------------------------------------------------------------------------------------- report.html
+
+
+def test_report_html_lists_and_draws_the_proposals(out):
+    from pipeline.report import write_report_html
+    from pipeline.report.proposals import draw
+
+    text = write_report_html(out).read_text()
+    assert '<section id="proposals">' in text
+    assert "3 proposals in 3 images" in text
+    section = text[text.index('<section id="proposals">') :]
+    section = section[: section.index("</section>")]
+    assert section.count('data-kind="proposal"') == 3 and section.count("data:image/jpeg;base64,") == 3
+    assert ">PROPOSALS<" in text.upper()  # the summary tile
+    # the drawing: white dashes on the missed disc's outline, none on the instances' (class colours)
+    record = next(r for _, r in Journal(out).records())
+    from pipeline.images import load_image
+
+    rgb = load_image(out / "train" / "images" / record.name).rgb
+    bgr = draw(rgb, record, {0: "#ff0000", 1: "#00ff00"}, thumb_size=320)
+    white = (bgr == 255).all(axis=2)
+    x0, y0, x1, y1 = (int(v * 2) for v in record.proposals.masks[0].xyxy)  # thumb_size 320 = twice 160
+    assert white[y0 - 3 : y1 + 3, x0 - 3 : x1 + 3].sum() > 20  # dashes around the proposal
+    ring = white.copy()
+    ring[y0 - 3 : y1 + 3, x0 - 3 : x1 + 3] = False
+    assert ring.sum() == 0  # and nowhere else
+
+
+def test_report_html_survives_a_damaged_journal_and_a_run_without_proposals_has_no_section(out, images, tmp_path):
+    from pipeline.report import write_report_html
+
+    journal = out / ".samlabel" / "journal.jsonl"
+    journal.write_text("not json\n" + journal.read_text())
+    text = write_report_html(out).read_text()
+    assert "the run&#x27;s journal could not be read" in text and "3 proposals in 3 images" in text
+    plain = label(images, tmp_path / "plain", detector=MissingDetector(), segmenter=FakeSegmenter(), progress=False)
+    assert 'id="proposals"' not in (plain.out / "report.html").read_text()
