@@ -429,7 +429,9 @@ def _check_proposals(record: ImageRecord) -> None:
             raise ValueError(f"ImageRecord {record.rel!r}: proposal {i} has an empty mask")
         x0, y0, x1, y1 = mask.xyxy
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-            raise ValueError(f"ImageRecord {record.rel!r}: proposal {i}'s mask {mask.xyxy} lies outside the {w}x{h} image")
+            raise ValueError(
+                f"ImageRecord {record.rel!r}: proposal {i}'s mask {mask.xyxy} lies outside the {w}x{h} image"
+            )
 
 
 def _proposals_from_json(rows: object, hw: tuple[int, int]) -> Instances:

@@ -309,7 +309,10 @@ def test_a_save_without_proposals_keeps_them(out):
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda b: b["instances"].__setitem__(-1, {**b["instances"][-1], "proposal": 7}), "proposal 7 is not a proposal"),
+        (
+            lambda b: b["instances"].__setitem__(-1, {**b["instances"][-1], "proposal": 7}),
+            "proposal 7 is not a proposal",
+        ),
         (lambda b: b["instances"].append(dict(b["instances"][-1])), "proposal 0 is accepted twice"),
         (lambda b: b.__setitem__("proposals", [0]), "0 is accepted as an instance and kept as a proposal"),
         (lambda b: b.__setitem__("proposals", [5]), "proposals: 5 is not a proposal"),
@@ -345,8 +348,9 @@ def test_a_refined_proposal_keeps_its_source_and_gets_no_generator_score(out):
     new = store.image(iid)["instances"][-1]
     assert (new["class"], new["source"], new["mask_score"]) == ("cube", "proposal", None)
     with pytest.raises(ReviewError, match="proposal 0 is not a proposal"):
-        store.save(iid, version=image["version"] + 1, reviewed=False, instances=[InstanceEdit(None, "cube", rle, proposal=0)])
-
+        store.save(
+            iid, version=image["version"] + 1, reviewed=False, instances=[InstanceEdit(None, "cube", rle, proposal=0)]
+        )
 
 
 # ----------------------------------------------------------------------------------------- report.html

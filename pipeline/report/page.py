@@ -159,7 +159,9 @@ def _summary(page: Page) -> str:
             tiles.append((label, f"{n:,}", "listed below" if n else "none", n > 0))
     if page.proposals is not None:
         n = page.proposals.total
-        tiles.append(("Proposals", f"{n:,}", f"in {page.proposals.n_images:,} images, listed below" if n else "none", n > 0))
+        tiles.append(
+            ("Proposals", f"{n:,}", f"in {page.proposals.n_images:,} images, listed below" if n else "none", n > 0)
+        )
     timings = _dict(report.get("timings"))
     total = _dict(timings.get("total"))  # older reports: this run only
     speed = total.get("images_per_second", timings.get("images_per_second"))
@@ -364,7 +366,9 @@ def _proposals(page: Page) -> str:
         "with a dashed white outline.</p>"
     )
     cards = "".join(_proposal_card(c, i) for i, c in enumerate(section.cards))
-    return _section("proposals", "Proposals", head + table + legend + f'<div class="grid" id="proposal-cards">{cards}</div>')
+    return _section(
+        "proposals", "Proposals", head + table + legend + f'<div class="grid" id="proposal-cards">{cards}</div>'
+    )
 
 
 def _proposal_card(card: ProposalCard, rank: int) -> str:

@@ -62,7 +62,9 @@ def size_bound(*, max_flagged: int = MAX_FLAGGED, max_sample: int = MAX_SAMPLE, 
     def b64(n: int) -> int:
         return 4 * ((n + 2) // 3)
 
-    cards = (max_flagged + max_sample + proposals.MAX_PROPOSAL_IMAGES) * (b64(thumb_bytes(thumb_size)) + CARD_TEXT_BYTES)
+    cards = (max_flagged + max_sample + proposals.MAX_PROPOSAL_IMAGES) * (
+        b64(thumb_bytes(thumb_size)) + CARD_TEXT_BYTES
+    )
     return cards + len(HISTOGRAMS) * (b64(charts.CHART_BYTES) + 2048) + PAGE_TEXT_BYTES
 
 

@@ -470,7 +470,9 @@ class ReviewStore:
                 raise ReviewError(f"{where}: class {e.class_name!r} is not one of the dataset's {self.names}")
             class_id = self.names.index(e.class_name)
             if e.proposal is not None and e.id is not None:
-                raise ReviewError(f"{where}: an accepted proposal (proposal {e.proposal}) is a new instance; leave id out")
+                raise ReviewError(
+                    f"{where}: an accepted proposal (proposal {e.proposal}) is a new instance; leave id out"
+                )
             if e.id is not None and e.id in seen:
                 raise ReviewError(f"{where}: instance id {e.id} is given twice")
             if e.id is not None and e.id not in at:
@@ -739,9 +741,7 @@ def _from_proposal(proposal: Instances, source_id: int, box) -> Instances:
         if key in proposal.extras:
             extras["stability_score"] = np.array([_plain(proposal.extras[key][0])], dtype=object)
             break
-    return Instances(
-        xyxy=[box], class_id=[0], mask_score=proposal.mask_score, source_id=[source_id], extras=extras
-    )
+    return Instances(xyxy=[box], class_id=[0], mask_score=proposal.mask_score, source_id=[source_id], extras=extras)
 
 
 def _mask_of(where: str, rle: object, hw: tuple[int, int], stored: CropMask | None) -> tuple[CropMask, bool]:
