@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.config import Settings
 from pipeline.errors import ImageReadError, SamlabelError
 from pipeline.images import MIN_SIDE, LoadedImage, load_image
+from pipeline.proposals import select_proposals
 from pipeline.sources.labels import to_instances
 from pipeline.types import DetectorStage, GeneratorStage, ImageItem, ImageRecord, Instances, SegmenterStage
 
@@ -152,8 +153,6 @@ def propose_item(
         return None
     if generator is None:
         raise SamlabelError("--propose needs the automatic mask generator, and none was given")
-    from pipeline.proposals import select_proposals
-
     t = time.perf_counter()
     generated = generator(image.rgb, covered=instances)
     proposals = select_proposals(generated, instances, iou=settings.propose_iou)
