@@ -19,7 +19,7 @@ from pipeline.run import RunResult, check_writable, run_dataset
 from pipeline.run.stages import DetectorRecipe, SegmenterRecipe, build, concept_recipe
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
-from pipeline.types import DetectorStage, SegmenterStage
+from pipeline.types import DetectorStage, GeneratorStage, SegmenterStage
 from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def label(
     detector: str | Path | DetectorStage | None = None,
     segmenter: str | Path | SegmenterStage | None = None,
     discard_reviews: bool = False,
+    generator: GeneratorStage | None = None,
     **settings: Any,
 ) -> RunResult:
     """Auto-label images: detector boxes become SAM box prompts; writes YOLO-seg + COCO to ``out``.
@@ -50,6 +51,8 @@ def label(
             ``rgb -> Instances`` with a ``names`` attribute.
         segmenter: weights (path or name, as ``--segmenter``), or a ready stage object: a callable
             ``(rgb, Instances) -> Instances``.
+        generator: with ``propose=True``, a ready automatic mask generator (``GeneratorStage``) instead of the
+            one the settings describe.
         **settings: any field of ``pipeline.config.Settings`` (``conf=0.3``, ``split="train=1"`` ...).
 
     Returns:
@@ -103,6 +106,7 @@ def label(
         settings=cfg,
         detector=det,
         segmenter=seg,
+        generator=_generator(generator, cfg),
         command="label",
         overwrite=overwrite,
         progress=progress,
@@ -110,6 +114,17 @@ def label(
         discard_reviews=discard_reviews,
         fingerprint_extra=fingerprint or None,
     )
+
+
+def _generator(stage: GeneratorStage | None, cfg) -> Any:
+    """The stage ``--propose`` runs: the one given, else the settings' ``GeneratorRecipe`` (built here, or by each
+    Ray replica); None without ``--propose``."""
+    if not cfg.propose or stage is not None:
+        return stage
+    from pipeline.run.stages import GeneratorRecipe  # the automatic mask generator (issue 22, section 1)
+
+    recipe = GeneratorRecipe(cfg)
+    return recipe if cfg.engine == "ray" else recipe.build()
 
 
 def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:  # the stage, or None
@@ -148,6 +163,7 @@ def convert(
     progress: bool = True,
     segmenter: str | Path | SegmenterStage | None = None,
     discard_reviews: bool = False,
+    generator: GeneratorStage | None = None,
     **settings: Any,
 ) -> RunResult:
     """Turn a box (or polygon) dataset into a segmentation dataset; its own boxes prompt SAM.
@@ -166,6 +182,8 @@ def convert(
         overwrite: replace a dataset from a different run in ``out``.
         progress: show a progress bar.
         segmenter: weights (path or name, as ``--segmenter``), or a ready stage object.
+        generator: with ``propose=True`` (which objects did the source's annotators miss?), a ready automatic
+            mask generator instead of the one the settings describe.
         discard_reviews: let ``overwrite`` replace a dataset with images checked in ``samlabel review``.
         **settings: fields of ``pipeline.config.Settings`` (``link=True``, ``coco_masks="rle"`` ...).
     """
@@ -210,6 +228,7 @@ def convert(
         names=ds.names,
         settings=cfg,
         segmenter=seg,
+        generator=_generator(generator, cfg),
         command="convert",
         overwrite=overwrite,
         progress=progress,

@@ -137,6 +137,14 @@ class Settings:
     )
     ray_actors: int = _opt(0, "model replicas on Ray; 0 = auto (one per GPU share, or cluster CPUs / model threads)")
     ray_gpus_per_actor: float = _opt(0.0, "GPUs per model replica on Ray (0.5 = two per GPU); 0 = replicas on CPU")
+    propose: bool = _opt(
+        False,
+        "also run SAM's automatic mask generator and keep the masks that overlap no instance as proposals (what "
+        "the detector or the annotators missed): listed in report.json and shown in review, never in the label files",
+    )
+    propose_iou: float = _opt(
+        0.5, "a generated mask whose IoU with an instance reaches this is that instance, not a proposal (--propose)"
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -165,6 +173,8 @@ class Settings:
             raise SamlabelError("max_det must be >= 1, sam_batch >= 0 (0 = auto) and imgsz >= 32")
         if self.simplify < 0:
             raise SamlabelError(f"simplify must be >= 0 pixels, got {self.simplify}")
+        if not 0 < self.propose_iou <= 1:
+            raise SamlabelError(f"propose_iou must lie in (0, 1], got {self.propose_iou}")
         if self.ray_actors < 0 or self.ray_gpus_per_actor < 0:
             raise SamlabelError("ray_actors (0 = auto) and ray_gpus_per_actor (0 = CPU) must be >= 0")
         if self.device is not None:

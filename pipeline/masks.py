@@ -441,6 +441,18 @@ def checked_rle_to_mask(rle: object, hw: tuple[int, int]) -> CropMask:
     return CropMask.from_full(full.astype(bool))
 
 
+def crop_intersection(a: CropMask, b: CropMask) -> int:
+    """Pixels two masks share, from the overlap of their crops alone (no full-image arrays)."""
+    ax0, ay0, ax1, ay1 = a.xyxy
+    bx0, by0, bx1, by1 = b.xyxy
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    if x1 <= x0 or y1 <= y0 or a.area == 0 or b.area == 0:
+        return 0
+    wa = a.bits[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+    wb = b.bits[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+    return int(np.count_nonzero(wa & wb))
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two bool masks of one shape; 1.0 when both are empty."""
     union = np.logical_or(a, b).sum()

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pipeline import safepath
-from pipeline.masks import CropMask
+from pipeline.masks import MAX_RLE_COUNTS_CHARS, CropMask, parse_rle_counts
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,10 @@ class ImageRecord:
         dropped: instances left out of the label files; ``dropped_reasons`` says why, one per instance.
         problems: problems that only the image file showed (labels made for another image size).
         reviewed: a person checked the image in ``samlabel review`` (False in records written before review existed).
+        proposals: masks the automatic generator found that overlap no instance (``--propose``): what the
+            detector or the source's annotators missed. Never in the label files; ``class_id`` 0 (no class
+            yet), ``mask_score`` the generator's, each with a non-empty mask inside the image (None only in a
+            light record).
     """
 
     rel: str
@@ -268,6 +272,7 @@ class ImageRecord:
     dropped_reasons: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()
     reviewed: bool = False
+    proposals: Instances = field(default_factory=Instances.empty)
 
     def __post_init__(self) -> None:
         # paths are built from split and name, and a journal line is untrusted input
@@ -285,6 +290,8 @@ class ImageRecord:
             raise ValueError(
                 f"ImageRecord: {len(self.dropped)} dropped instances but {len(self.dropped_reasons)} reasons"
             )
+        if len(self.proposals):
+            _check_proposals(self)
 
     @classmethod
     def skipped(cls, item: ImageItem, reason: str) -> ImageRecord:
@@ -307,6 +314,8 @@ class ImageRecord:
         out["problems"] = [p.to_dict() for p in self.problems]
         if self.reviewed:  # only then: records of runs without review keep their exact form
             out["reviewed"] = True
+        if len(self.proposals):  # only then: records of runs without --propose keep their exact form
+            out["proposals"] = [_instance_json(self.proposals, i) for i in range(len(self.proposals))]
         return out
 
     @classmethod
@@ -325,6 +334,7 @@ class ImageRecord:
             dropped_reasons=tuple(d["reason"] for d in dropped),
             problems=tuple(Problem(**p) for p in data["problems"]),
             reviewed=bool(data.get("reviewed", False)),
+            proposals=_proposals_from_json(data.get("proposals", []), (int(data["height"]), int(data["width"]))),
         )
 
 
@@ -410,3 +420,38 @@ def _instances_from_json(rows: list[dict]) -> Instances:
         source_id=np.array([r["id"] for r in rows], dtype=np.int64),
         extras=extras,
     )
+
+
+def _check_proposals(record: ImageRecord) -> None:
+    """Each proposal's mask is not empty and lies inside the image (review draws and accepts it as it is); a
+    light record (``pipeline.run.report.light``) has none."""
+    if record.status != "ok" or record.hw is None:
+        raise ValueError(f"ImageRecord {record.rel!r}: a skipped image has no proposals")
+    h, w = record.hw
+    for i, mask in enumerate(record.proposals.masks):
+        if mask is None:
+            continue
+        if mask.area == 0:
+            raise ValueError(f"ImageRecord {record.rel!r}: proposal {i} has an empty mask")
+        x0, y0, x1, y1 = mask.xyxy
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            raise ValueError(
+                f"ImageRecord {record.rel!r}: proposal {i}'s mask {mask.xyxy} lies outside the {w}x{h} image"
+            )
+
+
+def _proposals_from_json(rows: object, hw: tuple[int, int]) -> Instances:
+    """A journal line's ``proposals`` (untrusted): a list of instance rows whose masks are checked before
+    pycocotools reads them (run lengths that cover exactly the crop)."""
+    if not isinstance(rows, list):
+        raise ValueError(f"proposals: expected a list, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        mask = row.get("mask") if isinstance(row, dict) else None
+        if not isinstance(mask, dict) or not isinstance(row.get("extras"), dict):
+            raise ValueError(f"proposals[{i}]: expected an instance with a mask and extras")
+        h, w, counts = mask.get("h"), mask.get("w"), mask.get("counts")
+        if not (isinstance(h, int) and isinstance(w, int) and 0 < h <= hw[0] and 0 < w <= hw[1]):
+            raise ValueError(f"proposals[{i}]: mask size {h!r}x{w!r} is not within the image's {hw}")
+        if not isinstance(counts, str) or len(counts) > MAX_RLE_COUNTS_CHARS or sum(parse_rle_counts(counts)) != h * w:
+            raise ValueError(f"proposals[{i}]: mask counts are not a COCO RLE of its {h}x{w} crop")
+    return _instances_from_json(rows)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pipeline.report.proposals import ProposalCard, ProposalSection
 from pipeline.report.scan import FLAGS, NUMBERS, Item, Scan
 
 #: Rows shown at most in each list (skipped images, dropped instances, source problems, flagged without COCO).
@@ -58,6 +59,7 @@ class Page:
     notes: list[str] = field(default_factory=list)
     review_threshold: float | None = None
     class_colors: dict[int, str] = field(default_factory=dict)
+    proposals: ProposalSection | None = None
 
 
 def render(page: Page) -> str:
@@ -71,6 +73,7 @@ def render(page: Page) -> str:
             _classes(page),
             _quality(page),
             _gallery(page),
+            _proposals(page),
             _run(page),
             _problems(page),
             _footer(page),
@@ -154,6 +157,11 @@ def _summary(page: Page) -> str:
         if isinstance(report.get(key), list):
             n = len(report[key])
             tiles.append((label, f"{n:,}", "listed below" if n else "none", n > 0))
+    if page.proposals is not None:
+        n = page.proposals.total
+        tiles.append(
+            ("Proposals", f"{n:,}", f"in {page.proposals.n_images:,} images, listed below" if n else "none", n > 0)
+        )
     timings = _dict(report.get("timings"))
     total = _dict(timings.get("total"))  # older reports: this run only
     speed = total.get("images_per_second", timings.get("images_per_second"))
@@ -335,6 +343,51 @@ def _gallery(page: Page) -> str:
     return _section("gallery", "Gallery", "".join(parts))
 
 
+def _proposals(page: Page) -> str:
+    """Proposals (``--propose``): their count per image, and the images with the most, proposals dashed."""
+    section = page.proposals
+    if section is None:
+        return ""
+    head = (
+        f'<p class="muted" id="proposals-total">{section.total:,} proposals in {section.n_images:,} images: masks '
+        "SAM's automatic generator found that no instance accounts for (what the detector or the annotators "
+        "missed). They are not in the label files; give them a class or dismiss them in "
+        "<code>samlabel review</code> (queue order: most proposals).</p>"
+    )
+    if not section.per_image:
+        return _section("proposals", "Proposals", head)
+    more = f" (first {len(section.per_image)} of {section.n_images:,}; all in report.json)"
+    rows = [[_e(image), _num(n)] for image, n in section.per_image]
+    table = f"<h3>Per image{more if section.n_images > len(rows) else ''}</h3>" + _table(
+        ["image", "proposals"], rows, right=(1,)
+    )
+    legend = (
+        '<p class="muted">Each card: the whole image, its instances outlined in their class colours, its proposals '
+        "with a dashed white outline.</p>"
+    )
+    cards = "".join(_proposal_card(c, i) for i, c in enumerate(section.cards))
+    return _section(
+        "proposals", "Proposals", head + table + legend + f'<div class="grid" id="proposal-cards">{cards}</div>'
+    )
+
+
+def _proposal_card(card: ProposalCard, rank: int) -> str:
+    alt = f"{card.count} proposals in {card.image}"
+    if card.jpeg is not None:
+        w, h = card.size_wh or (0, 0)
+        thumb = (
+            f'<img class="thumb" src="data:image/jpeg;base64,{_b64(card.jpeg)}" width="{w}" height="{h}" '
+            f'alt="{_e(alt)}">'
+        )
+    else:
+        thumb = f'<div class="thumb missing" role="img" aria-label="{_e(alt)}">{_e(card.problem or "", 300)}</div>'
+    return (
+        f'<figure class="card proposal" data-kind="proposal" data-rank="{rank}">{thumb}<figcaption>'
+        f'<div class="cls"><span class="swatch dashed"></span>{card.count:,} unlabeled</div>'
+        f'<div class="where" title="{_e(card.image, 400)}">{_e(card.image)}</div></figcaption></figure>'
+    )
+
+
 def _flagged_table(page: Page) -> str:
     """report.json's flagged list, as text, when the annotations carry no flags (e.g. a YOLO-only dataset)."""
     flagged = _report_flagged(page)
@@ -468,6 +521,8 @@ td code{font-size:12px;word-break:break-all}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:12px}
 .card{margin:0;background:var(--card);border:1px solid var(--line);border-radius:8px;overflow:hidden}
 .card.flagged{border-color:#fdba74}
+.card.proposal{border-style:dashed;border-color:#98a2b3}
+.swatch.dashed{border:1px dashed #1d2330;background:#fff}
 .thumb{display:block;width:100%;height:auto;aspect-ratio:1/1;object-fit:contain;background:#111}
 .thumb.missing{display:flex;align-items:center;justify-content:center;padding:12px;color:#ddd;
   font-size:12px;text-align:center;word-break:break-word}

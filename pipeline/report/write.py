@@ -15,7 +15,7 @@ from pipeline.formats.data_yaml import SPLITS
 from pipeline.formats.yolo import read_label_file
 from pipeline.images import load_image
 from pipeline.quality import QualityThresholds
-from pipeline.report import charts, page, thumbs
+from pipeline.report import charts, page, proposals, thumbs
 from pipeline.report.scan import (
     HISTOGRAMS,
     Item,
@@ -62,7 +62,9 @@ def size_bound(*, max_flagged: int = MAX_FLAGGED, max_sample: int = MAX_SAMPLE, 
     def b64(n: int) -> int:
         return 4 * ((n + 2) // 3)
 
-    cards = (max_flagged + max_sample) * (b64(thumb_bytes(thumb_size)) + CARD_TEXT_BYTES)
+    cards = (max_flagged + max_sample + proposals.MAX_PROPOSAL_IMAGES) * (
+        b64(thumb_bytes(thumb_size)) + CARD_TEXT_BYTES
+    )
     return cards + len(HISTOGRAMS) * (b64(charts.CHART_BYTES) + 2048) + PAGE_TEXT_BYTES
 
 
@@ -117,6 +119,14 @@ def write_report_html(
     colors = {c: thumbs.class_color(c).as_hex() for c in _class_ids(scan)}
     cards = _draw_cards(root, scan, cache, colors, thumb_size=thumb_size)
     threshold = _review_threshold(report)
+    proposal_section = proposals.collect(
+        root,
+        report,
+        colors=colors,
+        load=lambda split, name: _load(root, split, name),
+        thumb_size=thumb_size,
+        encode=lambda bgr: thumbs.encode_jpeg(bgr, max_bytes=thumb_bytes(thumb_size)),
+    )
     content = page.Page(
         root=str(root),
         scan=scan,
@@ -134,6 +144,7 @@ def write_report_html(
         notes=notes,
         review_threshold=threshold,
         class_colors=colors,
+        proposals=proposal_section,
     )
     out = root / "report.html"
     fsio.write_text(out, page.render(content))

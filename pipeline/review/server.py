@@ -1,7 +1,7 @@
 """``samlabel review``: a local web app (FastAPI) over a :class:`~pipeline.review.store.ReviewStore`.
 
 Everything the page does goes through the JSON API below, which scripts can use too. The API keeps no
-edit history: ``PUT /api/images/{id}`` replaces an image's whole state (its instances and reviewed mark)
+edit history: ``PUT /api/images/{id}`` replaces an image's whole state (its instances, proposals and reviewed mark)
 with what it is sent, guarded by the image's version; undo and redo live in the page, and undoing after
 a save is one more ``PUT`` of the earlier state. ``predict`` changes nothing on disk.
 
@@ -95,12 +95,14 @@ class InstanceBody(BaseModel):
     class_name: str = Field(alias="class")
     rle: RleBody
     box: list[float] | None = Field(default=None, min_length=4, max_length=4)
+    proposal: int | None = None  # a new instance: the id of the proposal it accepts
 
 
 class PutBody(BaseModel):
     version: int
     reviewed: bool | None = None  # None: unchanged
     instances: list[InstanceBody] | None = None  # None: unchanged
+    proposals: list[int] | None = None  # the ids of the proposals that stay; None: unchanged
 
 
 class PredictBody(BaseModel):
@@ -123,6 +125,8 @@ class Counts(BaseModel):
     flags: dict[str, int]
     classes: dict[str, int]
     splits: dict[str, int]
+    proposals: int  # proposals waiting, and the images that have any
+    proposal_images: int
 
 
 class Meta(BaseModel):
@@ -149,6 +153,7 @@ class QueueItem(BaseModel):
     flagged: int
     classes: list[str]
     reviewed: bool
+    proposals: int
 
 
 class InstanceOut(BaseModel):
@@ -167,6 +172,18 @@ class InstanceOut(BaseModel):
     flags: list[str]
     signals: dict[str, int | float]
     edited: bool
+    source: str | None  # "review" (edited), "proposal" (an accepted proposal) or null
+
+
+class ProposalOut(BaseModel):
+    """One proposal of ``GET /api/images/{id}``: a mask no instance accounts for (``--propose``), no class yet."""
+
+    id: int
+    rle: RleBody
+    bbox: list[int]  # the mask's tight box, COCO xywh
+    box: list[float]  # the same, xyxy
+    mask_score: float | None
+    signals: dict[str, int | float]
 
 
 class ImageOut(BaseModel):
@@ -180,6 +197,7 @@ class ImageOut(BaseModel):
     version: int
     reviewed: bool
     instances: list[InstanceOut]
+    proposals: list[ProposalOut]
 
 
 class CandidateOut(BaseModel):
@@ -373,9 +391,13 @@ def create_app(
 
     @app.get("/api/images", response_model=list[QueueItem])
     def images(
-        flag: str | None = None, split: str | None = None, reviewed: bool | None = None, class_name: str | None = None
+        flag: str | None = None,
+        split: str | None = None,
+        reviewed: bool | None = None,
+        class_name: str | None = None,
+        sort: Literal["queue", "proposals"] = "queue",
     ) -> list[dict]:
-        return store.images(flag=flag, class_name=class_name, split=split, reviewed=reviewed)
+        return store.images(flag=flag, class_name=class_name, split=split, reviewed=reviewed, sort=sort)
 
     @app.get("/api/images/{iid}", response_model=ImageOut)
     def image(iid: str) -> dict:
@@ -437,7 +459,9 @@ def create_app(
             edits = [InstanceEdit(i["id"], i["class"], i["rle"]) for i in current]
         else:
             edits = [
-                InstanceEdit(i.id, i.class_name, i.rle.model_dump(), i.box if i.box is None else list(i.box))
+                InstanceEdit(
+                    i.id, i.class_name, i.rle.model_dump(), i.box if i.box is None else list(i.box), i.proposal
+                )
                 for i in body.instances
             ]
         reviewed = body.reviewed if body.reviewed is not None else store.reviewed(iid)
@@ -447,6 +471,7 @@ def create_app(
             reviewed=reviewed,
             instances=edits,
             known_mask=lambda counts: predictions.scores(iid, counts),
+            proposals=body.proposals,
         )
         return {"version": version}
 

@@ -72,6 +72,9 @@ REPORT_STALE = "review-report-stale"
 #: What an edited instance's ``source`` extra (and its COCO annotation's ``source``) says.
 EDITED = "review"
 
+#: ... and an instance made from a proposal accepted in review (``--propose``).
+PROPOSAL = "proposal"
+
 #: Why an instance deleted in review is listed under ``dropped_instances``.
 DELETED = "deleted in review"
 
@@ -115,12 +118,14 @@ class InstanceEdit:
         rle: its mask, COCO compressed RLE of the whole image (``{"size": [H, W], "counts": str}``).
         box: its prompt box (x_min, y_min, x_max, y_max) in pixels; None keeps the instance's box
             (a new instance gets its mask's tight box).
+        proposal: for a new instance, the id of the image's proposal it accepts (``--propose``); None otherwise.
     """
 
     id: int | None
     class_name: str
     rle: dict
     box: Sequence[float] | None = None
+    proposal: int | None = None
 
 
 @dataclass
@@ -261,14 +266,18 @@ class ReviewStore:
         class_name: str | None = None,
         split: str | None = None,
         reviewed: bool | None = None,
+        sort: str = "queue",
     ) -> list[dict]:
-        """The queue: unreviewed before reviewed, flagged before unflagged, then split and file name.
+        """The queue: unreviewed before reviewed, flagged before unflagged, then split and file name; with
+        ``sort="proposals"``, the images with the most proposals first (then that order).
 
-        Each entry: ``{"id", "file_name", "split", "instances", "flags", "flagged", "classes", "reviewed"}``
-        (``flags``: the flags its instances carry, in ``pipeline.quality.FLAGS`` order; ``flagged``: how
-        many instances carry one). The filters keep images with an instance of that flag / class, of
-        that split, reviewed or not.
+        Each entry: ``{"id", "file_name", "split", "instances", "flags", "flagged", "classes", "reviewed",
+        "proposals"}`` (``flags``: the flags its instances carry, in ``pipeline.quality.FLAGS`` order;
+        ``flagged``: how many instances carry one; ``proposals``: how many proposals wait). The filters keep
+        images with an instance of that flag / class, of that split, reviewed or not.
         """
+        if sort not in SORTS:
+            raise ReviewError(f"sort: expected one of {list(SORTS)}, got {sort!r}")
         with self._lock:
             rows = [dict(e.summary) for e in self._entries.values()]
         rows = [
@@ -280,7 +289,10 @@ class ReviewStore:
             and (reviewed is None or r["reviewed"] == reviewed)
         ]
         order = {s: i for i, s in enumerate(SPLITS)}
-        return sorted(rows, key=lambda r: (r["reviewed"], r["flagged"] == 0, order.get(r["split"], 9), r["file_name"]))
+        rows.sort(key=lambda r: (r["reviewed"], r["flagged"] == 0, order.get(r["split"], 9), r["file_name"]))
+        if sort == "proposals":
+            rows.sort(key=lambda r: -r["proposals"])  # stable: ties keep the queue's order
+        return rows
 
     def _summary(self, e: _Entry) -> dict:
         inst = e.record.instances
@@ -295,6 +307,7 @@ class ReviewStore:
             "flagged": sum(1 for fl in flags if fl),
             "classes": sorted({self.names[int(c)] for c in inst.class_id}),
             "reviewed": e.record.reviewed,
+            "proposals": len(e.record.proposals),
         }
 
     def _count(self, entry: _Entry, sign: int) -> None:
@@ -305,12 +318,14 @@ class ReviewStore:
         keys = [("images",), ("split", r["split"]), *[("class", c) for c in r["classes"]]]
         keys += [("flag", f) for f in r["flags"]]
         keys += [("reviewed",)] * r["reviewed"] + [("flagged",)] * (r["flagged"] > 0)
+        keys += [("proposals",)] * r["proposals"] + [("proposal_images",)] * (r["proposals"] > 0)
         for key in keys:
             self._counts[key] += sign
 
     def counts(self) -> dict:
         """``{"images", "reviewed", "flagged_images", "flags": {flag: images}, "classes": {name: images},
-        "splits": {split: images}}`` over the whole dataset (kept as saves commit: no image is summarised here)."""
+        "splits": {split: images}, "proposals", "proposal_images"}`` over the whole dataset (kept as saves
+        commit: no image is summarised here)."""
         with self._lock:
             n = self._counts
             return {
@@ -320,14 +335,17 @@ class ReviewStore:
                 "flags": {f: n["flag", f] for f in FLAGS if n["flag", f]},
                 "classes": {c: n["class", c] for c in self.names},
                 "splits": {s: n["split", s] for s in SPLITS if n["split", s]},
+                "proposals": n[("proposals",)],
+                "proposal_images": n[("proposal_images",)],
             }
 
     def image(self, iid: str) -> dict:
         """One image for the API: size, version, reviewed, and every instance with its mask as full-image RLE.
 
         Instances: ``{"id", "class", "class_id", "rle", "bbox" (the mask's tight box, COCO xywh), "box"
-        (the prompt box, xyxy), "mask_score", "confidence", "flags", "signals", "edited"}``; scores that
-        are not known are null.
+        (the prompt box, xyxy), "mask_score", "confidence", "flags", "signals", "edited", "source"}``; scores
+        that are not known are null. Proposals (``--propose``; no class yet): ``{"id", "rle", "bbox", "box",
+        "mask_score", "signals"}``.
         """
         with self._lock:
             entry = self._entry(iid)
@@ -351,6 +369,7 @@ class ReviewStore:
                     "flags": list(extras.get("flags") or []),
                     "signals": {k: extras[k] for k in WRITTEN_SIGNALS if extras.get(k) is not None},
                     "edited": extras.get("source") == EDITED,
+                    "source": extras.get("source"),
                 }
             )
         return {
@@ -362,6 +381,7 @@ class ReviewStore:
             "version": entry.version,
             "reviewed": record.reviewed,
             "instances": out,
+            "proposals": [_proposal_json(record, i) for i in range(len(record.proposals))],
         }
 
     def instance_mask(self, iid: str, instance: int) -> CropMask:
@@ -382,8 +402,14 @@ class ReviewStore:
         reviewed: bool,
         instances: Sequence[InstanceEdit],
         known_mask: Callable[[str], tuple[float, float] | None] | None = None,
+        proposals: Sequence[int] | None = None,
     ) -> int:
-        """Replace the image's instances and reviewed mark with those given; returns the new version.
+        """Replace the image's instances, proposals and reviewed mark with those given; returns the new version.
+
+        ``proposals``: the ids of the image's proposals that stay (None: all stay). One left out is gone for
+        good: dismissed, or accepted as the new instance that names it (``InstanceEdit.proposal``), which gets
+        ``source: "proposal"`` (also on its COCO annotation) and the generator's score while its mask is the
+        proposal's.
 
         An instance is *edited* when it is new or its class, mask or box changed: it gets ``source: "review"``,
         and a changed mask the score SAM gave it in this session (``known_mask(rle counts)`` -> ``(mask_score,
@@ -414,7 +440,9 @@ class ReviewStore:
             self._in_flight += 1  # stop_saving waits for this save, decoding included
         try:
             # decoding the masks and the quality signals take the time: outside the lock, so other requests go on
-            record, lines = self._edited(old, instances, reviewed=bool(reviewed), known_mask=known_mask)
+            record, lines = self._edited(
+                old, instances, reviewed=bool(reviewed), known_mask=known_mask, proposals=proposals
+            )
             with self._lock:
                 if version != entry.version:  # another save committed meanwhile
                     raise VersionConflict(version, entry.version)
@@ -427,11 +455,12 @@ class ReviewStore:
                 self._idle.notify_all()
 
     def _edited(
-        self, old: ImageRecord, edits: Sequence[InstanceEdit], *, reviewed: bool, known_mask=None
+        self, old: ImageRecord, edits: Sequence[InstanceEdit], *, reviewed: bool, known_mask=None, proposals=None
     ) -> tuple[ImageRecord, list[str]]:
         """The record after the edit, and its YOLO label lines (through the run's step, ``instance_files``)."""
         known_mask = known_mask or (lambda _counts: None)
         hw, inst = old.hw, old.instances
+        staying, accepted = _proposals_after(old.proposals, edits, proposals)
         at = {int(sid): i for i, sid in enumerate(inst.source_id)}
         next_id = max([*inst.source_id.tolist(), *old.dropped.source_id.tolist()], default=-1) + 1
         parts, seen = [], set()
@@ -440,6 +469,10 @@ class ReviewStore:
             if e.class_name not in self.names:
                 raise ReviewError(f"{where}: class {e.class_name!r} is not one of the dataset's {self.names}")
             class_id = self.names.index(e.class_name)
+            if e.proposal is not None and e.id is not None:
+                raise ReviewError(
+                    f"{where}: an accepted proposal (proposal {e.proposal}) is a new instance; leave id out"
+                )
             if e.id is not None and e.id in seen:
                 raise ReviewError(f"{where}: instance id {e.id} is given twice")
             if e.id is not None and e.id not in at:
@@ -451,7 +484,11 @@ class ReviewStore:
             if mask.area == 0:
                 raise ReviewError(f"{where}: the mask is empty; leave the instance out to delete it")
             box = _box_of(where, e.box, hw)
-            if i is None:  # a new instance: no detector, no score (unless SAM drew it here)
+            if e.proposal is not None:  # a proposal accepted: its box and, while its mask is the same, its scores
+                one, edited = _from_proposal(accepted[e.proposal], next_id, box or mask.xyxy), False
+                mask_changed = accepted[e.proposal].masks[0] != mask  # refined in review: scored as any edit
+                next_id += 1
+            elif i is None:  # a new instance: no detector, no score (unless SAM drew it here)
                 one, edited = Instances(xyxy=[box or mask.xyxy], class_id=[class_id], source_id=[next_id]), True
                 next_id += 1
             else:
@@ -467,6 +504,8 @@ class ReviewStore:
                 extras["stability_score"], edited = np.array([stability], dtype=object), True
             if edited:
                 extras["source"] = np.array([EDITED], dtype=object)
+            if e.proposal is not None:  # where it came from, edited or not
+                extras["source"] = np.array([PROPOSAL], dtype=object)
             parts.append(one.replace(**changes).with_extras(**extras))
         deleted = [i for i, sid in enumerate(inst.source_id.tolist()) if sid not in seen]
         files = instance_files(stack_instances(parts), hw, self.settings, drop_flags=())  # a person has seen them
@@ -479,6 +518,7 @@ class ReviewStore:
             dropped=stack_instances([old.dropped, inst[deleted]]),
             dropped_reasons=(*old.dropped_reasons, *[DELETED] * len(deleted)),
             reviewed=reviewed,
+            proposals=staying,
         )
         return record, files.lines
 
@@ -638,6 +678,70 @@ def _coco_texts(record: ImageRecord) -> tuple[str, list[str]]:
     """A record's COCO image entry and annotations as JSON texts (``formats.coco.to_json_text``)."""
     image = coco.to_json_text(run_report.coco_image(record))
     return image, [coco.to_json_text(a) for a in coco_annotations(record)]
+
+
+#: The orders of the queue (``ReviewStore.images``): the review order, or the most proposals first.
+SORTS = ("queue", "proposals")
+
+
+def _proposal_json(record: ImageRecord, i: int) -> dict:
+    """One proposal of a (full) record for the API: its mask as full-image RLE, boxes, score and signals."""
+    p = record.proposals
+    mask = p.masks[i]
+    assert mask is not None and record.hw is not None  # a full record's proposals have masks (ImageRecord)
+    x0, y0, x1, y1 = mask.xyxy
+    extras = {k: _plain(v[i]) for k, v in p.extras.items()}
+    return {
+        "id": int(p.source_id[i]),
+        "rle": mask_to_rle(mask, record.hw),
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "box": [round(float(v), 3) for v in p.xyxy[i]],
+        "mask_score": _plain(p.mask_score[i]),
+        "signals": {k: v for k, v in extras.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+    }
+
+
+def _proposals_after(
+    proposals: Instances, edits: Sequence[InstanceEdit], staying: Sequence[int] | None
+) -> tuple[Instances, dict[int, Instances]]:
+    """The proposals that stay after a save, and those the edit accepts (by id).
+
+    Raises:
+        ReviewError: an id that is not one of the image's proposals, a proposal accepted twice, or one both
+            accepted and kept.
+    """
+    ids = [int(v) for v in proposals.source_id]
+    at = {sid: k for k, sid in enumerate(ids)}
+    accepted: dict[int, Instances] = {}
+    for k, e in enumerate(edits):
+        if e.proposal is None:
+            continue
+        if e.proposal not in at:
+            raise ReviewError(f"instances[{k}]: proposal {e.proposal} is not a proposal of this image")
+        if e.proposal in accepted:
+            raise ReviewError(f"instances[{k}]: proposal {e.proposal} is accepted twice")
+        accepted[e.proposal] = proposals[[at[e.proposal]]]
+    keep = set(ids) if staying is None else set()
+    for sid in staying or ():
+        if sid not in at:
+            raise ReviewError(f"proposals: {sid!r} is not a proposal of this image")
+        keep.add(sid)
+    keep -= set(accepted) if staying is None else set()
+    both = keep & set(accepted)
+    if both:
+        raise ReviewError(f"proposals: {min(both)} is accepted as an instance and kept as a proposal; keep it once")
+    return proposals[np.array([k for k, sid in enumerate(ids) if sid in keep], dtype=np.int64)], accepted
+
+
+def _from_proposal(proposal: Instances, source_id: int, box) -> Instances:
+    """The new instance an accepted proposal becomes, with the generator's score and stability (a save replaces
+    them when the mask sent is not the proposal's)."""
+    extras = {"source": np.array([PROPOSAL], dtype=object)}
+    for key in ("stability_score", "stability"):  # the generator's name for it (GeneratorStage), either
+        if key in proposal.extras:
+            extras["stability_score"] = np.array([_plain(proposal.extras[key][0])], dtype=object)
+            break
+    return Instances(xyxy=[box], class_id=[0], mask_score=proposal.mask_score, source_id=[source_id], extras=extras)
 
 
 def _mask_of(where: str, rle: object, hw: tuple[int, int], stored: CropMask | None) -> tuple[CropMask, bool]:

@@ -12,7 +12,7 @@ from typing import TypeVar
 from pipeline.errors import SamlabelError
 from pipeline.run.outputs import to_record, write_files
 from pipeline.run.stages import build
-from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, read_item
+from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, propose_item, read_item
 from pipeline.types import ImageItem, ImageRecord
 
 LOGGER = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
     """
     out, settings, seconds = job.out, job.settings, job.seconds
     detector, segmenter = build(job.detector), build(job.segmenter)  # stage objects, or a Recipe's stage
+    generator = build(job.generator) if settings.propose else None
     bar = progress_bar(len(todo), job.command, progress=job.progress)
     with job.journal.appender() as append:
 
@@ -39,8 +40,8 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
                 record = loaded
             else:
                 t = time.perf_counter()
-                image, instances = loaded
-                record, lines = to_record(item, image, instances, settings)
+                image, instances, proposals = loaded
+                record, lines = to_record(item, image, instances, settings, proposals=proposals)
                 write_files(record, item, image, lines, out, settings)
                 add_seconds(seconds, "write", since=t)
             append(record)
@@ -54,7 +55,8 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
                         stages.write(finish, item, loaded)
                     else:
                         instances = infer_item(item, loaded, detector, segmenter, settings, seconds)
-                        stages.write(finish, item, (loaded, instances))
+                        proposals = propose_item(loaded, instances, generator, settings, seconds)
+                        stages.write(finish, item, (loaded, instances, proposals))
         except KeyboardInterrupt:
             LOGGER.error("interrupted: %d images are saved; run the same command again to resume", job.saved)
             raise

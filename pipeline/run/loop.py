@@ -26,10 +26,10 @@ from pipeline.run import local, ray_engine
 from pipeline.run import report as run_report
 from pipeline.run import state as run_state
 from pipeline.run.steps import Engine, Job
-from pipeline.types import DetectorStage, ImageItem, SegmenterStage
+from pipeline.types import DetectorStage, GeneratorStage, ImageItem, SegmenterStage
 
 if TYPE_CHECKING:
-    from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
+    from pipeline.run.stages import DetectorRecipe, Recipe, SegmenterRecipe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def run_dataset(
     fingerprint_extra: dict | None = None,
     prelude: dict | None = None,
     discard_reviews: bool = False,
+    generator: GeneratorStage | Recipe | None = None,
 ) -> RunResult:
     """Process every item into the dataset at ``out`` and write data.yaml, COCO files and report.json.
 
@@ -75,6 +76,8 @@ def run_dataset(
         fingerprint_extra: more inputs that must match for a resume (e.g. the source dataset).
         prelude: findings from before the run (e.g. source problems) merged into the report.
         discard_reviews: let ``overwrite`` clear images checked in ``samlabel review`` (refused otherwise).
+        generator: the automatic mask generator whose masks no instance accounts for are each image's proposals
+            (used when ``settings.propose``).
 
     Raises:
         SamlabelError: ``out`` cannot be written, or holds a different run and ``overwrite`` is False.
@@ -102,7 +105,8 @@ def run_dataset(
         if done:
             LOGGER.info("resuming %s: %d of %d images already done", out, len(items) - len(todo), len(items))
         started = time.perf_counter()
-        job = Job(out, journal, settings, detector=detector, segmenter=segmenter, command=command, progress=progress)
+        job = Job(out, journal, settings, detector=detector, segmenter=segmenter, command=command, progress=progress,
+                  generator=generator)  # fmt: skip
         try:
             result = ENGINES[settings.engine](todo, job)
         except BaseException:  # an interrupted run still adds what it did to the dataset's totals

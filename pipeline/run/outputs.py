@@ -127,10 +127,17 @@ def _withheld(instances: Instances) -> tuple[Instances, np.ndarray, list[str]]:
 
 
 def to_record(
-    item: ImageItem, image: LoadedImage, instances: Instances, settings: Settings
+    item: ImageItem,
+    image: LoadedImage,
+    instances: Instances,
+    settings: Settings,
+    *,
+    proposals: Instances | None = None,
 ) -> tuple[ImageRecord, list[str]]:
     """The record of one segmented image and its YOLO label lines (``instance_files`` with
-    ``settings.drop_flags``: the dropped instances are the record's ``dropped``, with the reason)."""
+    ``settings.drop_flags``: the dropped instances are the record's ``dropped``, with the reason).
+
+    ``proposals`` (``--propose``) are kept in the record only, never in the label lines."""
     hw = image.hw
     files = instance_files(instances, hw, settings, drop_flags=settings.drop_flags)
     problems: tuple[Problem, ...] = ()
@@ -149,6 +156,7 @@ def to_record(
         dropped=files.dropped,
         dropped_reasons=files.dropped_reasons,
         problems=problems,
+        proposals=proposals if proposals is not None else Instances.empty(),
     )
     return record, files.lines
 

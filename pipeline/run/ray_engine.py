@@ -40,7 +40,7 @@ from pipeline.images import LoadedImage
 from pipeline.run.outputs import to_record, write_files
 from pipeline.run.stages import build
 from pipeline.run.state import STATE_DIR
-from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, read_item
+from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, propose_item, read_item
 from pipeline.threads import default_threads
 from pipeline.types import ImageItem, ImageRecord, Instances
 
@@ -74,6 +74,7 @@ class _Work:
     Attributes:
         item: the planned image (its ``rel`` keys the row).
         image, instances: the decoded image and its instances, between the stages that need them.
+        proposals: the image's proposals (``--propose``), between the model and the write stage.
         record: the finished record (written, or skipped as unreadable); sent to the driver.
         error: an unexpected failure on this image: reported, not journaled, so the next run retries it.
         fatal: a settings or weights problem (``SamlabelError``): the driver ends the run with it.
@@ -83,6 +84,7 @@ class _Work:
     item: ImageItem
     image: LoadedImage | None = None
     instances: Instances | None = None
+    proposals: Instances | None = None
     record: ImageRecord | None = None
     error: str | None = None
     fatal: str | None = None
@@ -138,7 +140,8 @@ def process(todo: Sequence[ImageItem], job: Job) -> EngineResult:
     try:
         check_shared(run, todo[0].path)
         Path(run.tries).mkdir(parents=True)
-        ds = _pipeline(todo, run=run, detector=job.detector, segmenter=job.segmenter)
+        generator = job.generator if settings.propose else None
+        ds = _pipeline(todo, run=run, detector=job.detector, segmenter=job.segmenter, generator=generator)
         return _collect(ds, todo, job)
     except ray.exceptions.RayError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -235,7 +238,7 @@ def _visible(path: Path, text: str, tries: int = 10) -> bool:
     return False
 
 
-def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter) -> Dataset:
+def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter, generator=None) -> Dataset:
     """The Ray Data dataset: read tasks -> model actors -> write tasks, one row per image."""
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -254,7 +257,9 @@ def _pipeline(todo: Sequence[ImageItem], *, run: _Run, detector, segmenter) -> D
     ds = ds.map_batches(_read_batch, fn_kwargs=dict(run=run), **io)  # type: ignore[arg-type]
     ds = ds.map_batches(
         _Models,
-        fn_constructor_kwargs=dict(detector=detector, segmenter=segmenter, run=run, threads=threads, gpus=gpus),
+        fn_constructor_kwargs=dict(
+            detector=detector, segmenter=segmenter, generator=generator, run=run, threads=threads, gpus=gpus
+        ),
         compute=ActorPoolStrategy(size=actors),
         batch_size=batch,
         num_gpus=gpus or None,
@@ -353,13 +358,14 @@ class _Models:
     """One model replica (a Ray actor): builds its stages here and runs them image by image.
 
     Args:
-        detector, segmenter: stage objects or ``Recipe``s (``pipeline.run.stages``).
+        detector, segmenter, generator: stage objects or ``Recipe``s (``pipeline.run.stages``); generator None
+            without ``--propose``.
         run: where the run is, and its settings.
         threads: PyTorch threads per model call (the driver's ``default_threads()``).
         gpus: GPUs this replica holds; 0 hides every GPU from it.
     """
 
-    def __init__(self, *, detector, segmenter, run: _Run, threads: int, gpus: float) -> None:
+    def __init__(self, *, detector, segmenter, run: _Run, threads: int, gpus: float, generator=None) -> None:
         run.enter()
         os.environ["SAMLABEL_THREADS"] = str(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPUs
         if not gpus:
@@ -367,7 +373,7 @@ class _Models:
         self.run = run
         self.fatal: str | None = None
         try:
-            self.detector, self.segmenter = build(detector), build(segmenter)
+            self.detector, self.segmenter, self.generator = build(detector), build(segmenter), build(generator)
         except SamlabelError as e:  # reported by the driver in one line
             self.fatal = str(e)
 
@@ -381,7 +387,8 @@ class _Models:
         def infer(w: _Work, seconds: Counter) -> _Work:
             assert w.image is not None  # read: an image not skipped while reading is decoded
             instances = infer_item(w.item, w.image, self.detector, self.segmenter, self.run.settings, seconds)
-            return replace(w, instances=instances)
+            proposals = propose_item(w.image, instances, self.generator, self.run.settings, seconds)
+            return replace(w, instances=instances, proposals=proposals)
 
         return _step(work, infer, stage="models", run=self.run)
 
@@ -392,13 +399,15 @@ def _write_batch(batch: dict, *, run: _Run) -> dict:
     def write(work: _Work, seconds: Counter) -> _Work:
         assert work.image is not None and work.instances is not None  # read and inferred: not skipped
         t = time.perf_counter()
-        record, lines = to_record(work.item, work.image, work.instances, run.settings)
+        record, lines = to_record(work.item, work.image, work.instances, run.settings, proposals=work.proposals)
         write_files(record, work.item, work.image, lines, Path(run.out), run.settings)
         add_seconds(seconds, "write", since=t)
         return replace(work, record=record)
 
     # the driver needs the record only: the pixels and masks stay here
-    return _map(batch, lambda w: replace(_step(w, write, stage="write", run=run), image=None, instances=None))
+    return _map(
+        batch, lambda w: replace(_step(w, write, stage="write", run=run), image=None, instances=None, proposals=None)
+    )
 
 
 # ---- on the driver -------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class _Tally:
     class_flags: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     flagged: list[dict] = field(default_factory=list)
     reviewed: int = 0
+    proposals: dict[str, int] = field(default_factory=dict)  # image path -> its proposals (images with any)
     #: ``low_score`` for records written without flags (the flags of the others were raised at this threshold).
     min_mask_score: float = QualityThresholds.min_mask_score
 
@@ -58,6 +59,8 @@ class _Tally:
             for i, reason in enumerate(r.dropped_reasons)
         ]
         self.problems += [p.to_dict() for p in r.problems]
+        if len(r.proposals):
+            self.proposals[image] = len(r.proposals)
         inst = r.instances
         self._add_flags(image, inst)
         low = _low_score(inst, self.min_mask_score)
@@ -234,7 +237,7 @@ def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings, 
     """
     splits = [s for s in SPLITS if tally.offsets.get(s)]
     per_class = tally.per_class
-    return {
+    sections = {
         "images": {s: len(tally.offsets[s]) for s in splits},
         "instances": {s: {n: per_class[s][n] for n in names if per_class[s][n]} for s in splits},
         "instances_total": sum(sum(c.values()) for c in per_class.values()),
@@ -244,6 +247,12 @@ def report_sections(tally: _Tally, *, names: Sequence[str], settings: Settings, 
         "low_score_instances": {"below_mask_score": settings.thresholds.min_mask_score, "instances": tally.review},
         "quality": tally.quality(dataclasses.asdict(settings.thresholds)),
     }
+    if settings.propose or tally.proposals:  # only then: reports of runs without --propose keep their form
+        sections["proposals"] = {
+            "total": sum(tally.proposals.values()),
+            "images": dict(sorted(tally.proposals.items())),
+        }
+    return sections
 
 
 def write_split_coco(out: Path, split: str, *, names: Sequence[str], tally: _Tally) -> None:
@@ -262,7 +271,8 @@ def light(record: ImageRecord) -> ImageRecord:
     from dataclasses import replace
 
     inst = record.instances.replace(masks=(None,) * len(record.instances))
-    return replace(record, instances=inst, segmentations=(None,) * len(inst))
+    proposals = record.proposals.replace(masks=(None,) * len(record.proposals))
+    return replace(record, instances=inst, segmentations=(None,) * len(inst), proposals=proposals)
 
 
 def coco_image(record: ImageRecord) -> dict:
@@ -302,6 +312,14 @@ def log_summary(out: Path, report: dict) -> None:
         len(report["dropped_instances"]),
         f"; {t['this_run']['images_per_second']} images/s" if t["this_run"]["images_per_second"] else "",
     )
+    if "proposals" in report:
+        p = report["proposals"]
+        LOGGER.info(
+            "%d proposals (masks no instance accounts for) in %d images: review them with `samlabel review %s`",
+            p["total"],
+            len(p["images"]),
+            out,
+        )
 
 
 def _log_skipped(out: Path, skipped: list[dict]) -> None:

@@ -18,13 +18,14 @@ from tqdm import tqdm
 from pipeline.config import Settings
 from pipeline.errors import ImageReadError, SamlabelError
 from pipeline.images import MIN_SIDE, LoadedImage, load_image
+from pipeline.proposals import select_proposals
 from pipeline.sources.labels import to_instances
-from pipeline.types import DetectorStage, ImageItem, ImageRecord, Instances, SegmenterStage
+from pipeline.types import DetectorStage, GeneratorStage, ImageItem, ImageRecord, Instances, SegmenterStage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
+    from pipeline.run.stages import DetectorRecipe, Recipe, SegmenterRecipe
     from pipeline.run.state import Journal
 
 LOGGER = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ class Job:
         detector, segmenter: stage objects, or ``Recipe``s (``pipeline.run.stages``) a Ray replica builds.
         command: the command name (the progress bar's label).
         progress: show a progress bar.
-        seconds: time per stage (``read``, ``detect``, ``segment``, ``write``), added to as images finish.
+        seconds: time per stage (``read``, ``detect``, ``segment``, ``propose``, ``write``), added to as images
+            finish.
         saved: images journaled so far (read after an interruption too).
+        generator: the automatic mask generator (stage object or ``Recipe``) whose masks that overlap no
+            instance become the image's proposals (``settings.propose``); None without ``--propose``.
     """
 
     out: Path
@@ -54,6 +58,7 @@ class Job:
     progress: bool
     seconds: Counter = field(default_factory=Counter)
     saved: int = 0
+    generator: GeneratorStage | Recipe | None = None
 
 
 @dataclass
@@ -133,3 +138,23 @@ def infer_item(
         instances = segmenter(image.rgb, instances)
         add_seconds(seconds, "segment", since=t)
     return instances
+
+
+def propose_item(
+    image: LoadedImage,
+    instances: Instances,
+    generator: GeneratorStage | None,
+    settings: Settings,
+    seconds: Counter,
+) -> Instances | None:
+    """The image's proposals (``pipeline.proposals``): the generator's masks that overlap none of ``instances``;
+    None when the run makes none (``settings.propose`` off)."""
+    if not settings.propose:
+        return None
+    if generator is None:
+        raise SamlabelError("--propose needs the automatic mask generator, and none was given")
+    t = time.perf_counter()
+    generated = generator(image.rgb, covered=instances)
+    proposals = select_proposals(generated, instances, iou=settings.propose_iou)
+    add_seconds(seconds, "propose", since=t)
+    return proposals

@@ -3,7 +3,7 @@
 // replaces the image's state.
 
 import { api } from "./api.js";
-import { $, S, failed, inForm, selected, status } from "./state.js";
+import { $, S, failed, inForm, selected, selectedProposal, status } from "./state.js";
 import { rleArea } from "./rle.js";
 import { fitView, render, renderCanvas } from "./canvas.js";
 import { loadMeta, loadQueue, renderQueue } from "./queue.js";
@@ -47,19 +47,24 @@ function setWorking(data) {
     flags: i.flags,
     signals: i.signals,
     edited: i.edited,
+    source: i.source,
+    proposal: null,
     points: [],
     candidates: null,
     cand: 0,
     accepted: false,
   }));
+  S.props = (data.proposals || []).map((p) => ({ ...p, key: S.nextKey++ }));
   // the first flagged instance, else none
   S.sel = S.inst.findIndex((i) => i.flags.length > 0);
+  S.psel = -1;
   setDirty(false);
   render();
 }
 
 function snapshot() {
-  return { inst: S.inst.map((i) => ({ ...i, points: i.points.slice() })), sel: S.sel, reviewed: S.reviewed };
+  const inst = S.inst.map((i) => ({ ...i, points: i.points.slice() }));
+  return { inst, sel: S.sel, reviewed: S.reviewed, props: S.props.slice(), psel: S.psel };
 }
 
 function change(fn) {
@@ -78,6 +83,8 @@ function restore(from, to) {
   S.inst = s.inst;
   S.sel = s.sel;
   S.reviewed = s.reviewed;
+  S.props = s.props;
+  S.psel = s.psel;
   S.pending = null;
   setDirty(true);
   render();
@@ -178,7 +185,8 @@ export async function boxDrawn(box) {
     change(() => {
       const inst = {
         key: S.nextKey++, id: null, cls: $("new-class").value, rle: null, box, mask_score: null, confidence: null,
-        flags: [], signals: {}, edited: true, points: [], candidates: null, cand: 0, accepted: false,
+        flags: [], signals: {}, edited: true, source: null, proposal: null, points: [], candidates: null, cand: 0,
+        accepted: false,
       };
       applyPrediction(inst, res);
       S.inst.push(inst);
@@ -241,7 +249,43 @@ export const actions = {
     const inst = selected();
     if (inst && inst.points.length) change(() => (inst.points = []));
   },
+  // Proposals (masks no instance accounts for): select the next one, accept it as a class, or dismiss it.
+  nextProposal() {
+    if (!S.props.length) {
+      status("no proposals left in this image");
+      return;
+    }
+    S.psel = (S.psel + 1) % S.props.length;
+    S.sel = -1;
+    render();
+  },
+  acceptProposal(cls) {
+    const p = selectedProposal();
+    if (!p) return;
+    change(() => {
+      S.props.splice(S.psel, 1);
+      S.inst.push({
+        key: S.nextKey++, id: null, cls: cls || $("new-class").value, rle: p.rle, box: p.box, mask_score: p.mask_score,
+        confidence: null, flags: [], signals: p.signals, edited: false, source: "proposal", proposal: p.id, points: [],
+        candidates: null, cand: 0, accepted: false,
+      });
+      nextAfterProposal();
+    });
+  },
+  dismissProposal() {
+    if (!selectedProposal()) return;
+    change(() => {
+      S.props.splice(S.psel, 1);
+      nextAfterProposal();
+    });
+  },
 };
+
+// After a proposal is accepted or dismissed: the next one stays selected, so keys go through them in turn.
+function nextAfterProposal() {
+  S.psel = S.props.length ? Math.min(S.psel, S.props.length - 1) : -1;
+  if (S.psel >= 0) S.sel = -1;
+}
 
 export function pickCandidate(k) {
   const inst = selected();
@@ -272,7 +316,8 @@ async function save(reviewed) {
   const body = {
     version: S.image.version,
     reviewed,
-    instances: S.inst.map((i) => ({ id: i.id, class: i.cls, rle: i.rle, box: i.box })),
+    instances: S.inst.map((i) => ({ id: i.id, class: i.cls, rle: i.rle, box: i.box, ...(i.proposal === null ? {} : { proposal: i.proposal }) })),
+    proposals: S.props.map((p) => p.id),
   };
   try {
     await api("PUT", `/api/images/${S.image.id}`, body);
@@ -319,6 +364,9 @@ export function setupKeys() {
     else if (ctrl && key === "y") actions.redo();
     else if (ctrl && key === "s") actions.save();
     else if (ctrl || e.altKey) handled = false;
+    else if (key === "a" && selectedProposal()) actions.acceptProposal($("new-class").value);
+    else if ((key === "d" || key === "Delete" || key === "Backspace") && selectedProposal()) actions.dismissProposal();
+    else if (key === "p") actions.nextProposal();
     else if (key === "a") actions.accept();
     else if (key === "d" || key === "Delete" || key === "Backspace") actions.delete();
     else if (key === "m") actions.candidate();
@@ -338,18 +386,23 @@ export function setupKeys() {
     else if (key === "Escape") {
       setMode(null);
       S.sel = -1;
+      S.psel = -1;
       render();
     } else if (key === "Tab") {
       if (S.inst.length) {
         const n = S.inst.length;
         S.sel = e.shiftKey ? (S.sel <= 0 ? n - 1 : S.sel - 1) : (S.sel + 1) % n;
+        S.psel = -1;
         render();
       }
     } else if (key === "ArrowRight" || key === "ArrowLeft") {
       const at = S.queue.findIndex((q) => S.image && q.id === S.image.id);
       const next = S.queue[at + (key === "ArrowRight" ? 1 : -1)];
       if (next) openImage(next.id).catch(failed(`${next.file_name} not opened`));
-    } else if (/^[1-9]$/.test(key) && S.meta && +key <= S.meta.names.length) setClass(S.meta.names[+key - 1]);
+    } else if (/^[1-9]$/.test(key) && S.meta && +key <= S.meta.names.length) {
+      if (selectedProposal()) actions.acceptProposal(S.meta.names[+key - 1]);
+      else setClass(S.meta.names[+key - 1]);
+    }
     else handled = false;
     if (handled) e.preventDefault();
   });

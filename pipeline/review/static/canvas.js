@@ -1,8 +1,12 @@
 // samlabel review: drawing (the image, its masks, boxes and clicks; the side panel) and the mouse on the canvas.
 
-import { $, S, inForm, selected, status } from "./state.js";
-import { decodeMask } from "./rle.js";
+import { $, S, inForm, selected, selectedProposal, status } from "./state.js";
+import { decodeMask, maskOutline } from "./rle.js";
 import { addPoint, boxDrawn, pickCandidate } from "./actions.js";
+
+// The colour of proposals (no class yet): their dashed outline and their "unlabeled" tag.
+export const PROPOSAL_COLOUR = "#f5f5f5";
+const PROPOSAL_SELECTED = "#ffd84d";
 
 export function colourOf(cls) {
   const i = S.meta.names.indexOf(cls);
@@ -66,6 +70,7 @@ export function renderCanvas() {
   });
   ctx.setLineDash([]);
   ctx.globalAlpha = 1;
+  if (!S.hide) drawProposals(ctx, px);
   if (sel) {
     for (const [x, y, l] of sel.points) {
       ctx.beginPath();
@@ -85,6 +90,47 @@ export function renderCanvas() {
     ctx.strokeRect(Math.min(ax, bx), Math.min(ay, by), Math.abs(bx - ax), Math.abs(by - ay));
     ctx.setLineDash([]);
   }
+}
+
+// Proposals: a layer of their own, each mask's outline dashed and tagged "unlabeled" (the selected one in yellow,
+// its mask faintly filled).
+function drawProposals(ctx, px) {
+  const psel = selectedProposal();
+  S.props.forEach((p) => {
+    const m = decodeMask(p.rle, PROPOSAL_COLOUR, S.masks);
+    if (!m.buf) return;
+    const chosen = p === psel;
+    if (chosen) {
+      ctx.globalAlpha = 0.35;
+      ctx.drawImage(m.canvas, m.x0, m.y0);
+      ctx.globalAlpha = 1;
+    }
+    ctx.beginPath();
+    for (const loop of maskOutline(m)) {
+      ctx.moveTo(...loop[0]);
+      for (let i = 1; i < loop.length; i++) ctx.lineTo(...loop[i]);
+      ctx.closePath();
+    }
+    ctx.lineWidth = (chosen ? 3 : 2) * px;
+    ctx.setLineDash([6 * px, 5 * px]);
+    ctx.strokeStyle = "rgba(0, 0, 0, 0.6)"; // a dark underlay: the dashes read on light images too
+    ctx.lineDashOffset = 0;
+    ctx.stroke();
+    ctx.strokeStyle = chosen ? PROPOSAL_SELECTED : PROPOSAL_COLOUR;
+    ctx.lineDashOffset = 5.5 * px;
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.lineDashOffset = 0;
+    const label = `unlabeled #${p.id}`;
+    ctx.font = `${11 * px}px system-ui, sans-serif`;
+    const tw = ctx.measureText(label).width;
+    const [bx, by] = p.box;
+    const ty = by - 14 * px >= 0 ? by - 14 * px : by;
+    ctx.fillStyle = "rgba(0, 0, 0, 0.7)";
+    ctx.fillRect(bx, ty, tw + 6 * px, 14 * px);
+    ctx.fillStyle = chosen ? PROPOSAL_SELECTED : PROPOSAL_COLOUR;
+    ctx.fillText(label, bx + 3 * px, ty + 11 * px);
+  });
 }
 
 function fmt(v) {
@@ -120,6 +166,8 @@ function renderSide() {
     sw.style.background = colourOf(inst.cls);
     const name = document.createElement("span");
     name.textContent = `${inst.cls}${inst.id === null ? " (new)" : ` #${inst.id}`}${inst.edited ? " \u270e" : ""}`;
+    if (inst.source === "proposal") name.title = "an accepted proposal (source: proposal)";
+    if (inst.source === "proposal") name.textContent += " \u00b7 proposal";
     const right = document.createElement("span");
     right.className = "right";
     right.textContent = fmt(inst.mask_score);
@@ -143,6 +191,7 @@ function renderSide() {
     ol.appendChild(li);
   });
   $("instance-count").textContent = S.image ? `(${S.inst.length})` : "";
+  renderProposals();
   const inst = selected();
   $("selected").hidden = !inst;
   if (!inst) return;
@@ -174,7 +223,48 @@ function renderSide() {
   $("sel-points").textContent = inst.points.length ? `${pos} positive, ${inst.points.length - pos} negative click(s)` : "";
 }
 
-function hitTest(x, y) {
+function renderProposals() {
+  const ol = $("proposals");
+  ol.textContent = "";
+  S.props.forEach((p, k) => {
+    const li = document.createElement("li");
+    if (k === S.psel) li.classList.add("selected");
+    const name = document.createElement("span");
+    name.textContent = `unlabeled #${p.id}`;
+    const right = document.createElement("span");
+    right.className = "right";
+    right.textContent = fmt(p.mask_score);
+    li.append(name, right);
+    li.addEventListener("click", () => {
+      S.psel = k;
+      S.sel = -1;
+      render();
+    });
+    ol.appendChild(li);
+  });
+  $("proposal-count").textContent = S.image ? `(${S.props.length})` : "";
+  $("proposals-panel").hidden = !S.image || (!S.props.length && !S.inst.some((i) => i.source === "proposal"));
+  const p = selectedProposal();
+  $("proposal-actions").hidden = !p;
+  if (p) $("proposal-class").textContent = $("new-class").value;
+}
+
+// The smallest proposal whose mask covers (x, y), or -1.
+function hitProposal(x, y) {
+  let best = -1, bestArea = Infinity;
+  S.props.forEach((p, k) => {
+    const m = decodeMask(p.rle, PROPOSAL_COLOUR, S.masks);
+    const cx = Math.floor(x) - m.x0, cy = Math.floor(y) - m.y0;
+    if (m.buf && cx >= 0 && cy >= 0 && cx < m.w && cy < m.h && m.buf[cy * m.w + cx] && m.area < bestArea) {
+      best = k;
+      bestArea = m.area;
+    }
+  });
+  return best;
+}
+
+// The smallest instance whose mask covers (x, y); else (with `boxes`) the smallest whose box does; else -1.
+function hitTest(x, y, boxes = true) {
   let best = -1, bestArea = Infinity;
   S.inst.forEach((inst, k) => {
     if (!inst.rle) return;
@@ -185,7 +275,7 @@ function hitTest(x, y) {
       bestArea = m.area;
     }
   });
-  if (best < 0) {
+  if (best < 0 && boxes) {
     S.inst.forEach((inst, k) => {
       const [x1, y1, x2, y2] = inst.box;
       const a = (x2 - x1) * (y2 - y1);
@@ -253,8 +343,10 @@ export function setupCanvas() {
       const [x, y] = d.start;
       if (x < 0 || y < 0 || x >= S.img.naturalWidth || y >= S.img.naturalHeight) return;
       if (d.alt || !selected()) {
-        const k = hitTest(x, y);
-        S.sel = k;
+        // a mask under the cursor, an instance's or a proposal's; else an instance's box
+        const k = hitTest(x, y, false);
+        S.psel = k < 0 ? hitProposal(x, y) : -1;
+        S.sel = k < 0 && S.psel < 0 ? hitTest(x, y) : k;
         render();
       } else {
         addPoint(x, y, d.button === 2 || d.shift ? 0 : 1);

@@ -51,7 +51,7 @@ export function fillFilters() {
   add($("filter-class"), S.meta.names, (n) => `${n} (${c.classes[n] || 0})`);
   add($("filter-split"), Object.keys(c.splits), (s) => `${s} (${c.splits[s]})`);
   for (const id of ["sel-class", "new-class"]) add($(id), S.meta.names);
-  for (const id of ["filter-flag", "filter-class", "filter-split", "filter-reviewed"]) {
+  for (const id of ["filter-flag", "filter-class", "filter-split", "filter-reviewed", "queue-sort"]) {
     $(id).addEventListener("change", () => loadQueue().catch(failed("queue not loaded")));
   }
 }
@@ -60,6 +60,7 @@ export async function loadQueue() {
   const q = new URLSearchParams();
   const pairs = [["flag", "filter-flag"], ["class_name", "filter-class"], ["split", "filter-split"], ["reviewed", "filter-reviewed"]];
   for (const [k, id] of pairs) if ($(id).value) q.set(k, $(id).value);
+  if ($("queue-sort").value !== "queue") q.set("sort", $("queue-sort").value);
   S.queue = await api("GET", `/api/images?${q}`);
   renderQueue();
 }
@@ -81,6 +82,13 @@ export function renderQueue() {
     const meta = document.createElement("span");
     meta.className = "meta flags";
     meta.textContent = item.split + (item.flagged ? ` \u00b7 ${item.flagged} flagged` : "");
+    if (item.proposals) {
+      const chip = document.createElement("span");
+      chip.className = "proposal-chip";
+      chip.textContent = `${item.proposals} unlabeled`;
+      chip.title = "proposals: masks no instance accounts for";
+      meta.appendChild(chip);
+    }
     appendFlagChips(meta, item.flags.slice(0, 3));
     li.append(name, right, meta);
     li.addEventListener("click", () => openImage(item.id).catch(failed(`${item.file_name} not opened`)));

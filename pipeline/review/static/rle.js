@@ -93,3 +93,44 @@ export function decodeMask(rle, colour, cache) {
   cache.set(key, m);
   return m;
 }
+
+// The outline of a decoded mask (decodeMask's result): closed loops of pixel corners [x, y] in image pixels,
+// one per boundary (outer or hole), each traced along the pixel edges with the mask on its right, so a dashed
+// stroke runs on along a whole loop. Computed once per mask (kept on it).
+export function maskOutline(m) {
+  if (m.outline) return m.outline;
+  const loops = [];
+  const { buf, w, h, x0, y0 } = m;
+  if (buf) {
+    const on = (x, y) => x >= 0 && y >= 0 && x < w && y < h && buf[y * w + x] === 1;
+    const W = w + 1; // corners per row
+    const next = new Map(); // corner -> corners it leads to (each boundary edge once, clockwise round its pixel)
+    const add = (ax, ay, bx, by) => {
+      const k = ay * W + ax;
+      if (!next.has(k)) next.set(k, []);
+      next.get(k).push(by * W + bx);
+    };
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        if (!on(x, y)) continue;
+        if (!on(x, y - 1)) add(x, y, x + 1, y);
+        if (!on(x + 1, y)) add(x + 1, y, x + 1, y + 1);
+        if (!on(x, y + 1)) add(x + 1, y + 1, x, y + 1);
+        if (!on(x - 1, y)) add(x, y + 1, x, y);
+      }
+    }
+    for (const start of next.keys()) {
+      while (next.get(start).length) {
+        const loop = [];
+        let k = start;
+        do {
+          loop.push([x0 + (k % W), y0 + Math.floor(k / W)]);
+          k = next.get(k).pop();
+        } while (k !== start && next.has(k) && next.get(k).length);
+        loops.push(loop);
+      }
+    }
+  }
+  m.outline = loops;
+  return loops;
+}

@@ -10,6 +10,8 @@ export const S = {
   inst: [], // working copy: {key, id, cls, rle, box, mask_score, confidence, flags, signals, edited, points, candidates, cand, accepted}
   reviewed: false,
   sel: -1,
+  props: [], // the proposals still waiting (no class yet): {key, id, rle, box, mask_score, signals}
+  psel: -1, // the selected proposal (an instance and a proposal are never selected together)
   undo: [],
   redo: [],
   dirty: false,
@@ -44,4 +46,8 @@ export function selected() {
 export function inForm(e) {
   const t = e.target;
   return t && (t.tagName === "SELECT" || t.tagName === "INPUT" || t.tagName === "TEXTAREA");
+}
+
+export function selectedProposal() {
+  return S.psel >= 0 && S.psel < S.props.length ? S.props[S.psel] : null;
 }
