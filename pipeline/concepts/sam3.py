@@ -70,7 +70,7 @@ class Sam3Model:
             self.device: torch.device = select_device(device or "", verbose=False)
             self.model: Any = load_sam3(weights, flag=flag)  # Ultralytics' SAM3SemanticModel
             self.model.to(self.device)
-        self.threshold = float(self.model.mask_threshold)
+        self.threshold = float(getattr(self.model, "mask_threshold", 0.0))
         self._text: dict[str, Tokens] = {}  # phrase -> its text tokens, for the model's lifetime
         self._exemplars: dict[int, tuple[Exemplar, Tokens]] = {}  # id(exemplar) -> it (kept alive) and its tokens
 
