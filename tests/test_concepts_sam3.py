@@ -30,8 +30,9 @@ def rgb():
 
 @pytest.fixture
 def model(sam3_weights):
-    """A fresh model (its text cache empty): floor 0 and no NMS, so every query with a mask is returned."""
-    return Sam3Model(sam3_weights, device="cpu", floor=0.0, nms_iou=1.0)
+    """A fresh model (its text cache empty): floor 0 and no NMS, so every query with a mask is returned; images
+    at 336 (24 x 24 patches: Ultralytics' ``set_imgsz``), phrases batched as on a GPU."""
+    return Sam3Model(sam3_weights, device="cpu", floor=0.0, nms_iou=1.0, imgsz=336, phrase_batch=16)
 
 
 def test_one_instances_per_phrase_with_masks_at_image_size(model, rgb):
@@ -53,8 +54,29 @@ def test_one_instances_per_phrase_with_masks_at_image_size(model, rgb):
 def test_floor_drops_low_scores(sam3_weights, rgb, model):
     everything = model(rgb, ["ball"])[0]
     cut = float(np.median(everything.confidence))
-    floored = Sam3Model(sam3_weights, device="cpu", floor=cut, nms_iou=1.0)(rgb, ["ball"])[0]
+    floored = Sam3Model(sam3_weights, device="cpu", floor=cut, nms_iou=1.0, imgsz=336)(rgb, ["ball"])[0]
     assert len(floored) == (everything.confidence > cut).sum() and (floored.confidence > cut).all()
+
+
+def test_phrases_one_at_a_time_answer_as_in_a_batch(sam3_weights, model, rgb):
+    batched = model(rgb, ["ball", "cube", "cone"])
+    single = Sam3Model(sam3_weights, device="cpu", floor=0.0, nms_iou=1.0, imgsz=336, phrase_batch=1)
+    assert single.phrase_batch == 1 and Sam3Model(sam3_weights, device="cpu").phrase_batch == 1  # CPU default
+    for a, b in zip(batched, single(rgb, ["ball", "cube", "cone"]), strict=True):
+        np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(imgsz=500), "multiple of 14"),
+        (dict(phrase_batch=0), "at least 1"),
+        (dict(floor=1.0), "0 <= floor < 1"),
+    ],
+)
+def test_bad_settings_say_what_is_expected(sam3_weights, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Sam3Model(sam3_weights, device="cpu", **kwargs)
 
 
 def test_text_encoded_once_per_phrase_image_encoded_once_per_image(model, rgb):

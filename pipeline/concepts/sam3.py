@@ -44,6 +44,10 @@ class Sam3Model:
             its own thresholds above it.
         nms_iou: of two instances of one phrase whose predicted boxes overlap more than this (IoU), the
             lower-scoring one is dropped (what Ultralytics' ``SAM3SemanticPredictor`` does).
+        imgsz: the side the image is stretched to (a multiple of 14): SAM 3's 1008, or smaller for speed and
+            memory at some cost in detail (Ultralytics' ``imgsz``).
+        phrase_batch: phrases grounded together; default 16 on a GPU (Ultralytics' ``max_text_batch``), 1 on a CPU,
+            where batching gains little and each phrase holds about 1 GB of attention maps at 1008.
         flag: how the messages name the weights' option (``--detector``; ``--segmenter``).
 
     Raises:
@@ -58,18 +62,28 @@ class Sam3Model:
         device: str | None = None,
         floor: float = 0.05,
         nms_iou: float = 0.7,
+        imgsz: int = IMGSZ,
+        phrase_batch: int | None = None,
         flag: str = "--detector",
     ) -> None:
         from ultralytics.utils.torch_utils import select_device
 
         if not 0.0 <= floor < 1.0 or not 0.0 < nms_iou <= 1.0:
             raise ValueError(f"Sam3Model: expected 0 <= floor < 1 and 0 < nms_iou <= 1, got {floor}, {nms_iou}")
+        if imgsz <= 0 or imgsz % 14:
+            raise ValueError(f"Sam3Model: imgsz must be a positive multiple of 14 (SAM 3's patch), got {imgsz}")
+        if phrase_batch is not None and phrase_batch < 1:
+            raise ValueError(f"Sam3Model: phrase_batch must be at least 1, got {phrase_batch}")
         self.floor = float(floor)
         self.nms_iou = float(nms_iou)
         with torch_threads():
             self.device: torch.device = select_device(device or "", verbose=False)
             self.model: Any = load_sam3(weights, flag=flag)  # Ultralytics' SAM3SemanticModel
             self.model.to(self.device)
+        self.imgsz = int(imgsz)
+        if self.imgsz != IMGSZ:
+            self.model.set_imgsz([self.imgsz, self.imgsz])
+        self.phrase_batch = phrase_batch or (16 if self.device.type == "cuda" else 1)
         self.threshold = float(getattr(self.model, "mask_threshold", 0.0))
         self._text: dict[str, Tokens] = {}  # phrase -> its text tokens, for the model's lifetime
         self._exemplars: dict[int, tuple[Exemplar, Tokens]] = {}  # id(exemplar) -> it (kept alive) and its tokens
@@ -101,8 +115,8 @@ class Sam3Model:
     # -- steps ------------------------------------------------------------------------------------------------
 
     def encode_image(self, rgb: np.ndarray) -> Features:
-        """SAM 3's image features of ``rgb``, uint8 (H, W, 3): stretched to 1008 x 1008, scaled to [-1, 1]."""
-        resized = cv2.resize(rgb, (IMGSZ, IMGSZ), interpolation=cv2.INTER_LINEAR)
+        """SAM 3's image features of ``rgb``, uint8 (H, W, 3): stretched to ``imgsz`` square, scaled to [-1, 1]."""
+        resized = cv2.resize(rgb, (self.imgsz, self.imgsz), interpolation=cv2.INTER_LINEAR)
         image = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         with torch.inference_mode():
             return self.model.backbone.forward_image((image - 127.5) / 127.5)
@@ -153,12 +167,13 @@ class Sam3Model:
         return SAM2Model._prepare_backbone_features(self.model, dict(features), batch=batch)
 
     def _decode_all(self, features: Features, prompts: list[Tokens], hw: tuple[int, int]) -> list[Instances]:
-        """Ground every prompt on the image; prompts of equal length go through the model together (16 at most)."""
+        """Ground every prompt on the image; prompts of equal length go through the model together (``phrase_batch``
+        at most)."""
         results: list[Instances | None] = [None] * len(prompts)
         groups: dict[int, list[int]] = {}
         for i, (tokens, _) in enumerate(prompts):
             groups.setdefault(tokens.shape[0], []).append(i)
-        step = int(getattr(self.model, "max_text_batch", 16))
+        step = self.phrase_batch
         for members in groups.values():
             for start in range(0, len(members), step):
                 chunk = members[start : start + step]
