@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -78,13 +78,13 @@ class Sam3Model:
         self.nms_iou = float(nms_iou)
         with torch_threads():
             self.device: torch.device = select_device(device or "", verbose=False)
-            self.model: Any = load_sam3(weights, flag=flag)  # Ultralytics' SAM3SemanticModel
+            self.model: Any = cast(Any, load_sam3(weights, flag=flag))  # Ultralytics' SAM3SemanticModel
             self.model.to(self.device)
         self.imgsz = int(imgsz)
         if self.imgsz != IMGSZ:
             self.model.set_imgsz([self.imgsz, self.imgsz])
         self.phrase_batch = phrase_batch or (16 if self.device.type == "cuda" else 1)
-        self.threshold = float(getattr(self.model, "mask_threshold", 0.0))
+        self.threshold = float(self.model.mask_threshold)
         self._text: dict[str, Tokens] = {}  # phrase -> its text tokens, for the model's lifetime
         self._exemplars: dict[int, tuple[Exemplar, Tokens]] = {}  # id(exemplar) -> it (kept alive) and its tokens
 
