@@ -26,6 +26,7 @@ from pipeline.types import Instances
 
 LOG = logging.getLogger(__name__)
 
+EXEMPLARS_KEPT = 256  # encoded exemplars kept (oldest dropped first): a run passes the same few on every call
 VISUAL = "visual"  # SAM 3's text prompt for example boxes without a phrase (as Ultralytics' predictor uses it)
 
 Features = dict  # SAM3VLBackbone.forward_image's output: "backbone_fpn", "vision_pos_enc", ...
@@ -33,7 +34,7 @@ Tokens = tuple[torch.Tensor, torch.Tensor]  # prompt tokens (T, 1, 256) and thei
 
 
 class Sam3Model:
-    """SAM 3's concept predictor (a ``pipeline.types.ConceptModel``).
+    """SAM 3's concept predictor (a ``pipeline.types.ConceptModel``); one call at a time (it keeps caches).
 
     Args:
         weights: SAM 3 weights: Meta's ``sam3.pt`` (Hugging Face ``facebook/sam3``, under Meta's SAM licence) or a
@@ -144,6 +145,8 @@ class Sam3Model:
                 own = self.encode_image(np.ascontiguousarray(exemplar.image))
                 cached = (exemplar, self._box_tokens(own, exemplar, exemplar.image.shape[:2]))
                 self._exemplars[id(exemplar)] = cached
+                while len(self._exemplars) > EXEMPLARS_KEPT:
+                    del self._exemplars[next(iter(self._exemplars))]
             parts.append(cached[1])
         return torch.cat([t for t, _ in parts], dim=0), torch.cat([m for _, m in parts], dim=1)
 

@@ -27,7 +27,7 @@ HEAD_DIM = 64  # channels per attention head of SAM 3's ViT and text transformer
 IMGSZ = 1008  # SAM 3's input side (72 x 72 patches of 14 pixels)
 GET_WEIGHTS = (
     "accept Meta's SAM 3 licence at huggingface.co/facebook/sam3, download sam3.pt and pass its path "
-    "(--detector PATH/sam3.pt)"
+    "({flag} PATH/sam3.pt)"
 )
 
 
@@ -284,7 +284,9 @@ def load_sam3(path: str | Path, *, flag: str = "--detector", tokenizer: Callable
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotFoundError(f"{flag} {path}: no such file; SAM 3's weights are not downloaded: {GET_WEIGHTS}")
+        raise WeightsNotFoundError(
+            f"{flag} {path}: no such file; SAM 3's weights are not downloaded: {GET_WEIGHTS.format(flag=flag)}"
+        )
     state = detector_state(_read_state_dict(path, flag=flag))
     dims = dims_of(state, where=f"{flag} {path}")
     model = build_sam3(dims, tokenizer=tokenizer)
