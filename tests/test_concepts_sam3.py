@@ -79,6 +79,13 @@ def test_bad_settings_say_what_is_expected(sam3_weights, kwargs, match):
         Sam3Model(sam3_weights, device="cpu", **kwargs)
 
 
+def test_a_device_not_here_is_refused_in_one_line(sam3_weights):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SamlabelError, match=r"--device cuda:0: not usable here .*use --device cpu"):
+        Sam3Model(sam3_weights, device="cuda:0")
+
+
 def test_text_encoded_once_per_phrase_image_encoded_once_per_image(model, rgb):
     backbone = model.model.backbone
     with (

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from pipeline.concepts.exemplar import Exemplar
 from pipeline.concepts.sam3_build import IMGSZ, load_sam3
+from pipeline.device import check_device
 from pipeline.masks import CropMask
 from pipeline.threads import torch_threads
 from pipeline.types import Instances
@@ -53,7 +54,8 @@ class Sam3Model:
 
     Raises:
         WeightsNotFoundError: no file at ``weights`` (the one-line message says where to get ``sam3.pt``).
-        SamlabelError: the file is not SAM 3 weights or holds Python objects; the tokenizer is missing.
+        SamlabelError: the file is not SAM 3 weights or holds Python objects; the tokenizer is missing; ``device``
+            is not usable here.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Sam3Model:
     ) -> None:
         from ultralytics.utils.torch_utils import select_device
 
+        check_device(device)
         if not 0.0 <= floor < 1.0 or not 0.0 < nms_iou <= 1.0:
             raise ValueError(f"Sam3Model: expected 0 <= floor < 1 and 0 < nms_iou <= 1, got {floor}, {nms_iou}")
         if imgsz <= 0 or imgsz % 14:
