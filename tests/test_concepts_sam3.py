@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from pipeline.concepts.exemplar import Exemplar
 from pipeline.concepts.sam3 import Sam3Model
-from pipeline.concepts.sam3_build import Sam3Dims, clip_tokenizer, detector_state, dims_of
+from pipeline.concepts.sam3_build import Sam3Dims, WeightlessAttention, clip_tokenizer, detector_state, dims_of
 from pipeline.errors import SamlabelError, WeightsNotFoundError
 from pipeline.masks import CropMask
 from pipeline.types import ConceptModel
@@ -221,6 +221,17 @@ def test_size_read_from_the_checkpoint_in_either_layout(tmp_path, sam3_weights):
     assert Sam3Dims(vit_depth=32).global_blocks == (7, 15, 23, 31)  # SAM 3's
 
 
+def test_fusion_attention_returns_no_weights_and_the_same_output():
+    torch.manual_seed(0)
+    plain = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    weightless = WeightlessAttention(32, 4, batch_first=True)
+    weightless.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 50, 32)
+    out, weights = weightless(x, x, x)
+    assert weights is None
+    torch.testing.assert_close(out, plain(x, x, x)[0])
+
+
 def test_tokenizer_is_sam3s_clip_bpe():
     tokens = clip_tokenizer()(["a cat", "traffic light"], context_length=32)
     assert tokens.dtype == torch.long and tuple(tokens.shape) == (2, 32)
@@ -244,9 +255,10 @@ def test_full_size_sam3_is_ultralytics_model_and_runs():
 
     from pipeline.concepts.sam3_build import build_sam3
 
-    def signature(model):
+    def signature(model):  # WeightlessAttention is an nn.MultiheadAttention that does not return weights
         return [
-            (name, type(m).__name__, getattr(m, "num_heads", None), getattr(m, "window_size", None),
+            (name, "MultiheadAttention" if isinstance(m, torch.nn.MultiheadAttention) else type(m).__name__,
+             getattr(m, "num_heads", None), getattr(m, "window_size", None),
              getattr(m, "batch_first", None), tuple(p.shape for p in m.parameters(recurse=False)))
             for name, m in model.named_modules()
         ]  # fmt: skip

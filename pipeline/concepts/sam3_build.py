@@ -184,8 +184,22 @@ def _heads(d_model: int) -> int:
     return max(1, d_model // 32)
 
 
+class WeightlessAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` that never returns its attention weights (``need_weights=False``).
+
+    SAM 3's callers use only the output (``attn(...)[0]``), but the fusion encoder asks for the weights by default,
+    so PyTorch builds each (heads, 5184, 5184) map in full and averages it over heads: about 1 GB per phrase at
+    1008 pixels, and most of the per-phrase time on a CPU. Without the weights PyTorch takes its fused
+    scaled-dot-product path: the same outputs (up to float rounding), the same parameters and state-dict keys.
+    """
+
+    def forward(self, query, key, value, *args, **kwargs):
+        kwargs["need_weights"] = False
+        return super().forward(query, key, value, *args, **kwargs)
+
+
 def _attention(d_model: int, *, batch_first: bool = True, dropout: float = 0.1) -> nn.MultiheadAttention:
-    return nn.MultiheadAttention(num_heads=_heads(d_model), dropout=dropout, embed_dim=d_model, batch_first=batch_first)
+    return WeightlessAttention(num_heads=_heads(d_model), dropout=dropout, embed_dim=d_model, batch_first=batch_first)
 
 
 def _transformer(dims: Sam3Dims) -> nn.Module:
