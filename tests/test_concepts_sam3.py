@@ -157,6 +157,14 @@ def test_exemplar_in_another_image_is_encoded_once_and_acts_as_its_boxes_there(m
     np.testing.assert_allclose(first.confidence, here.confidence, rtol=1e-4)
 
 
+def test_encoded_exemplars_kept_are_bounded(model, rgb, monkeypatch):
+    monkeypatch.setattr("pipeline.concepts.sam3.EXEMPLARS_KEPT", 2)
+    fresh = [Exemplar("ball", BALL_BOX, image=rgb) for _ in range(3)]  # a caller making new ones per image
+    for exemplar in fresh:
+        model(rgb, ["ball"], [exemplar])
+    assert [e for e, _ in model._exemplars.values()] == fresh[1:]
+
+
 def test_boxes_without_a_phrase_use_sams_visual_prompt(model, rgb):
     backbone = model.model.backbone
     with mock.patch.object(backbone, "forward_text", wraps=backbone.forward_text) as text:
