@@ -191,3 +191,48 @@ def make_plain_sam_checkpoint(path: Path, *, arch: str | None = None, jitter: fl
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
+
+
+# A SAM 3 small enough to run in about a second per image on a CPU, built from the same Ultralytics classes as
+# the real one (pipeline.concepts.sam3_build): narrow ViT and text transformer, one or two layers elsewhere.
+SAM3_TEST_DIMS = dict(
+    vit_dim=64,
+    vit_depth=4,
+    vit_mlp_ratio=2.0,
+    text_width=64,
+    text_layers=2,
+    ffn=128,
+    encoder_layers=1,
+    decoder_layers=2,
+    geometry_layers=1,
+    queries=16,
+    d_model=32,
+)
+
+
+def make_sam3_checkpoint(path: Path, *, seed: int = _SEED, meta_layout: bool = True, **dims) -> Path:
+    """Write a seeded random-weight reduced SAM 3 image model (``SAM3_TEST_DIMS``, overridden by ``dims``).
+
+    Saved as a plain state dict: with ``meta_layout`` as Meta's ``sam3.pt`` lays it out (``{"model": ...}``,
+    image-model keys under ``detector.``, plus a ``tracker.`` key that the image model does not use), else the
+    model's own keys. Parameters that Ultralytics leaves uninitialised (``torch.empty``: the text transformer's
+    positional embedding and projection) get small random values.
+
+    Returns:
+        The path written.
+    """
+    from pipeline.concepts.sam3_build import Sam3Dims, build_sam3
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_sam3(Sam3Dims(**{**SAM3_TEST_DIMS, **dims}))
+        text = model.backbone.language_backbone.encoder
+        with torch.no_grad():
+            text.positional_embedding.normal_(0, 0.01)
+            text.text_projection.normal_(0, text.width**-0.5)
+    state = model.state_dict()
+    if meta_layout:
+        state = {"model": {**{f"detector.{k}": v for k, v in state.items()}, "tracker.no_mem_embed": torch.zeros(1)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

@@ -36,6 +36,18 @@ def plain_mobile_sam(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sam3_weights(tmp_path_factory):
+    """A reduced random-weight SAM 3 (``tests.checkpoints.SAM3_TEST_DIMS``) in Meta's ``sam3.pt`` layout, read-only."""
+    from tests.checkpoints import make_sam3_checkpoint
+
+    folder = tmp_path_factory.mktemp("sam3")
+    path = make_sam3_checkpoint(folder / "sam3.pt")
+    folder.chmod(0o555)
+    yield path
+    folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
 def sam_cache(tmp_path_factory):
     """The ONNX cache folder the SAM tests share, so each graph of ``plain_mobile_sam`` is exported once."""
     return tmp_path_factory.mktemp("sam-cache")
