@@ -16,7 +16,7 @@ from pipeline.device import check_device
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
-from pipeline.run.stages import DetectorRecipe, SegmenterRecipe
+from pipeline.run.stages import DetectorRecipe, EverythingRecipe, SegmenterRecipe
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 from pipeline.types import DetectorStage, SegmenterStage
@@ -37,7 +37,8 @@ def label(
     discard_reviews: bool = False,
     **settings: Any,
 ) -> RunResult:
-    """Auto-label images: detector boxes become SAM box prompts; writes YOLO-seg + COCO to ``out``.
+    """Auto-label images: detector boxes become SAM box prompts (``mode="everything"``: SAM's automatic mask
+    generator finds every object, as one class); writes YOLO-seg + COCO to ``out``.
 
     Args:
         sources: image files, folders (searched recursively) or glob patterns.
@@ -74,15 +75,10 @@ def label(
     found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
     LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
-    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
-        det = DetectorRecipe(cfg) if det is None else det
-        seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg
-    if det is None or seg is None:
-        check_device(cfg.device)
-    if det is None:
-        det = DetectorRecipe(cfg).build()
-    if seg is None:
-        seg = SegmenterRecipe(cfg).build()
+    if cfg.mode == "everything":  # the generator's instances come with masks: no SAM stage after it
+        det, seg = _everything_source(cfg, detector=det, segmenter=seg), None
+    else:
+        det, seg = _detect_stages(cfg, detector=det, segmenter=seg)
     return run_dataset(
         items,
         out=out,
@@ -96,6 +92,43 @@ def label(
         prelude={"skipped_images": skipped} if skipped else None,
         discard_reviews=discard_reviews,
     )
+
+
+def _detect_stages(cfg, *, detector, segmenter) -> tuple[Any, Any]:
+    """``--mode detect``: the detector and SAM stages (given objects kept; on Ray, recipes each replica builds)."""
+    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
+        detector = DetectorRecipe(cfg) if detector is None else detector
+        segmenter = SegmenterRecipe(cfg, lazy=True) if segmenter is None else segmenter
+    if detector is None or segmenter is None:
+        check_device(cfg.device)
+    if detector is None:
+        detector = DetectorRecipe(cfg).build()
+    if segmenter is None:
+        segmenter = SegmenterRecipe(cfg).build()
+    return detector, segmenter
+
+
+def _everything_source(cfg, *, detector, segmenter) -> Any:
+    """``--mode everything``: SAM's automatic mask generator as the instance source (one class, ``cfg.name``).
+
+    A ready SAM stage object (a ``pipeline.sam.Segmenter``) is used by the generator; a detector is refused,
+    since nothing would use it.
+    """
+    from pipeline.sam import Segmenter
+
+    if detector is not None:
+        raise SamlabelError("--mode everything finds the objects with SAM alone; leave out the detector")
+    if segmenter is not None and not isinstance(segmenter, Segmenter):
+        raise SamlabelError(
+            f"--mode everything needs a pipeline.sam.Segmenter (or SAM weights) as segmenter, got {type(segmenter).__name__}"
+        )
+    if segmenter is not None:
+        return EverythingRecipe(cfg).build(segmenter)
+    if cfg.engine != "ray":
+        check_device(cfg.device)
+        return EverythingRecipe(cfg).build()
+    resolve_weights(cfg.segmenter, flag="--segmenter")  # refused here, in one line, not on every Ray worker
+    return EverythingRecipe(cfg)
 
 
 def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:  # the stage, or None
