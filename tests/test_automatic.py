@@ -14,6 +14,7 @@ from pipeline.errors import SamlabelError
 from pipeline.masks import CropMask
 from pipeline.sam.automatic import (
     MaskGenerator,
+    Resampler,
     StabilityBound,
     box_nms,
     clean_regions,
@@ -169,6 +170,26 @@ def test_the_low_res_bound_never_drops_a_mask_that_would_pass(hw):
     exact = np.array(exact)
     assert exact.any() and (~may).any()  # both kinds occur
     assert not (exact & ~may).any()
+
+
+@pytest.mark.parametrize("profile", ["ULTRALYTICS", "SEGMENT_ANYTHING", "MEDSAM"])
+@pytest.mark.parametrize("hw", [(64, 64), (50, 70), (333, 170)])
+def test_the_resampler_gives_the_upsamplers_masks(hw, profile):
+    """The few-taps resize equals the dense one up to float rounding (pixels within 1e-4 of a threshold aside)."""
+    from pipeline.sam import profiles
+
+    up = Upsampler(hw, profile=getattr(profiles, profile))  # SAM's 256 x 256 logits
+    resampler = Resampler(up)
+    g = torch.Generator().manual_seed(1)
+    smooth = torch.nn.functional.interpolate(torch.randn(5, 1, 16, 16, generator=g), size=(256, 256), mode="bilinear")
+    for logits in 4 * smooth[:, 0]:
+        full = up.full(logits).numpy()
+        t_full = [up.profile.upsample_threshold(t) for t in (0.0, 1.0, -1.0)]
+        for (bits, x0, y0), t in zip(resampler.masks(logits, (0.0, 1.0, -1.0)), t_full, strict=True):
+            placed = np.zeros(hw, dtype=bool)
+            placed[y0 : y0 + bits.shape[0], x0 : x0 + bits.shape[1]] = bits
+            differ = placed != (full > t)
+            assert not differ.any() or np.abs(full[differ] - t).max() < 1e-4
 
 
 def test_masks_at_a_crop_edge_are_dropped_unless_it_is_the_image_edge():
