@@ -111,16 +111,15 @@ def _detect_stages(cfg, *, detector, segmenter) -> tuple[Any, Any]:
 def _everything_source(cfg, *, detector, segmenter) -> Any:
     """``--mode everything``: SAM's automatic mask generator as the instance source (one class, ``cfg.name``).
 
-    A ready SAM stage object (a ``pipeline.sam.Segmenter``) is used by the generator; a detector is refused,
-    since nothing would use it.
+    A ready SAM object (a ``pipeline.sam.Segmenter``, or anything with its ``set_image`` and ``predict``) is used
+    by the generator; a detector is refused, since nothing would use it.
     """
-    from pipeline.sam import Segmenter
-
     if detector is not None:
         raise SamlabelError("--mode everything finds the objects with SAM alone; leave out the detector")
-    if segmenter is not None and not isinstance(segmenter, Segmenter):
+    if segmenter is not None and not (hasattr(segmenter, "set_image") and hasattr(segmenter, "predict")):
         raise SamlabelError(
-            f"--mode everything needs a pipeline.sam.Segmenter (or SAM weights) as segmenter, got {type(segmenter).__name__}"
+            "--mode everything prompts SAM with points: the segmenter must be SAM weights or a pipeline.sam.Segmenter "
+            f"(set_image + predict), got {type(segmenter).__name__}"
         )
     if segmenter is not None:
         return EverythingRecipe(cfg).build(segmenter)
