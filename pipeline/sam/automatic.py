@@ -480,8 +480,10 @@ def _covered_pixels(covered: Instances, hw: tuple[int, int]) -> np.ndarray:
     """bool (H, W): the pixels inside any of ``covered``'s masks (an instance without a mask covers nothing)."""
     out = np.zeros(hw, dtype=bool)
     for m in covered.masks:
-        if m is not None and m.area:
-            out |= m.full(hw)
+        if m is not None and m.area:  # painted on its box only
+            y1, x1 = min(m.y0 + m.shape[0], hw[0]), min(m.x0 + m.shape[1], hw[1])
+            if y1 > m.y0 and x1 > m.x0:
+                out[m.y0 : y1, m.x0 : x1] |= m.bits[: y1 - m.y0, : x1 - m.x0]
     return out
 
 
