@@ -511,3 +511,18 @@ def ray_address():
     from tests import test_run_ray
 
     yield from test_run_ray.ray_address.__wrapped__()
+
+
+def test_runs_from_before_the_everything_settings_keep_their_fingerprint(monkeypatch):
+    """At their defaults the new settings leave a run's fingerprint as it was before they existed (so those
+    datasets resume); a changed one changes it."""
+    from pipeline.config import Settings
+    from pipeline.run import state
+
+    new = ("mode", "points_per_side", "pred_iou_thresh", "stability_thresh", "box_nms_thresh", "crop_layers")
+    new += ("min_region_area", "name")
+    now = state.fingerprint("label", Settings(), ["a"], [], None)
+    everything = state.fingerprint("label", Settings(mode="everything"), ["a"], [], None)
+    to_json = Settings.to_json
+    monkeypatch.setattr(Settings, "to_json", lambda self: {k: v for k, v in to_json(self).items() if k not in new})
+    assert state.fingerprint("label", Settings(), ["a"], [], None) == now != everything
