@@ -16,6 +16,7 @@ from pipeline.sam.automatic import (
     MaskGenerator,
     Resampler,
     StabilityBound,
+    Survivors,
     box_nms,
     clean_regions,
     crop_boxes,
@@ -234,6 +235,20 @@ def test_nms_within_a_crop_then_the_smaller_crop_wins_across_crops():
     assert [m.xyxy for m in out.masks] == [(11, 10, 41, 40), (50, 50, 90, 90)]
 
 
+def test_survivors_give_up_beaten_masks_and_get_back_the_rare_ones_nms_keeps():
+    hw = (20, 20)
+    a, b, c = _mask(hw, 5, 0, 15, 10), _mask(hw, 6, 0, 16, 10), _mask(hw, 4, 0, 14, 10)  # IoU a-b, a-c 0.8; b-c 0.64
+    survivors = Survivors(0.7)
+    survivors.add(_found([a, b], [0.9, 0.8]))
+    assert [m is not None for m in survivors.masks] == [True, False]  # b is beaten by a: its mask goes
+    survivors.add(_found([c], [0.95]))
+    assert [m is not None for m in survivors.masks] == [False, False, True]  # a by c
+    kept, missing = survivors.kept()
+    # NMS: c suppresses a, and b, which only a overlapped, is kept: its mask must be decoded again
+    assert kept.mask_score.tolist() == pytest.approx([0.95, 0.8]) and missing == [1]
+    assert kept.masks[0] == c and kept.xyxy.tolist() == [list(c.xyxy), list(b.xyxy)]
+
+
 def test_small_holes_and_islands_are_removed():
     hw = (20, 20)
     full = np.zeros(hw, dtype=bool)
@@ -347,7 +362,35 @@ def test_rigged_sam_finds_exactly_the_objects():
     assert out.extras["stability_score"].tolist() == [1.0, 1.0, 1.0]
     assert sam.encoded == 1 and sam.prompts == 64
     # grid points at 4, 12, ... 60: 6 + 6 + 12 inside the objects, each passing once (its sharp candidate)
-    assert gen.stats == {"prompts": 64, "skipped": 0, "candidates": 192, "passed": 24, "kept": 3}
+    assert gen.stats == {"prompts": 64, "skipped": 0, "candidates": 192, "passed": 24, "redecoded": 0, "kept": 3}
+
+
+class ChainSam(PointSam):
+    """A rigged SAM for the 2 x 2 grid of a 64 x 64 image: three overlapping masks a (0.92), b (0.9), c (0.95), where
+    a overlaps b and c above 0.7 (box IoU 0.81) and b and c do not (0.66); the fourth point finds nothing."""
+
+    CELLS = {(16, 16): ((0, 2, 5, 12), 0.92), (48, 16): ((0, 3, 5, 13), 0.9), (16, 48): ((0, 1, 5, 11), 0.95)}
+
+    def predict(self, embedding, *, points, point_labels, multimask):
+        self.prompts += len(points)
+        logits, scores = [], []
+        for ((x, y),) in points:
+            cells, score = self.CELLS.get((int(x), int(y)), (None, 0.1))
+            first = _logits([cells] if cells else [], inside=100.0, outside=-100.0)
+            logits.append(torch.stack([first, torch.full((L, L), -100.0), torch.full((L, L), -100.0)]))
+            scores.append([score, 0.1, 0.1])
+        return Prediction(torch.stack(logits), np.array(scores, np.float32), 0.0, embedding.upsampler)
+
+
+def test_a_mask_given_up_that_nms_keeps_is_decoded_again():
+    sam = ChainSam()
+    gen = MaskGenerator(sam, GeneratorOptions(points_per_side=2, points_per_batch=2))
+    out = gen(_scene())
+    # batch 1 (a, b): b gives its mask up to a; batch 2 (c): a to c; NMS keeps c and b, whose mask comes back
+    assert [m.xyxy for m in out.masks] == [(4, 0, 44, 20), (12, 0, 52, 20)]
+    assert out.mask_score.tolist() == pytest.approx([0.95, 0.9])
+    assert gen.stats["redecoded"] == 1 and sam.prompts == 4 + 1
+    assert out.extras["point_xy"].tolist() == [[16, 48], [48, 16]]
 
 
 def test_points_inside_covered_masks_are_skipped_and_nothing_else_is_lost():

@@ -16,9 +16,10 @@ per point (the ONNX prompt decoder on CPU), and the candidates go through:
    (``crop_nms_thresh``), then, with ``min_region_area``, holes and islands below that area are removed and a
    box NMS prefers the masks that did not change.
 
-Masks are ``CropMask`` (run-length encoded in their tight box) from the moment they pass the thresholds, and
-logits are held for one batch of points at a time, so memory per image follows the number of objects, not
-the grid.
+Masks are ``CropMask`` (run-length encoded in their tight box) from the moment they pass the thresholds; a
+mask that a better, overlapping one will suppress in the box NMS is given up at once (its box and score kept;
+:class:`Survivors`), and logits are held for one batch of points at a time, so memory per image follows the
+number of objects, not the grid.
 
 ``covered`` (instances the image already has, e.g. the detector's) lets the generator skip the grid points
 that fall inside their masks: such a point is answered with the object that is already there (or a part of
@@ -301,6 +302,7 @@ def select_candidates(
     hw: tuple[int, int],
     bound: StabilityBound | None = None,
     resampler: Resampler | None = None,
+    candidate: np.ndarray | None = None,
 ) -> Instances:
     """The candidates of one batch that pass the thresholds and the crop-edge test, as Instances of the image.
 
@@ -315,10 +317,11 @@ def select_candidates(
         hw: the image's (H, W).
         bound: the crop's :class:`StabilityBound` (made here when None).
         resampler: the crop's :class:`Resampler` (made here when None).
+        candidate: int (K,) which of its point's SAM candidates each is (0 when None).
 
     Returns:
         Instances: masks in image pixels, ``xyxy`` their tight boxes, ``mask_score``, and ``extras``
-        ``stability_score`` and ``point_xy`` (image pixels).
+        ``stability_score``, ``point_xy`` (image pixels) and ``multimask_index`` (``candidate``).
     """
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     idx = np.flatnonzero(scores > options.pred_iou_thresh)
@@ -341,14 +344,17 @@ def select_candidates(
         masks.append(_shift(mask, crop[0] + x0, crop[1] + y0))
         kept.append(int(i))
         stability.append(s)
-    out = _instances(masks, scores[kept], np.array(stability), np.asarray(points, np.float64)[kept] + crop[:2])
+    candidate = np.zeros(len(scores), np.int64) if candidate is None else np.asarray(candidate, np.int64)
+    points = np.asarray(points, np.float64)[kept] + crop[:2]
+    out = _instances(masks, scores[kept], np.array(stability), points, candidate[kept])
     if len(out) and tuple(crop) != (0, 0, hw[1], hw[0]):
         out = out[~near_crop_edge(nms_boxes(out.masks), crop, hw)]
     return out
 
 
-def _instances(masks: list[CropMask], scores: np.ndarray, stability: np.ndarray, points: np.ndarray) -> Instances:
+def _instances(masks: list, scores: np.ndarray, stability: np.ndarray, points: np.ndarray, candidate=None) -> Instances:
     n = len(masks)
+    candidate = np.zeros(n, np.int64) if candidate is None else candidate
     return Instances(
         xyxy=np.array([m.xyxy for m in masks], dtype=np.float32).reshape(n, 4),
         class_id=np.zeros(n, dtype=np.int64),
@@ -357,15 +363,79 @@ def _instances(masks: list[CropMask], scores: np.ndarray, stability: np.ndarray,
         extras={
             "stability_score": np.asarray(stability, dtype=np.float64).reshape(n),
             "point_xy": np.asarray(points, dtype=np.float64).reshape(n, 2),
+            "multimask_index": np.asarray(candidate, dtype=np.int64).reshape(n),
         },
     )
+
+
+class Survivors:
+    """The candidates of one crop that passed, gathered batch by batch for the crop's box NMS, holding only the
+    masks that NMS may keep.
+
+    A candidate whose box overlaps a better one's above the NMS threshold (better: a higher predicted IoU, or the
+    same and earlier) gives its mask up at once, keeping its box, score and point: NMS keeps it only in the rare
+    chain where that better one is itself suppressed by a third that does not overlap it, and then its mask is
+    decoded again from its point (``missing``). So the masks held follow the objects, not the grid.
+    """
+
+    def __init__(self, nms_thresh: float) -> None:
+        self.nms_thresh = nms_thresh
+        self.parts: list[Instances] = []
+        self.masks: list[CropMask | None] = []
+        self.boxes = np.zeros((0, 4))
+        self.scores = np.zeros(0)
+
+    def add(self, found: Instances) -> None:
+        n_old = len(self.masks)
+        self.parts.append(found.replace(masks=(None,) * len(found)))
+        self.masks.extend(found.masks)
+        self.boxes = np.concatenate([self.boxes, nms_boxes(found.masks)])
+        self.scores = np.concatenate([self.scores, found.mask_score.astype(np.float64)])
+        n = len(self.masks)
+        new = np.arange(n_old, n)
+        held = np.array([i for i in range(n_old) if self.masks[i] is not None], dtype=np.int64)
+        for rows, cols in ((new, np.arange(n)), (held, new)):  # the new ones against all; the held against the new
+            if rows.size and cols.size:
+                beaten = self._beaten(rows, cols)
+                for i in rows[beaten]:
+                    self.masks[int(i)] = None
+
+    def _beaten(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """bool per row: some col is better and overlaps it above the NMS threshold."""
+        out = np.zeros(len(rows), dtype=bool)
+        for start in range(0, len(rows), 256):  # bounded temporaries
+            r = rows[start : start + 256]
+            better = (self.scores[cols][None] > self.scores[r][:, None]) | (
+                (self.scores[cols][None] == self.scores[r][:, None]) & (cols[None] < r[:, None])
+            )
+            out[start : start + 256] = (better & (_box_iou(self.boxes[r], self.boxes[cols]) > self.nms_thresh)).any(1)
+        return out
+
+    def kept(self) -> tuple[Instances, list[int]]:
+        """The crop's box NMS over every survivor: (kept instances, best first; the positions among them whose
+        mask was given up and must be decoded again)."""
+        found = concat(self.parts).replace(masks=tuple(self.masks))
+        keep = box_nms(self.boxes, self.scores, self.nms_thresh)
+        out = found[keep]
+        return out, [i for i, m in enumerate(out.masks) if m is None]
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of boxes (areas as ``box_nms``)."""
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def concat(parts: list[Instances]) -> Instances:
     """The instances of ``parts``, one after the other (all parts have the same ``extras`` keys)."""
     parts = [p for p in parts if len(p)]
     if not parts:
-        return _instances([], np.zeros(0), np.zeros(0), np.zeros((0, 2)))
+        return _instances([], np.zeros(0), np.zeros(0), np.zeros((0, 2)), np.zeros(0, np.int64))
     return Instances(
         xyxy=np.concatenate([p.xyxy for p in parts]),
         class_id=np.concatenate([p.class_id for p in parts]),
@@ -409,7 +479,8 @@ class MaskGenerator:
 
     Attributes:
         stats: counters of the last call: ``prompts`` decoded, ``skipped`` (points inside ``covered``),
-            ``candidates`` (3 per prompt), ``passed`` (thresholds and crop edges), ``kept``.
+            ``candidates`` (3 per prompt), ``passed`` (thresholds and crop edges), ``redecoded`` (masks given up
+            and decoded again, see :class:`Survivors`), ``kept``.
     """
 
     def __init__(self, segmenter, options: GeneratorOptions | None = None) -> None:
@@ -425,7 +496,7 @@ class MaskGenerator:
         opts = self.options
         hw = (int(rgb.shape[0]), int(rgb.shape[1]))
         skip = _covered_pixels(covered, hw) if opts.skip_covered and covered is not None and len(covered) else None
-        self.stats = dict.fromkeys(("prompts", "skipped", "candidates", "passed", "kept"), 0)
+        self.stats = dict.fromkeys(("prompts", "skipped", "candidates", "passed", "redecoded", "kept"), 0)
         per_crop = []
         for crop, layer in crop_boxes(hw, opts.crop_layers, opts.crop_overlap_ratio):
             per_crop.append((self._crop(rgb, crop, layer, skip, hw), crop))
@@ -450,7 +521,7 @@ class MaskGenerator:
         seg = self.segmenter
         embedding = seg.set_image(image)
         bound, resampler = StabilityBound(embedding.upsampler), Resampler(embedding.upsampler)
-        parts = []
+        survivors = Survivors(self.options.box_nms_thresh)
         for start in range(0, len(points), self.options.points_per_batch):
             batch = points[start : start + self.options.points_per_batch]
             pred = seg.predict(
@@ -468,12 +539,29 @@ class MaskGenerator:
                 hw=hw,
                 bound=bound,
                 resampler=resampler,
+                candidate=np.tile(np.arange(k), len(batch)),
             )
             self.stats["prompts"] += len(batch)
             self.stats["candidates"] += len(batch) * k
             self.stats["passed"] += len(found)
-            parts.append(found)
-        return concat(parts)
+            survivors.add(found)
+        found, missing = survivors.kept()
+        return self._decode_again(found, missing, embedding, resampler, crop) if missing else found
+
+    def _decode_again(self, found: Instances, missing: list[int], embedding, resampler, crop) -> Instances:
+        """``found`` with the masks of ``missing`` decoded again from their points (see :class:`Survivors`)."""
+        points = found.extras["point_xy"][missing] - crop[:2]
+        pred = self.segmenter.predict(
+            embedding, points=points[:, None, :], point_labels=np.ones((len(missing), 1)), multimask=True
+        )
+        self.stats["redecoded"] += len(missing)
+        masks = list(found.masks)
+        for row, i in enumerate(missing):
+            ((bits, x0, y0),) = resampler.masks(
+                pred.logits[row, int(found.extras["multimask_index"][i])], (pred.threshold,)
+            )
+            masks[i] = _shift(CropMask.from_full(bits), crop[0] + x0, crop[1] + y0)
+        return found.replace(masks=tuple(masks))
 
 
 def _covered_pixels(covered: Instances, hw: tuple[int, int]) -> np.ndarray:
@@ -507,6 +595,7 @@ __all__ = [
     "GeneratorOptions",
     "MaskGenerator",
     "StabilityBound",
+    "Survivors",
     "box_nms",
     "clean_regions",
     "crop_boxes",
