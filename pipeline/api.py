@@ -16,7 +16,14 @@ from pipeline.device import check_device
 from pipeline.errors import SamlabelError
 from pipeline.images import IMAGE_SUFFIXES
 from pipeline.run import RunResult, check_writable, run_dataset
-from pipeline.run.stages import DetectorRecipe, SegmenterRecipe, build, concept_recipe
+from pipeline.run.stages import (
+    DetectorRecipe,
+    EverythingRecipe,
+    GeneratorRecipe,
+    SegmenterRecipe,
+    build,
+    concept_recipe,
+)
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 from pipeline.types import DetectorStage, GeneratorStage, SegmenterStage
@@ -38,7 +45,8 @@ def label(
     generator: GeneratorStage | None = None,
     **settings: Any,
 ) -> RunResult:
-    """Auto-label images: detector boxes become SAM box prompts; writes YOLO-seg + COCO to ``out``.
+    """Auto-label images: detector boxes become SAM box prompts (``mode="everything"``: SAM's automatic mask
+    generator finds every object, as one class); writes YOLO-seg + COCO to ``out``.
 
     Args:
         sources: image files, folders (searched recursively) or glob patterns.
@@ -77,28 +85,25 @@ def label(
     found = len(items) + sum(Path(s["source"]).suffix.lower() in IMAGE_SUFFIXES for s in skipped)
     LOGGER.info("found %d image files in %s", found, ", ".join(map(str, sources)))
     check_writable(out)
-    concept = concept_recipe(det, cfg)  # SAM 3 weights, or a concept model object: its stage finds the masks
+    if cfg.mode == "everything" and cfg.propose:
+        raise SamlabelError("--propose finds what a detector missed; --mode everything keeps every mask already")
+    concept = concept_recipe(det, cfg) if cfg.mode == "detect" else None  # SAM 3 weights, or a concept model object
     fingerprint = concept.fingerprint() if concept is not None else None
     if cfg.exemplars is not None and concept is None:
         raise SamlabelError(
             f"--exemplars: --detector {cfg.detector} takes no example boxes; they prompt a concept model (sam3.pt)"
         )
-    if concept is not None:
+    if cfg.mode == "everything":  # the generator's instances come with masks: no SAM stage after it
+        det, seg = _everything_source(cfg, detector=det, segmenter=seg), None
+    elif concept is not None:  # its stage finds the masks
         seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg  # only exemplar images' own boxes need SAM
         if cfg.engine == "ray":
             det = concept
         else:
             check_device(cfg.device)
             det, seg = concept.build(), build(seg)
-    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
-        det = DetectorRecipe(cfg) if det is None else det
-        seg = SegmenterRecipe(cfg, lazy=True) if seg is None else seg
-    if det is None or seg is None:
-        check_device(cfg.device)
-    if det is None:
-        det = DetectorRecipe(cfg).build()
-    if seg is None:
-        seg = SegmenterRecipe(cfg).build()
+    else:
+        det, seg = _detect_stages(cfg, detector=det, segmenter=seg)
     return run_dataset(
         items,
         out=out,
@@ -106,7 +111,7 @@ def label(
         settings=cfg,
         detector=det,
         segmenter=seg,
-        generator=_generator(generator, cfg),
+        generator=_generator(generator, cfg, seg),
         command="label",
         overwrite=overwrite,
         progress=progress,
@@ -116,15 +121,53 @@ def label(
     )
 
 
-def _generator(stage: GeneratorStage | None, cfg) -> Any:
-    """The stage ``--propose`` runs: the one given, else the settings' ``GeneratorRecipe`` (built here, or by each
-    Ray replica); None without ``--propose``."""
+def _generator(stage: GeneratorStage | None, cfg, segmenter: Any = None) -> Any:
+    """The stage ``--propose`` runs: the one given, else the settings' ``GeneratorRecipe`` (built here on the run's
+    own SAM stage when it is one, so an image is encoded once for its boxes and its grid; on Ray, each replica builds
+    it); None without ``--propose``."""
     if not cfg.propose or stage is not None:
         return stage
-    from pipeline.run.stages import GeneratorRecipe  # the automatic mask generator (issue 22, section 1)
-
     recipe = GeneratorRecipe(cfg)
-    return recipe if cfg.engine == "ray" else recipe.build()
+    if cfg.engine == "ray":
+        return recipe
+    shared = segmenter if hasattr(segmenter, "set_image") and hasattr(segmenter, "predict") else None
+    return recipe.build(shared)
+
+
+def _detect_stages(cfg, *, detector, segmenter) -> tuple[Any, Any]:
+    """``--mode detect``: the detector and SAM stages (given objects kept; on Ray, recipes each replica builds)."""
+    if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
+        detector = DetectorRecipe(cfg) if detector is None else detector
+        segmenter = SegmenterRecipe(cfg, lazy=True) if segmenter is None else segmenter
+    if detector is None or segmenter is None:
+        check_device(cfg.device)
+    if detector is None:
+        detector = DetectorRecipe(cfg).build()
+    if segmenter is None:
+        segmenter = SegmenterRecipe(cfg).build()
+    return detector, segmenter
+
+
+def _everything_source(cfg, *, detector, segmenter) -> Any:
+    """``--mode everything``: SAM's automatic mask generator as the instance source (one class, ``cfg.name``).
+
+    A ready SAM object (a ``pipeline.sam.Segmenter``, or anything with its ``set_image`` and ``predict``) is used
+    by the generator; a detector is refused, since nothing would use it.
+    """
+    if detector is not None:
+        raise SamlabelError("--mode everything finds the objects with SAM alone; leave out the detector")
+    if segmenter is not None and not (hasattr(segmenter, "set_image") and hasattr(segmenter, "predict")):
+        raise SamlabelError(
+            "--mode everything prompts SAM with points: the segmenter must be SAM weights or a pipeline.sam.Segmenter "
+            f"(set_image + predict), got {type(segmenter).__name__}"
+        )
+    if segmenter is not None:
+        return EverythingRecipe(cfg).build(segmenter)
+    if cfg.engine != "ray":
+        check_device(cfg.device)
+        return EverythingRecipe(cfg).build()
+    resolve_weights(cfg.segmenter, flag="--segmenter")  # refused here, in one line, not on every Ray worker
+    return EverythingRecipe(cfg)
 
 
 def _stage_or_setting(value: Any, name: str, settings: dict[str, Any]) -> Any:  # the stage, or None
@@ -228,7 +271,7 @@ def convert(
         names=ds.names,
         settings=cfg,
         segmenter=seg,
-        generator=_generator(generator, cfg),
+        generator=_generator(generator, cfg, seg),
         command="convert",
         overwrite=overwrite,
         progress=progress,

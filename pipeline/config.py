@@ -20,12 +20,14 @@ from pipeline.options import (
     ENGINES,
     FORMATS,
     LAYOUTS,
+    MODES,
     MULTIMASK,
     RUNTIMES,
     CocoMasks,
     Engine,
     Format,
     Layout,
+    Mode,
     Multimask,
     Runtime,
 )
@@ -45,6 +47,69 @@ LAYOUT_HELP = (
     "dataset layout: roboflow (<split>/images, labels, _annotations.coco.json) or coco "
     "(annotations/instances_<split>.json, images/<split>/)"
 )
+
+
+@dataclass(frozen=True)
+class GeneratorOptions:
+    """The parameters of SAM's automatic mask generator (``pipeline.sam.automatic``: ``--mode everything``);
+    the defaults are segment-anything's ``SamAutomaticMaskGenerator``'s, and why each is what it is.
+
+    Attributes:
+        points_per_side: the point grid is ``points_per_side`` x ``points_per_side`` over the image (32: SA-1B's
+            fully automatic stage; 1,024 prompts, the decoder's cost, so the image's time, grows with its square).
+        points_per_batch: points decoded and post-processed together (bounds the logits held: 64 points x 3
+            candidates x 256 x 256 float32 = 50 MB).
+        pred_iou_thresh: keep candidates whose predicted IoU is above this (0.88: SAM's own quality estimate,
+            strict, since thousands of unprompted candidates compete for each object).
+        stability_thresh: keep candidates whose stability score is at least this (0.95: masks that barely move
+            when the logit threshold moves by ``stability_offset``; a grid point on a boundary gives unstable ones).
+        stability_offset: the logit offset of the stability score (1.0, segment-anything's).
+        box_nms_thresh: box IoU above which the lower-scored of two masks of a crop is dropped (0.7: the grid
+            finds each object from many points; lower merges neighbouring objects).
+        crop_layers: zoomed-in crop layers (0: none; layer ``k`` has ``2**k`` x ``2**k`` overlapping crops, each
+            encoded and prompted with its own grid: small objects for ``4**k`` times the encoder's work).
+        crop_nms_thresh: box IoU above which a mask of a larger crop gives way to one of a smaller crop (0.7).
+        crop_overlap_ratio: crops overlap by this share of the image's short side at layer 1 (512 / 1500),
+            halved per layer.
+        crop_points_downscale: layer ``k`` has ``points_per_side / crop_points_downscale**k`` points per side (1).
+        min_region_area: remove holes and islands of fewer pixels than this from each mask (0: off; it costs a
+            connected-components pass per mask).
+        skip_covered: skip grid points inside ``covered`` instances' masks (see the module doc).
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_thresh: float = 0.95
+    stability_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_points_downscale: int = 1
+    min_region_area: int = 0
+    skip_covered: bool = True
+
+    def __post_init__(self) -> None:
+        ints = {"points_per_side": 1, "points_per_batch": 1, "crop_layers": 0, "crop_points_downscale": 1}
+        for name, low in {**ints, "min_region_area": 0}.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        for name in ("pred_iou_thresh", "stability_thresh", "box_nms_thresh", "crop_nms_thresh", "crop_overlap_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+        if not self.stability_offset > 0:
+            raise ValueError(f"stability_offset: expected a logit offset > 0, got {self.stability_offset!r}")
+        if self.points_per_side // self.crop_points_downscale**self.crop_layers < 1:
+            raise ValueError(
+                f"crop layer {self.crop_layers} gets no points: points_per_side {self.points_per_side} / "
+                f"crop_points_downscale {self.crop_points_downscale}**{self.crop_layers} < 1"
+            )
+
+    def replace(self, **changes) -> GeneratorOptions:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -145,6 +210,43 @@ class Settings:
     propose_iou: float = _opt(
         0.5, "a generated mask whose IoU with an instance reaches this is that instance, not a proposal (--propose)"
     )
+    # --mode everything: SAM's automatic mask generator (pipeline.sam.automatic); defaults are segment-anything's.
+    mode: Mode = _opt(
+        "detect",
+        "detect: detector boxes prompt SAM; everything: a grid of point prompts finds every object (one class, --name)",
+        (LABEL,),
+        choices=MODES,
+    )
+    points_per_side: int = _opt(
+        32,
+        "everything mode: points per side of the prompt grid (32 x 32 = 1,024 prompts, SA-1B's automatic stage; "
+        "time grows with its square)",
+        (LABEL,),
+    )
+    pred_iou_thresh: float = _opt(
+        0.88,
+        "everything mode: keep masks whose SAM-predicted IoU is above this (strict: thousands of unprompted "
+        "candidates compete for each object)",
+        (LABEL,),
+    )
+    stability_thresh: float = _opt(
+        0.95,
+        "everything mode: keep masks whose stability (IoU of the mask at logit +1 and -1) is at least this",
+        (LABEL,),
+    )
+    box_nms_thresh: float = _opt(
+        0.7, "everything mode: box IoU above which the lower-scored of two masks is dropped (duplicates)", (LABEL,)
+    )
+    crop_layers: int = _opt(
+        0,
+        "everything mode: zoomed-in crop layers for small objects (layer k: 2^k x 2^k crops, each encoded and "
+        "prompted again); 0 = none",
+        (LABEL,),
+    )
+    min_region_area: int = _opt(
+        0, "everything mode: remove holes and islands smaller than this many pixels from each mask; 0 = off", (LABEL,)
+    )
+    name: str = _opt("object", "everything mode: the class name of every mask", (LABEL,))
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -158,7 +260,7 @@ class Settings:
         given: object = self.multimask  # as given: YAML reads an unquoted `off` as false
         if given is False:
             set_(self, "multimask", "off")
-        for name in ("layout", "coco_masks", "runtime", "engine", "multimask"):
+        for name in ("layout", "coco_masks", "runtime", "engine", "multimask", "mode"):
             choices = Settings.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise SamlabelError(f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}")
@@ -189,7 +291,17 @@ class Settings:
             set_(self, "thresholds", QualityThresholds.parse(self.thresholds))
         except ValueError as e:
             raise SamlabelError(str(e)) from None
+        self._check_generator()
         parse_split(self.split)  # validates
+
+    def _check_generator(self) -> None:
+        """The generator's settings (``--mode everything``) as ``GeneratorOptions`` checks them."""
+        if not isinstance(self.name, str) or not self.name.strip() or any(c in self.name for c in "\n\r\t"):
+            raise SamlabelError(f"name: expected a class name (one line, not empty), got {self.name!r}")
+        try:
+            generator_options(self)
+        except ValueError as e:
+            raise SamlabelError(str(e)) from None
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-ready values (state.json, the resume fingerprint): ``thresholds`` as its text."""
@@ -201,6 +313,24 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def generator_options(settings: Settings) -> GeneratorOptions:
+    """The ``pipeline.sam.automatic.GeneratorOptions`` of ``settings`` (the generator's other parameters keep
+    segment-anything's defaults).
+
+    Raises:
+        ValueError: a value out of range (the message names the setting).
+    """
+    s = settings
+    return GeneratorOptions(
+        points_per_side=s.points_per_side,
+        pred_iou_thresh=s.pred_iou_thresh,
+        stability_thresh=s.stability_thresh,
+        box_nms_thresh=s.box_nms_thresh,
+        crop_layers=s.crop_layers,
+        min_region_area=s.min_region_area,
+    )
 
 
 def field_names() -> tuple[str, ...]:

@@ -18,6 +18,9 @@ Runtime = Literal["torch", "onnx", "auto"]
 Multimask = Literal["off", "score", "box-fit"]
 #: Where the models run: this process, or a Ray cluster.
 Engine = Literal["local", "ray"]
+#: What makes a ``label`` run's instances: the detector's boxes prompting SAM (``detect``), or SAM's automatic mask
+#: generator, every object of the image as one class (``everything``).
+Mode = Literal["detect", "everything"]
 
 LAYOUTS: tuple[Layout, ...] = get_args(Layout)
 COCO_MASKS: tuple[CocoMasks, ...] = get_args(CocoMasks)
@@ -25,3 +28,4 @@ FORMATS: tuple[Format, ...] = get_args(Format)
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 MULTIMASK: tuple[Multimask, ...] = get_args(Multimask)
 ENGINES: tuple[Engine, ...] = get_args(Engine)
+MODES: tuple[Mode, ...] = get_args(Mode)

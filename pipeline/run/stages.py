@@ -13,17 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Settings
+from pipeline.config import Settings, generator_options
 from pipeline.device import check_device
-from pipeline.errors import SamlabelError
-from pipeline.types import DetectorStage, Instances, SegmenterStage
+from pipeline.types import DetectorStage, GeneratorStage, Instances, SegmenterStage
 
 
 class Recipe:
     """How to build a stage on the worker that runs it; picklable (it holds settings, never a model)."""
 
     def build(self) -> Any:
-        """The stage object: a ``DetectorStage`` or a ``SegmenterStage``."""
+        """The stage object: a ``DetectorStage``, ``SegmenterStage`` or ``GeneratorStage``."""
         raise NotImplementedError
 
 
@@ -94,6 +93,41 @@ class SegmenterRecipe(Recipe):
             cache_dir=s.cache_dir,
             multimask=s.multimask,
         )
+
+
+class GeneratorRecipe(Recipe):
+    """SAM's automatic mask generator (``pipeline.sam.automatic.MaskGenerator``) the settings describe: the
+    ``SegmenterRecipe``'s SAM with ``points_per_side``, ``pred_iou_thresh``, ``stability_thresh`` ...
+
+    ``build(segmenter)`` shares a SAM stage already built (its model, and its embedding of the image it last
+    encoded: ``--propose`` does not encode an image twice).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, segmenter=None) -> GeneratorStage:
+        from pipeline.sam.automatic import MaskGenerator
+
+        seg = segmenter if segmenter is not None else SegmenterRecipe(self.settings).build()
+        return MaskGenerator(seg, generator_options(self.settings))
+
+
+class EverythingRecipe(Recipe):
+    """The instance source of ``--mode everything`` (a ``DetectorStage``): the ``GeneratorRecipe``'s masks, each an
+    instance of the one class ``settings.name``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def names(self) -> list[str]:
+        return [self.settings.name]
+
+    def build(self, segmenter=None) -> DetectorStage:
+        from pipeline.sam.automatic import EverythingDetector
+
+        return EverythingDetector(GeneratorRecipe(self.settings).build(segmenter), name=self.settings.name)
 
 
 class _OnFirstCall:

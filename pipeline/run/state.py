@@ -38,11 +38,17 @@ FORMAT_VERSION = 2
 NOT_FINGERPRINTED: tuple[str, ...] = ("device", "sam_batch", "runtime", "cache_dir")
 #: ... and where the run goes: a local run may be resumed on Ray and the other way round.
 NOT_FINGERPRINTED += ("engine", "ray_address", "ray_actors", "ray_gpus_per_actor")
+#: Settings added after datasets were written: at its default, one leaves the fingerprint as it was before it
+#: existed, so those datasets still resume.
+ADDED_SETTINGS: tuple[str, ...] = ("mode", "points_per_side", "pred_iou_thresh", "stability_thresh", "box_nms_thresh")
+ADDED_SETTINGS += ("crop_layers", "min_region_area", "name")
 
 
 def fingerprint(command: str, settings: Settings, names: Sequence[str], items: Sequence[ImageItem], extra) -> str:
     """A hash of everything that decides a dataset's content: two runs with the same one write the same files."""
     relevant = {k: v for k, v in settings.to_json().items() if k not in NOT_FINGERPRINTED}
+    defaults = Settings().to_json()
+    relevant = {k: v for k, v in relevant.items() if k not in ADDED_SETTINGS or v != defaults[k]}
     payload = {
         "version": FORMAT_VERSION,
         "command": command,
