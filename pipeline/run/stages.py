@@ -78,7 +78,7 @@ class SegmenterRecipe(Recipe):
 
     def build(self) -> SegmenterStage:
         if self.lazy:
-            return _OnFirstCall(SegmenterRecipe(self.settings))
+            return LazyStage(SegmenterRecipe(self.settings))
         from pipeline.sam import Segmenter
 
         s = self.settings
@@ -93,15 +93,23 @@ class SegmenterRecipe(Recipe):
         )
 
 
-class _OnFirstCall:
-    """A segmenter stage built from its recipe on first use."""
+class LazyStage:
+    """A segmenter stage built from its recipe on first use (or by :meth:`load`)."""
 
     def __init__(self, recipe: SegmenterRecipe) -> None:
         self._recipe = recipe
         self._stage: SegmenterStage | None = None
 
-    def __call__(self, rgb: np.ndarray, instances: Instances) -> Instances:
+    @property
+    def loaded(self) -> bool:
+        return self._stage is not None
+
+    def load(self) -> SegmenterStage:
+        """The stage, built now if it is not yet (after checking ``--device``)."""
         if self._stage is None:
             check_device(self._recipe.settings.device)
             self._stage = self._recipe.build()
-        return self._stage(rgb, instances)
+        return self._stage
+
+    def __call__(self, rgb: np.ndarray, instances: Instances) -> Instances:
+        return self.load()(rgb, instances)

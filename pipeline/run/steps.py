@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.config import Settings
 from pipeline.errors import ImageReadError, SamlabelError
 from pipeline.images import MIN_SIDE, LoadedImage, load_image
+from pipeline.run.stages import LazyStage
 from pipeline.sources.labels import to_instances
 from pipeline.types import DetectorStage, ImageItem, ImageRecord, Instances, SegmenterStage
 
@@ -41,7 +42,8 @@ class Job:
         detector, segmenter: stage objects, or ``Recipe``s (``pipeline.run.stages``) a Ray replica builds.
         command: the command name (the progress bar's label).
         progress: show a progress bar.
-        seconds: time per stage (``read``, ``detect``, ``segment``, ``write``), added to as images finish.
+        seconds: time per stage (``read``, ``detect``, ``segment``, ``write``; ``load``: a SAM loaded on its first
+            image), added to as images finish.
         saved: images journaled so far (read after an interruption too).
     """
 
@@ -127,9 +129,13 @@ def infer_item(
         instances = detector(image.rgb)
         add_seconds(seconds, "detect", since=t)
     if any(m is None for m in instances.masks):
-        t = time.perf_counter()
         if segmenter is None:
             raise SamlabelError("instances need masks but no segmenter was given")
+        if isinstance(segmenter, LazyStage) and not segmenter.loaded:  # loading SAM is start-up, not segmenting
+            t = time.perf_counter()
+            segmenter.load()
+            add_seconds(seconds, "load", since=t)
+        t = time.perf_counter()
         instances = segmenter(image.rgb, instances)
         add_seconds(seconds, "segment", since=t)
     return instances
