@@ -138,7 +138,8 @@ def run_process(command: list[str], out: Path, *, journal: Path | None = None, i
         cache.unlink()
     times: dict = {}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd: ``python -m`` puts it first on sys.path, so a ``pipeline`` folder where the bench was started wins
+    proc = subprocess.Popen(command, env=_env(), cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while proc.poll() is None:
         if journal is not None and "last" not in times:
             try:
@@ -305,7 +306,7 @@ def masks_versus(ref: str, data: Path, rigged: Path, plain: Path, work: Path) ->
     for tree in (ROOT, old):
         env = {**_env(), "PYTHONPATH": str(tree), "SAMLABEL_CACHE_DIR": str(work / f"cache-{tree.name}")}
         command = [sys.executable, str(ROOT / "bench" / "mask_check.py"), str(data), str(rigged), str(plain)]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"mask check with {tree} failed:\n{done.stderr[-3000:]}")
         digests.append(json.loads(done.stdout))

@@ -105,7 +105,9 @@ class Upsampler:
         hi = int(np.count_nonzero(_above(window, hi_t)))
         return mask, (hi / lo if lo else 1.0)
 
-    def _window_values(self, values: torch.Tensor, threshold: float, *, positive: np.ndarray | None = None):
+    def _window_values(
+        self, values: torch.Tensor, threshold: float, *, positive: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, int, int, int, int] | None:
         """``(window product, y0, y1, x0, x1)`` of the window where ``values > threshold`` can be; None if nowhere."""
         positive = _above(values, threshold) if positive is None else positive
         rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
