@@ -1,14 +1,28 @@
 """Throughput of samlabel against Ultralytics' own tools, on the same images, checkpoints and device.
 
-    python bench/throughput.py                       # 8 images of 640x480, 5 boxes each, MobileSAM, CPU
+    python bench/throughput.py                       # 16 images of 640x480, 5 boxes each, MobileSAM, CPU
     python bench/throughput.py --sam sam_b --device 0
+    python bench/throughput.py --convert-only --repeats 3 --masks-vs d82c73f   # issue 24's "done when" run
 
 Rows:
-  convert  samlabel convert (each runtime)          vs ultralytics.data.converter.yolo_bbox2segment
+  convert  samlabel convert (CLI, each runtime)     vs ultralytics.data.converter.yolo_bbox2segment
   label    samlabel label   (each runtime)          vs ultralytics.data.annotator.auto_annotate
-Each time is end to end (models loaded, images read, files written), the best of two runs after
-one warm-up run that also builds the cached ONNX export. The checkpoints are the real architectures
-with random weights (see tests/checkpoints.py): speed and shapes are real, masks are not meaningful.
+``convert`` runs both tools as fresh processes (``python -m pipeline.cli convert`` and a ``python -c`` that calls
+``yolo_bbox2segment``), side by side: one warm-up run of each (it also builds the cached ONNX export), then
+``--repeats`` rounds that alternate the two, so both see the same load; each time is process start to exit,
+and the best and the median of the rounds are printed. ``label`` runs in this process (best of two after a
+warm-up). The checkpoints are the real architectures with random weights (see tests/checkpoints.py): speed
+and shapes are real, masks are not meaningful.
+
+Per stage (samlabel convert, first runtime): seconds per image and the share of the model work, where the
+model work is the encoder, the decoder and the upsampling of the masks, timed on the ``Segmenter`` in this
+process (best of ``--repeats`` passes); the SAM stage, reading and writing come from the CLI runs' report.json
+(``stage_seconds``); start-up is process start to the first image (its journal line, less one image's
+steady time) and after the last image to exit.
+
+``--masks-vs REF`` first checks that this tree's SAM stage gives exactly the masks, scores and stability
+scores of git revision REF on the same machine, images and checkpoints (``bench/mask_check.py``), and
+stops with an error when they differ.
 
 Agreement with the PyTorch reference (Ultralytics' SAM predictor, same boxes): max abs difference
 of the low-resolution mask logits and of the scores, and mask IoU where masks are non-empty, on a
@@ -18,17 +32,21 @@ plain random-weight checkpoint (not rigged), so the logits vary across the image
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _models import make_sam_checkpoint, make_yolo_checkpoint
+from _models import ROOT, make_sam_checkpoint, make_yolo_checkpoint
 from PIL import Image
 
 ENCODER_GFLOP = {"mobile_sam": 77.5}  # per 1024x1024 input, the issue's measurement
@@ -92,18 +110,82 @@ def timed(fn, repeats: int = 2) -> float:
     return best
 
 
-def run_convert(data: Path, out: Path, sam: Path, device: str, runtime: str, **_) -> None:
-    from pipeline import convert
+def _env() -> dict[str, str]:
+    """This process's environment with this tree first on PYTHONPATH (the CLI runs import this ``pipeline``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
-    convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False)
+
+def convert_command(data: Path, out: Path, sam: Path, device: str, runtime: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "convert", str(data), "--out", str(out), "--segmenter", str(sam),
+            "--device", device, "--runtime", runtime, "--quiet"]  # fmt: skip
 
 
-def run_yolo_bbox2segment(data: Path, out: Path, sam: Path, device: str, **_) -> None:
-    from ultralytics.data.converter import yolo_bbox2segment
+def bbox2segment_command(data: Path, out: Path, sam: Path, device: str) -> list[str]:
+    code = (
+        "import sys\nfrom ultralytics.data.converter import yolo_bbox2segment\n"
+        "yolo_bbox2segment(sys.argv[1], save_dir=sys.argv[2], sam_model=sys.argv[3], device=sys.argv[4])"
+    )
+    return [sys.executable, "-c", code, str(data / "images"), str(out), str(sam), device]
 
-    for cache in data.glob("*.cache"):
+
+def run_process(command: list[str], out: Path, *, journal: Path | None = None, images: int = 0) -> dict:
+    """Run ``command`` (a fresh process) and time it: ``seconds`` from start to exit; with ``journal``, also when
+    its first and its ``images``-th line appeared (``first``, ``last``, seconds after the start)."""
+    shutil.rmtree(out, ignore_errors=True)
+    for cache in out.parent.glob("**/labels/*.cache"):  # Ultralytics' label cache: each run starts cold
         cache.unlink()
-    yolo_bbox2segment(str(data / "images"), save_dir=str(out), sam_model=str(sam), device=device)
+    times: dict = {}
+    t0 = time.perf_counter()
+    # cwd: ``python -m`` puts it first on sys.path, so a ``pipeline`` folder where the bench was started wins
+    proc = subprocess.Popen(command, env=_env(), cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while proc.poll() is None:
+        if journal is not None and "last" not in times:
+            try:
+                lines = journal.read_bytes().count(b"\n")
+            except OSError:
+                lines = 0
+            now = time.perf_counter() - t0
+            if lines >= 1:
+                times.setdefault("first", now)
+            if lines >= images:
+                times["last"] = now
+        time.sleep(0.01)
+    times["seconds"] = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    return times
+
+
+def side_by_side(data: Path, work: Path, sam: Path, device: str, runtimes: list[str], n: int, repeats: int) -> dict:
+    """``yolo_bbox2segment`` and ``samlabel convert`` (each runtime) as fresh processes: one warm-up each, then
+    ``repeats`` rounds in turn. Returns ``{tool: [run, ...]}`` (see :func:`run_process`; samlabel runs add
+    ``stage_seconds`` from their report.json)."""
+    out = work / "side"
+    tools = {"ultralytics yolo_bbox2segment": lambda: run_process(bbox2segment_command(data, out, sam, device), out)}
+    for r in runtimes:
+
+        def samlabel(r=r):
+            journal = out / ".samlabel" / "journal.jsonl"
+            run = run_process(convert_command(data, out, sam, device, r), out, journal=journal, images=n)
+            report = json.loads((out / "report.json").read_text())
+            return {**run, "stage_seconds": report["timings"]["this_run"]["stage_seconds"]}
+
+        tools[f"samlabel convert --runtime {r}"] = samlabel
+    runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+    for fn in tools.values():
+        fn()  # warm-up: ONNX export, file cache, Python's bytecode cache
+    for _ in range(repeats):
+        for tool, fn in tools.items():
+            runs[tool].append(fn())
+    return runs
+
+
+def startup(run: dict, n: int) -> tuple[float, float, float]:
+    """(process start to first image, one image in steady state, last image to exit) of one samlabel run."""
+    steady = (run["last"] - run["first"]) / max(n - 1, 1)
+    return run["first"] - steady, steady, run["seconds"] - run["last"]
 
 
 def run_label(data: Path, out: Path, sam: Path, device: str, runtime: str, det: Path, boxes: int) -> None:
@@ -156,36 +238,37 @@ def encoder_seconds(sam: Path, device: str, runtime: str, repeats: int = 3) -> f
     return timed(lambda: seg.set_image(rgb), repeats)
 
 
-def per_image_profile(sam: Path, data: Path, device: str, runtime: str, boxes: int, work: Path) -> dict[str, float]:
-    """Seconds per image of each part of a convert run: the SAM stage split into encoder, decoder and
-    upsampling (timed on the Segmenter directly), reading and writing from the run's report."""
-    from pipeline import convert
+def model_work(sam: Path, data: Path, device: str, runtime: str, repeats: int) -> dict[str, float]:
+    """Seconds per image of the model work of the SAM stage, timed on the ``Segmenter`` (best of ``repeats``
+    passes over the images): encoder input (letterbox, normalization), encoder, decoder (all boxes), and the
+    upsampling of each mask to the image."""
     from pipeline.images import load_image
     from pipeline.sam import Segmenter
+    from pipeline.threads import torch_threads
 
     seg = Segmenter(str(sam), device=device, runtime=runtime)
     paths = sorted((data / "images").iterdir())
-    parts = {"encoder": 0.0, f"decoder ({boxes} boxes)": 0.0, "upsampling": 0.0}
-    for p in paths:
-        rgb = load_image(p).rgb
-        xyxy = label_boxes(data, p)
-        t0 = time.perf_counter()
-        embedding = seg.set_image(rgb)
-        t1 = time.perf_counter()
-        pred = seg.predict(embedding, boxes=xyxy)
-        t2 = time.perf_counter()
-        pred.masks()
-        t3 = time.perf_counter()
-        for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-            parts[key] += dt / len(paths)
-    out = work / "profile"
-    shutil.rmtree(out, ignore_errors=True)
-    report = convert(data, out, segmenter=str(sam), device=device, runtime=runtime, progress=False).report
-    stages = report["timings"]["this_run"]["stage_seconds"]
-    parts["read (in a thread)"] = stages.get("read", 0.0) / len(paths)
-    parts["polygons + files (in a thread)"] = stages.get("write", 0.0) / len(paths)
-    parts["end to end"] = 1 / report["timings"]["this_run"]["images_per_second"]
-    return parts
+    images = [(load_image(p).rgb, label_boxes(data, p)) for p in paths]
+    best = {"encoder input": float("inf"), "encoder": float("inf"), "decoder": float("inf"), "upsampling": float("inf")}
+    for _ in range(repeats):
+        parts = dict.fromkeys(best, 0.0)
+        for rgb, xyxy in images:
+            with torch.inference_mode(), torch_threads():
+                t0 = time.perf_counter()
+                x = seg.reference.preprocess(rgb)
+                t1 = time.perf_counter()
+                seg.backend.encode(x)
+                t2 = time.perf_counter()
+            embedding = seg.set_image(rgb)  # (timed above in two parts)
+            t3 = time.perf_counter()
+            pred = seg.predict(embedding, boxes=xyxy)
+            t4 = time.perf_counter()
+            pred.masks()
+            t5 = time.perf_counter()
+            for key, dt in zip(parts, (t1 - t0, t2 - t1, t4 - t3, t5 - t4), strict=True):
+                parts[key] += dt / len(images)
+        best = {k: min(best[k], parts[k]) for k in best}
+    return best
 
 
 def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[float, float, float]:
@@ -210,17 +293,45 @@ def agreement(sam_plain: Path, data: Path, device: str, runtime: str) -> tuple[f
     return d_logit, d_score, (min(ious) if ious else float("nan"))
 
 
+def masks_versus(ref: str, data: Path, rigged: Path, plain: Path, work: Path) -> int:
+    """Digests of the SAM stage's masks with this tree and with git revision ``ref`` (``bench/mask_check.py``);
+    raises SystemExit listing the differences. Returns how many (config, image) pairs were compared."""
+    old = work / "ref-tree"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "pipeline"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--masks-vs {ref}: git archive failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    digests = []
+    for tree in (ROOT, old):
+        env = {**_env(), "PYTHONPATH": str(tree), "SAMLABEL_CACHE_DIR": str(work / f"cache-{tree.name}")}
+        command = [sys.executable, str(ROOT / "bench" / "mask_check.py"), str(data), str(rigged), str(plain)]
+        done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"mask check with {tree} failed:\n{done.stderr[-3000:]}")
+        digests.append(json.loads(done.stdout))
+    mine, theirs = digests
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise SystemExit(f"masks differ from {ref} in {len(differ)} of {len(mine)} (config, image): {differ[:5]}")
+    return len(mine)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--boxes", type=int, default=5)
     ap.add_argument("--sam", default="mobile_sam", help="architecture: mobile_sam, sam_b, sam2_t ...")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--runtimes", default="torch,onnx")
+    ap.add_argument("--runtimes", default="auto,torch", help="samlabel runtimes; the first is profiled [auto,torch]")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of the side-by-side runs and profile passes [2]")
+    ap.add_argument("--convert-only", action="store_true", help="only the convert rows (no label, no agreement)")
     ap.add_argument("--skip-label", action="store_true")
+    ap.add_argument("--masks-vs", metavar="REF", help="first check that the masks equal git revision REF's")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     runtimes = args.runtimes.split(",")
+    n = args.images
     with tempfile.TemporaryDirectory() as wd:
         work = Path(wd)
         os.environ["SAMLABEL_CACHE_DIR"] = str(work / "onnx-cache")  # exports made here, not in the user's cache
@@ -233,45 +344,72 @@ def main() -> None:
         torch.manual_seed(0)
         torch.save(getattr(sam_build, f"build_{args.sam.replace('.', '_')}")().state_dict(), plain)
         data = work / "data"
-        make_images(data, args.images, args.boxes)
+        make_images(data, n, args.boxes)
+        checked = masks_versus(args.masks_vs, data, sam, plain, work) if args.masks_vs else 0
 
-        n = args.images
-        rows = []  # (job, tool, seconds)
+        runs = side_by_side(data, work, sam, args.device, runtimes, n, args.repeats)
+        rows = [("convert", tool, [r["seconds"] for r in rs]) for tool, rs in runs.items()]
         common = dict(sam=sam, device=args.device, det=det, boxes=args.boxes, work=work)
-        rows.append(("convert", "ultralytics yolo_bbox2segment", measure(run_yolo_bbox2segment, data, **common)))
-        for r in runtimes:
-            rows.append(("convert", f"samlabel convert --runtime {r}", measure(run_convert, data, runtime=r, **common)))
-        if not args.skip_label:
-            rows.append(("label", "ultralytics auto_annotate", measure(run_auto_annotate, data, **common)))
+        if not (args.skip_label or args.convert_only):
+            rows.append(("label", "ultralytics auto_annotate", [measure(run_auto_annotate, data, **common)]))
             for r in runtimes:
-                rows.append(("label", f"samlabel label --runtime {r}", measure(run_label, data, runtime=r, **common)))
-        enc = {r: encoder_seconds(sam, args.device, r) for r in runtimes}
-        profile = per_image_profile(sam, data, args.device, runtimes[-1], args.boxes, work)
-        agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
+                seconds = measure(run_label, data, runtime=r, **common)
+                rows.append(("label", f"samlabel label --runtime {r}", [seconds]))
+        model = model_work(sam, data, args.device, runtimes[0], args.repeats)
+        if not args.convert_only:
+            enc = {r: encoder_seconds(sam, args.device, r) for r in runtimes}
+            agree = {r: agreement(plain, data, args.device, r) for r in runtimes}
         peak = cpu_peak_gflops() if args.device == "cpu" else None
 
     print(
         f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs, device {args.device}"
         + (f" (float32 matmul peak {peak:.0f} GFLOP/s)" if peak else "")
-        + f"; {args.sam}; {n} images 640x480, {args.boxes} boxes each\n"
+        + f"; {args.sam}; {n} images 640x480, {args.boxes} boxes each; load average {os.getloadavg()[0]:.1f}\n"
     )
-    print("| job | tool | images/s | speed-up |\n|---|---|---:|---:|")
-    base: dict[str, float] = {}
+    if checked:
+        print(f"masks: identical to {args.masks_vs}'s in all {checked} (config, image) pairs (bench/mask_check.py)\n")
+    print("| job | tool | s per run (each round) | images/s (best) | speed-up (best) | speed-up (median) |")
+    print("|---|---|---|---:|---:|---:|")
+    base: dict[str, tuple[float, float]] = {}
     for job, tool, seconds in rows:
-        print(f"| {job} | {tool} | {n / seconds:.3f} | {base.setdefault(job, seconds) / seconds:.2f}x |")
+        best, median = min(seconds), statistics.median(seconds)
+        b_best, b_median = base.setdefault(job, (best, median))
+        print(f"| {job} | {tool} | {', '.join(f'{t:.1f}' for t in seconds)} | {n / best:.3f} | "
+              f"{b_best / best:.2f}x | {b_median / median:.2f}x |")  # fmt: skip
+    if not args.convert_only:
+        print("\n| runtime | encoder s/image | % of CPU FLOP limit | max abs logit diff | max abs score diff | "
+              "min mask IoU |\n|---|---:|---:|---:|---:|---:|")  # fmt: skip
+        for r in runtimes:
+            gflop = ENCODER_GFLOP.get(args.sam)
+            frac = f"{100 * gflop / enc[r] / peak:.0f}%" if gflop and peak else "n/a"
+            dl, ds, iou = agree[r]
+            print(f"| {r} | {enc[r]:.3f} | {frac} | {dl:.2e} | {ds:.2e} | {iou:.4f} |")
+    print_stages(model, runs[f"samlabel convert --runtime {runtimes[0]}"], n, runtimes[0])
+
+
+def print_stages(model: dict[str, float], runs: list[dict], n: int, runtime: str) -> None:
+    """Per stage, seconds per image (best of the runs) and the share of the model work; start-up."""
+    work = model["encoder"] + model["decoder"] + model["upsampling"]
+    stages = {k: min(r["stage_seconds"].get(k, 0.0) for r in runs) for k in ("load", "read", "segment", "write")}
+    starts = [startup(r, n) for r in runs]
+    print(f"\nwhere the time goes (samlabel convert --runtime {runtime}; best of {len(runs)} runs):\n")
+    print("| part | s/image | share of model work |\n|---|---:|---:|")
+    for part in ("encoder", "decoder", "upsampling"):
+        print(f"| model: {part} | {model[part]:.3f} | {model[part] / work:.0%} |")
+    print(f"| **model work** | {work:.3f} | 100% |")
+    print(f"| (encoder input: letterbox + normalize, inside the SAM stage) | {model['encoder input']:.3f} | "
+          f"{model['encoder input'] / work:.0%} |")  # fmt: skip
+    print(f"| **SAM stage** (report.json segment) | {stages['segment'] / n:.3f} | {stages['segment'] / n / work:.0%} |")
+    print(f"| read (in a thread) | {stages['read'] / n:.3f} | {stages['read'] / n / work:.0%} |")
     print(
-        "\n| runtime | encoder s/image | % of CPU FLOP limit | max abs logit diff | max abs score diff | min mask IoU |"
+        f"| quality + polygons + files (in a thread) | {stages['write'] / n:.3f} | {stages['write'] / n / work:.0%} |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in runtimes:
-        gflop = ENCODER_GFLOP.get(args.sam)
-        frac = f"{100 * gflop / enc[r] / peak:.0f}%" if gflop and peak else "n/a"
-        dl, ds, iou = agree[r]
-        print(f"| {r} | {enc[r]:.3f} | {frac} | {dl:.2e} | {ds:.2e} | {iou:.4f} |")
-    print(f"\nwhere the time goes (convert, --runtime {runtimes[-1]}, seconds per image):\n")
-    print("| part | s/image |\n|---|---:|")
-    for part, sec in profile.items():
-        print(f"| {part} | {sec:.3f} |")
+    steady = min(s[1] for s in starts)
+    print(f"| one image, end to end, steady state | {steady:.3f} | {steady / work:.0%} |")
+    print("\n| start-up | seconds |\n|---|---:|")
+    print(f"| process start to the first image (of which loading SAM: {stages['load']:.2f}) | "
+          f"{min(s[0] for s in starts):.2f} |")  # fmt: skip
+    print(f"| after the last image to exit (COCO, report.json, report.html) | {min(s[2] for s in starts):.2f} |")
 
 
 if __name__ == "__main__":

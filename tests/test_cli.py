@@ -203,3 +203,15 @@ def test_sam_arch_loads_a_renamed_checkpoint_from_a_read_only_folder_on_onnx(tmp
         assert_valid(tmp_path / "out")
     finally:
         os.chmod(models, 0o755)
+
+
+def test_the_parser_imports_no_model_library(tmp_path):
+    """Start-up: building the command line (every command, ``--help`` included) imports neither PyTorch nor SciPy
+    nor the fine-tuning loop; a command imports what it needs when it runs."""
+    code = (
+        "import sys\nfrom pipeline.cli import build_parser\nbuild_parser()\n"
+        "heavy = ('torch', 'scipy', 'ultralytics', 'onnxruntime', 'matplotlib', 'supervision', 'pipeline.finetune.run')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert done.stdout.strip() == "[]"

@@ -180,7 +180,17 @@ def test_queue_flagged_first_reviewed_last_and_filters(client):
     assert len(queue) == 6
     flagged = [q["flagged"] > 0 for q in queue]
     assert flagged == sorted(flagged, reverse=True) and flagged[0] and not flagged[-1]
-    assert set(queue[0]) == {"id", "file_name", "split", "instances", "flags", "flagged", "classes", "reviewed", "proposals"}
+    assert set(queue[0]) == {
+        "id",
+        "file_name",
+        "split",
+        "instances",
+        "flags",
+        "flagged",
+        "classes",
+        "reviewed",
+        "proposals",
+    }
     assert all(q["flags"] == ["underfills_box"] for q in queue if q["flagged"])
     by_flag = client.get("/api/images", params={"flag": "underfills_box"}).json()
     assert [q["id"] for q in by_flag] == [q["id"] for q in queue if q["flagged"]]

@@ -297,3 +297,25 @@ def test_each_engine_comes_from_one_table_and_returns_one_result(image_folder, t
     kw = dict(detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
     report = label(image_folder, tmp_path / "ds", **kw).report
     assert results == [EngineResult(saved=sum(report["images"].values()) + len(report["skipped_images"]))]
+
+
+def test_loading_a_lazy_sam_is_timed_as_load_not_as_segment(image_folder, tmp_path, monkeypatch):
+    """A SAM built on its first image (``convert``'s lazy segmenter) puts its load time under ``load``: the
+    ``segment`` stage is per-image work only."""
+    import time
+
+    from pipeline.run.stages import SegmenterRecipe
+
+    def slow_build(self):
+        time.sleep(0.5)  # a model load
+        return FakeSegmenter()
+
+    monkeypatch.setattr(SegmenterRecipe, "build", slow_build)
+    from pipeline.config import load_settings
+    from pipeline.run.stages import LazyStage
+
+    lazy = LazyStage(SegmenterRecipe(load_settings(None, device="cpu")))
+    result = label(image_folder, tmp_path / "out", detector=FakeDetector(), segmenter=lazy, progress=False)
+    stages = result.report["timings"]["this_run"]["stage_seconds"]
+    assert stages["load"] >= 0.5 > stages["segment"]
+    assert lazy.loaded

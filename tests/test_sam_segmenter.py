@@ -61,6 +61,69 @@ def test_upsampler_thresholds_from_one_window(hw):
         up.at_thresholds(logits, ())
 
 
+def _stability_as_separate_calls(up: Upsampler, logits: torch.Tensor, t: float) -> float:
+    from pipeline.quality import stability_score
+
+    return stability_score(*up.at_thresholds(logits, (t + 1.0, t - 1.0)))
+
+
+@pytest.mark.parametrize("profile", ["ultralytics", "medsam"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "random",  # windows of t and t - 1 differ: two products, as two calls make them
+        "flat",  # every logit 8: the same window, one product serves both
+        "band",  # logits in (t - 1, t] only: an empty mask, a stability window
+        "negative",  # nothing above t - 1: empty mask, stability 1
+    ],
+)
+def test_mask_and_stability_equal_the_separate_calls_exactly(case, profile):
+    """The SAM stage's one call gives the same bits as ``__call__`` and the same score as ``at_thresholds``."""
+    from pipeline.sam.profiles import MEDSAM, ULTRALYTICS
+
+    g = torch.Generator().manual_seed(2)
+    logits = {
+        "random": torch.randn(256, 256, generator=g) * 3 - 2,
+        "flat": torch.full((256, 256), 8.0),
+        "band": torch.full((256, 256), -0.5),
+        "negative": torch.full((256, 256), -3.0),
+    }[case]
+    hw = (333, 517)
+    up = Upsampler(hw, profile=MEDSAM if profile == "medsam" else ULTRALYTICS)
+    mask, stability = up.mask_and_stability(logits, 0.0)
+    alone = up(logits, threshold=0.0)
+    assert (mask.x0, mask.y0, mask.shape) == (alone.x0, alone.y0, alone.shape)
+    assert np.array_equal(mask.bits, alone.bits)
+    assert stability == _stability_as_separate_calls(up, logits, 0.0)
+    assert 0.0 <= stability <= 1.0 and (case != "negative" or stability == 1.0)
+
+
+def test_mask_and_stability_multiplies_once_when_the_windows_agree(monkeypatch):
+    up = Upsampler((480, 640))
+    products = []
+    original = up._product
+    monkeypatch.setattr(up, "_product", lambda *a: products.append(a[1:]) or original(*a))
+    up.mask_and_stability(torch.full((256, 256), 8.0), 0.0)
+    assert len(products) == 1
+    logits = torch.full((256, 256), -3.0)
+    logits[100:120, 100:120] = 4.0
+    logits[99, 100:120] = -0.5  # above t - 1 only: the stability window is one low-res row taller
+    products.clear()
+    up.mask_and_stability(logits, 0.0)
+    assert len(products) == 2 and products[0] != products[1]
+
+
+def test_cpu_preprocess_is_ultralytics_bit_for_bit(plain_seg):
+    """The encoder input made in numpy equals Ultralytics' ``Predictor.preprocess`` exactly (so do the masks)."""
+    rng = np.random.default_rng(3)
+    for hw in [(480, 640), (640, 480), (37, 1500), (1024, 1024)]:
+        rgb = rng.integers(0, 255, (*hw, 3), dtype=np.uint8)
+        theirs = plain_seg.reference.predictor.preprocess([np.ascontiguousarray(rgb[..., ::-1])])
+        mine = plain_seg.reference.preprocess(rgb)
+        assert mine.dtype == theirs.dtype and mine.is_contiguous()
+        assert torch.equal(mine, theirs)
+
+
 @pytest.fixture(scope="module")
 def plain_seg(plain_mobile_sam):
     return Segmenter(plain_mobile_sam, device="cpu", batch=2)

@@ -38,7 +38,7 @@ from pipeline.config import Settings
 from pipeline.errors import SamlabelError
 from pipeline.images import LoadedImage
 from pipeline.run.outputs import to_record, write_files
-from pipeline.run.stages import build
+from pipeline.run.stages import GeneratorRecipe, build
 from pipeline.run.state import STATE_DIR
 from pipeline.run.steps import EngineResult, Job, add_seconds, infer_item, progress_bar, propose_item, read_item
 from pipeline.threads import default_threads
@@ -373,7 +373,12 @@ class _Models:
         self.run = run
         self.fatal: str | None = None
         try:
-            self.detector, self.segmenter, self.generator = build(detector), build(segmenter), build(generator)
+            self.detector, self.segmenter = build(detector), build(segmenter)
+            if isinstance(generator, GeneratorRecipe):  # on this replica's own SAM: one encoding per image
+                shared = self.segmenter if hasattr(self.segmenter, "set_image") else None
+                self.generator = generator.build(shared)
+            else:
+                self.generator = build(generator)
         except SamlabelError as e:  # reported by the driver in one line
             self.fatal = str(e)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.config import Settings, generator_options
 from pipeline.device import check_device
+from pipeline.errors import SamlabelError
 from pipeline.types import DetectorStage, GeneratorStage, Instances, SegmenterStage
 
 
@@ -80,7 +81,7 @@ class SegmenterRecipe(Recipe):
 
     def build(self) -> SegmenterStage:
         if self.lazy:
-            return _OnFirstCall(SegmenterRecipe(self.settings))
+            return LazyStage(SegmenterRecipe(self.settings))
         from pipeline.sam import Segmenter
 
         s = self.settings
@@ -130,18 +131,34 @@ class EverythingRecipe(Recipe):
         return EverythingDetector(GeneratorRecipe(self.settings).build(segmenter), name=self.settings.name)
 
 
-class _OnFirstCall:
-    """A segmenter stage built from its recipe on first use."""
+class LazyStage:
+    """A segmenter stage built from its recipe on first use (or by :meth:`load`)."""
 
     def __init__(self, recipe: SegmenterRecipe) -> None:
         self._recipe = recipe
         self._stage: SegmenterStage | None = None
 
-    def __call__(self, rgb: np.ndarray, instances: Instances) -> Instances:
+    @property
+    def loaded(self) -> bool:
+        return self._stage is not None
+
+    def load(self) -> SegmenterStage:
+        """The stage, built now if it is not yet (after checking ``--device``)."""
         if self._stage is None:
             check_device(self._recipe.settings.device)
             self._stage = self._recipe.build()
-        return self._stage(rgb, instances)
+        return self._stage
+
+    def __call__(self, rgb: np.ndarray, instances: Instances) -> Instances:
+        return self.load()(rgb, instances)
+
+    def set_image(self, rgb: np.ndarray) -> Any:
+        """The loaded SAM's ``set_image``: the automatic mask generator (``--propose``) shares this stage."""
+        return self.load().set_image(rgb)  # type: ignore[attr-defined]
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """The loaded SAM's ``predict`` (see :meth:`set_image`)."""
+        return self.load().predict(*args, **kwargs)  # type: ignore[attr-defined]
 
 
 def is_concept_weights(weights: str) -> bool:

@@ -19,6 +19,7 @@ from pipeline.config import Settings
 from pipeline.errors import ImageReadError, SamlabelError
 from pipeline.images import MIN_SIDE, LoadedImage, load_image
 from pipeline.proposals import select_proposals
+from pipeline.run.stages import LazyStage
 from pipeline.sources.labels import to_instances
 from pipeline.types import DetectorStage, GeneratorStage, ImageItem, ImageRecord, Instances, SegmenterStage
 
@@ -42,8 +43,8 @@ class Job:
         detector, segmenter: stage objects, or ``Recipe``s (``pipeline.run.stages``) a Ray replica builds.
         command: the command name (the progress bar's label).
         progress: show a progress bar.
-        seconds: time per stage (``read``, ``detect``, ``segment``, ``propose``, ``write``), added to as images
-            finish.
+        seconds: time per stage (``read``, ``detect``, ``segment``, ``propose``, ``write``; ``load``: a SAM loaded
+            on its first image), added to as images finish.
         saved: images journaled so far (read after an interruption too).
         generator: the automatic mask generator (stage object or ``Recipe``) whose masks that overlap no
             instance become the image's proposals (``settings.propose``); None without ``--propose``.
@@ -132,9 +133,13 @@ def infer_item(
         instances = detector(image.rgb)
         add_seconds(seconds, "detect", since=t)
     if any(m is None for m in instances.masks):
-        t = time.perf_counter()
         if segmenter is None:
             raise SamlabelError("instances need masks but no segmenter was given")
+        if isinstance(segmenter, LazyStage) and not segmenter.loaded:  # loading SAM is start-up, not segmenting
+            t = time.perf_counter()
+            segmenter.load()
+            add_seconds(seconds, "load", since=t)
+        t = time.perf_counter()
         instances = segmenter(image.rgb, instances)
         add_seconds(seconds, "segment", since=t)
     return instances

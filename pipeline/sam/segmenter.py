@@ -22,7 +22,7 @@ import torch
 
 from pipeline import options
 from pipeline.errors import SamlabelError
-from pipeline.quality import MULTIMASK, choose_candidate, stability_score
+from pipeline.quality import MULTIMASK, choose_candidate
 from pipeline.sam.build import load_sam, resolve_arch
 from pipeline.sam.prompts import LOWRES, Prompts, prepare_prompts
 from pipeline.sam.torch_backend import Features, TorchBackend, make_backend
@@ -268,20 +268,20 @@ class Segmenter:
         if self.multimask != "off":
             extras = {"multimask_index": np.full(n, -1, dtype=np.int64), "candidate_scores": np.full((n, 3), np.nan)}
         t = self.threshold
-        for start in range(0, len(todo), self.batch):  # one chunk's full-size work at a time
-            chunk = todo[start : start + self.batch]
-            pred = self.predict(embedding, boxes=instances.xyxy[chunk], multimask=self.multimask != "off")
-            for k, i in enumerate(chunk):
-                choice = 0
-                if self.multimask != "off":
-                    candidates = [pred.mask(k, c) for c in range(pred.scores.shape[1])]
-                    choice = choose_candidate(candidates, pred.scores[k], instances.xyxy[i], self.multimask)
-                    extras["multimask_index"][i] = choice
-                    extras["candidate_scores"][i] = pred.scores[k]
-                masks[i] = pred.mask(k, choice)
-                scores[i] = pred.scores[k, choice]
-                hi, lo = pred.masks_at(k, (t + 1.0, t - 1.0), k=choice)  # as segment-anything: offset 1
-                stability[i] = stability_score(hi, lo)
+        with torch_threads():  # once for the image, not per mask
+            for start in range(0, len(todo), self.batch):  # one chunk's full-size work at a time
+                chunk = todo[start : start + self.batch]
+                pred = self.predict(embedding, boxes=instances.xyxy[chunk], multimask=self.multimask != "off")
+                for k, i in enumerate(chunk):
+                    choice = 0
+                    if self.multimask != "off":
+                        candidates = [pred.mask(k, c) for c in range(pred.scores.shape[1])]
+                        choice = choose_candidate(candidates, pred.scores[k], instances.xyxy[i], self.multimask)
+                        extras["multimask_index"][i] = choice
+                        extras["candidate_scores"][i] = pred.scores[k]
+                    # the mask at t and SAM's stability score (masks at t + 1 and t - 1, as segment-anything: offset 1)
+                    masks[i], stability[i] = pred.upsampler.mask_and_stability(pred.logits[k, choice], t)
+                    scores[i] = pred.scores[k, choice]
         out = instances.replace(masks=tuple(masks), mask_score=scores)
         return out.with_extras(stability_score=np.round(stability, 4), **extras)
 

@@ -86,7 +86,16 @@ class TorchBackend:
         """
         if self.profile.resize != "letterbox":
             return torch.from_numpy(self.profile.preprocess(rgb)).to(self.device, self.dtype)
-        return self.predictor.preprocess([np.ascontiguousarray(rgb[..., ::-1])])
+        p = self.predictor
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return p.preprocess([np.ascontiguousarray(rgb[..., ::-1])])
+        # On the CPU: Ultralytics' letterbox, then its ``(im - mean) / std`` in numpy: the same float32 operations
+        # (the same bits), in one thread and without PyTorch's thread pool for two passes over 3 M values.
+        (boxed,) = p.pre_transform([np.ascontiguousarray(rgb[..., ::-1])])  # BGR in, as Ultralytics' preprocess
+        chw = np.ascontiguousarray(boxed.transpose(2, 0, 1)[::-1])  # (3, S, S) RGB
+        x = chw - p.mean.numpy()
+        x /= p.std.numpy()
+        return torch.from_numpy(x[None])
 
     def encode(self, image: torch.Tensor) -> Features:
         """Decoder-ready features of one encoder input (the image-encoder pass)."""

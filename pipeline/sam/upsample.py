@@ -58,7 +58,9 @@ class Upsampler:
         resolution; the first mask lies inside the second, so the IoU is an area ratio)::
 
             hi, lo = upsampler.at_thresholds(logits, (threshold + 1.0, threshold - 1.0))
-            stability = hi.area / lo.area if lo.area else 0.0
+            stability = hi.area / lo.area if lo.area else 1.0
+
+        (:meth:`mask_and_stability` gives it with the mask at ``threshold``, sharing the product when it can.)
 
         Args:
             logits: float (lowres, lowres) logits of one mask.
@@ -69,27 +71,59 @@ class Upsampler:
         """
         if len(thresholds) == 0:
             raise ValueError("thresholds: expected at least one threshold, got none")
-        empty = CropMask(np.zeros((0, 0), dtype=bool))
-        logits = self.profile.upsample_values(logits)
+        values = self.profile.upsample_values(logits)
         thresholds = [self.profile.upsample_threshold(float(t)) for t in thresholds]
-        positive = logits > min(thresholds)
-        rows = torch.nonzero(positive.any(dim=1)).flatten()
-        cols = torch.nonzero(positive.any(dim=0)).flatten()
-        if rows.numel() == 0:
-            return [empty] * len(thresholds)
+        found = self._window_values(values, min(thresholds))
+        if found is None:
+            return [_EMPTY] * len(thresholds)
+        return [_crop(*found, threshold) for threshold in thresholds]
+
+    def mask_and_stability(
+        self, logits: torch.Tensor, threshold: float, *, offset: float = 1.0
+    ) -> tuple[CropMask, float]:
+        """``self(logits, threshold=threshold)`` and SAM's stability score, each exactly as computed alone.
+
+        The mask is ``__call__``'s; the stability score is ``hi.area / lo.area`` (1.0 when both are empty) for
+        ``hi, lo = self.at_thresholds(logits, (threshold + offset, threshold - offset))``. The window product
+        is made once when the mask's window and the stability's (that of ``threshold - offset``) are the same
+        rectangle (the same product either way), else once for each, as those two calls do.
+        """
+        values = self.profile.upsample_values(logits)
+        levels = (threshold, threshold + offset, threshold - offset)
+        t, hi_t, lo_t = (self.profile.upsample_threshold(float(v)) for v in levels)
+        positive = _above(values, min(t, lo_t))
+        rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+        if rows.size == 0:
+            return _EMPTY, 1.0
+        loose = self._window_of(rows, cols)
+        found = self._window_values(values, t, positive=_above(values, t) if t > lo_t else positive)
+        mask = _EMPTY if found is None else _crop(*found, t)
+        if found is None or found[1:] != loose:  # another rectangle: its own product, as at_thresholds makes it
+            found = (self._product(values, *loose), *loose)
+        window = found[0]
+        lo = int(np.count_nonzero(_above(window, lo_t)))
+        hi = int(np.count_nonzero(_above(window, hi_t)))
+        return mask, (hi / lo if lo else 1.0)
+
+    def _window_values(
+        self, values: torch.Tensor, threshold: float, *, positive: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, int, int, int, int] | None:
+        """``(window product, y0, y1, x0, x1)`` of the window where ``values > threshold`` can be; None if nowhere."""
+        positive = _above(values, threshold) if positive is None else positive
+        rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+        if rows.size == 0:
+            return None
+        y0, y1, x0, x1 = self._window_of(rows, cols)
+        return self._product(values, y0, y1, x0, x1), y0, y1, x0, x1
+
+    def _window_of(self, rows: np.ndarray, cols: np.ndarray) -> tuple[int, int, int, int]:
         y0, y1 = self._window(self._y_span, int(rows[0]), int(rows[-1]))
         x0, x1 = self._window(self._x_span, int(cols[0]), int(cols[-1]))
-        window = self.ry[y0:y1] @ logits.float() @ self.rx[x0:x1].T
-        masks = []
-        for threshold in thresholds:
-            positive = (window > threshold).cpu().numpy()
-            rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
-            if rows.size == 0:
-                masks.append(empty)
-                continue
-            bits = positive[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            masks.append(CropMask(bits, x0 + int(cols[0]), y0 + int(rows[0])))
-        return masks
+        return y0, y1, x0, x1
+
+    def _product(self, values: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """The upsampled values on rows ``y0:y1`` and columns ``x0:x1`` of the image (one product, always this one)."""
+        return self.ry[y0:y1] @ values.float() @ self.rx[x0:x1].T
 
     @staticmethod
     def _window(span: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
@@ -99,6 +133,27 @@ class Upsampler:
     def full(self, logits: torch.Tensor) -> torch.Tensor:
         """Full-image float (H, W) of what is thresholded (logits, or probabilities for MedSAM); for tests."""
         return self.ry @ self.profile.upsample_values(logits) @ self.rx.T
+
+
+_EMPTY = CropMask(np.zeros((0, 0), dtype=bool))
+
+
+def _above(values: torch.Tensor, threshold: float) -> np.ndarray:
+    """``values > threshold`` as a numpy bool array, compared in float32 as PyTorch compares a float32 tensor with
+    a Python float. On the CPU numpy does it: one pass, no thread-pool wake-up for a small array."""
+    if values.device.type == "cpu":
+        return values.numpy() > np.float32(threshold)
+    return (values > threshold).cpu().numpy()
+
+
+def _crop(window: torch.Tensor, y0: int, y1: int, x0: int, x1: int, threshold: float) -> CropMask:
+    """The mask ``window > threshold`` of a window product at rows ``y0:y1``, columns ``x0:x1``, cropped tight."""
+    positive = _above(window, threshold)
+    rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+    if rows.size == 0:
+        return _EMPTY
+    bits = positive[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return CropMask(bits, x0 + int(cols[0]), y0 + int(rows[0]))
 
 
 def _spans(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
