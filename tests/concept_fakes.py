@@ -29,10 +29,11 @@ class FakeConceptModel:
         out = []
         for phrase in phrases:
             colour, score = self.colours.get(phrase), self.scores.get(phrase, 0.8)
-            for e in exemplars:
+            for e in exemplars:  # pipeline.concepts.exemplar.Exemplar: boxes (K, 4) in e.image (None: this image)
                 if e.phrase == phrase:
-                    x0, y0, x1, y1 = (int(round(v)) for v in e.xyxy)
-                    colour = tuple(int(v) for v in e.rgb[(y0 + y1) // 2, (x0 + x1) // 2])
+                    x0, y0, x1, y1 = (int(round(v)) for v in e.xyxy[0])
+                    image = rgb if e.image is None else e.image
+                    colour = tuple(int(v) for v in image[(y0 + y1) // 2, (x0 + x1) // 2])
             out.append(_discs(rgb, colour, score) if colour is not None else Instances.empty())
         return out
 

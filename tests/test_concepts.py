@@ -23,7 +23,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import SamlabelError
 from pipeline.masks import CropMask
 from pipeline.run.state import Journal
-from pipeline.types import DROP_REASON
+from pipeline.types import DROP_REASON, Instances
 from tests.concept_fakes import BLUE, GREEN, RED, FakeConceptModel, disc_photos, disc_scene
 from tests.conftest import FakeSegmenter
 from tests.helpers import assert_valid, check_yolo_matches_coco, coco_by_image, coco_data, label_files_bytes
@@ -187,6 +187,32 @@ def test_exemplars_change_the_answer():
     assert model.calls == [(["thing"], 1)]
     assert inst.extras["phrase"].tolist() == ["thing"] and len(inst) == 1  # the blue disc, like the example
     assert (inst.masks[0].full(SCENE.shape[:2]) == np.all(SCENE == BLUE, axis=-1)).all()
+
+
+def test_the_model_gets_each_exemplar_image_once_with_all_its_boxes_and_the_same_objects_every_call():
+    from pipeline.concepts import exemplar as prompt
+
+    other = disc_scene([(30, 30, 10, BLUE), (80, 50, 12, BLUE)])
+    boxes = [
+        Exemplar(rgb=other, xyxy=(20, 20, 40, 40), name="thing", source="x.png"),
+        Exemplar(rgb=other, xyxy=(68, 38, 92, 62), name="thing", source="x.png"),
+        Exemplar(rgb=SCENE, xyxy=(17.5, 17.5, 42.5, 42.5), name="thing", source="s.png"),
+    ]
+    ontology, exemplars = attach(boxes, Ontology.parse("thing"))
+    seen = []
+
+    def model(rgb, phrases, given=()):
+        seen.append(tuple(given))
+        return [Instances.empty() for _ in phrases]
+
+    stage = ConceptStage(model, ontology, conf=0.25, exemplars=exemplars)
+    stage(SCENE)
+    stage(other)
+    first, second = seen
+    assert [type(e) for e in first] == [prompt.Exemplar] * 2  # as SAM 3 takes them: one per image and phrase
+    assert [len(e.xyxy) for e in first] == [2, 1] and first[0].image is other and first[1].image is SCENE
+    assert first[0].xyxy.tolist() == [[20, 20, 40, 40], [68, 38, 92, 62]] and first[0].phrase == "thing"
+    assert all(a is b for a, b in zip(first, second, strict=True))  # the same objects: encoded once per run
 
 
 def test_an_exemplar_image_keeps_its_own_boxes():

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pipeline.concepts import exemplar as prompt
 from pipeline.concepts.exemplars import Exemplar, image_key
 from pipeline.concepts.ontology import Ontology
 from pipeline.errors import SamlabelError
@@ -66,6 +67,7 @@ class ConceptStage:
         self._own: dict[str, list[Exemplar]] = {}
         for e in self.exemplars:
             self._own.setdefault(e.key, []).append(e)
+        self.prompts = model_exemplars(self.exemplars)
 
     @property
     def names(self) -> list[str]:
@@ -81,7 +83,7 @@ class ConceptStage:
             ``extras[DROP_REASON]`` (``None``: kept) for an object found again.
         """
         texts = self.ontology.texts
-        answers = self.model(rgb, texts, self.exemplars)
+        answers = self.model(rgb, texts, self.prompts)
         if len(answers) != len(texts):
             raise SamlabelError(f"concept model: {len(answers)} answers for {len(texts)} phrases (one per phrase)")
         parts, start = [], 0
@@ -175,3 +177,16 @@ def _objects(values: list) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
+
+
+def model_exemplars(exemplars: Sequence[Exemplar]) -> tuple[prompt.Exemplar, ...]:
+    """The example boxes read from ``--exemplars`` as a concept model takes them: one
+    ``pipeline.concepts.exemplar.Exemplar`` per image and phrase, holding all its boxes and its image (built once,
+    so a model encodes each exemplar image once per run: the same objects are passed on every call)."""
+    grouped: dict[tuple[str, str], list[Exemplar]] = {}
+    for e in exemplars:
+        grouped.setdefault((e.key, e.phrase), []).append(e)
+    return tuple(
+        prompt.Exemplar(phrase=phrase, xyxy=np.array([e.xyxy for e in group], dtype=np.float32), image=group[0].rgb)
+        for (_, phrase), group in grouped.items()
+    )
