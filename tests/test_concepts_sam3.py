@@ -283,3 +283,34 @@ def test_full_size_sam3_is_ultralytics_model_and_runs():
     with mock.patch("pipeline.concepts.sam3.load_sam3", return_value=ours):
         out = Sam3Model("sam3.pt", device="cpu")(draw_scene((480, 640)), ["person", "bus"])
     assert len(out) == 2 and all((i.class_id == 0).all() for i in out)
+
+
+def test_label_with_sam3_weights_writes_a_dataset_that_validate_and_pycocotools_accept(sam3_weights, tmp_path):
+    """``samlabel label photos/ --detector sam3.pt --prompts ...`` on the real SAM 3 code path (reduced model)."""
+    import json
+
+    from pycocotools.coco import COCO
+
+    from pipeline.cli import main
+    from pipeline.validate import validate
+    from tests.concept_fakes import disc_photos
+
+    photos = disc_photos(tmp_path / "photos")
+    for extra in ("c.png", "d.png"):  # two images keep it short
+        (photos / extra).unlink()
+    out = tmp_path / "ds"
+    argv = ["label", str(photos), "--out", str(out), "--detector", str(sam3_weights)]
+    assert main([*argv, "--prompts", "red disc, blue disc@0.1", "--conf", "0", "-q"]) == 0
+    assert validate(out) == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["names"] == ["red disc", "blue disc"]
+    assert (
+        "detect" in report["timings"]["total"]["stage_seconds"]
+        and "segment" not in report["timings"]["total"]["stage_seconds"]
+    )  # SAM 3's masks are the instances' masks: no second SAM pass
+    coco = COCO(str(out / "train" / "_annotations.coco.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["red disc", "blue disc"]
+    kept = sum(n for split in report["instances"].values() for n in split.values())
+    assert len(coco.getAnnIds()) == kept
+    for ann in coco.loadAnns(coco.getAnnIds()):  # each says which phrase found it, and its score
+        assert ann["phrase"] in ("red disc", "blue disc") and 0 <= ann["confidence"] <= 1
