@@ -228,10 +228,13 @@ class StabilityBound:
 
     def may_pass(self, logits: torch.Tensor, threshold: float, offset: float, stability_thresh: float) -> np.ndarray:
         """bool (K,): candidates whose stability can reach ``stability_thresh`` (the others cannot)."""
-        hi_lower, hi_upper = self.areas(logits, threshold + offset)
-        lo_lower, lo_upper = self.areas(logits, threshold - offset)
-        del hi_lower
-        return ((lo_upper > 0) & (hi_upper >= stability_thresh * lo_lower)).numpy()
+        out = []
+        for start in range(0, len(logits), 16):  # bounded temporaries: 16 x (L + 1)^2 per pooled map
+            chunk = logits[start : start + 16]
+            _, hi_upper = self.areas(chunk, threshold + offset)
+            lo_lower, lo_upper = self.areas(chunk, threshold - offset)
+            out.append(((lo_upper > 0) & (hi_upper >= stability_thresh * lo_lower)).numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 class Resampler:
