@@ -210,7 +210,8 @@ class Settings:
     propose_iou: float = _opt(
         0.5, "a generated mask whose IoU with an instance reaches this is that instance, not a proposal (--propose)"
     )
-    # --mode everything: SAM's automatic mask generator (pipeline.sam.automatic); defaults are segment-anything's.
+    # --mode everything and --propose: SAM's automatic mask generator (pipeline.sam.automatic); defaults are
+    # segment-anything's.
     mode: Mode = _opt(
         "detect",
         "detect: detector boxes prompt SAM; everything: a grid of point prompts finds every object (one class, --name)",
@@ -219,32 +220,36 @@ class Settings:
     )
     points_per_side: int = _opt(
         32,
-        "everything mode: points per side of the prompt grid (32 x 32 = 1,024 prompts, SA-1B's automatic stage; "
+        "everything mode and --propose: points per side of the prompt grid (32 x 32 = 1,024 prompts, SA-1B's automatic stage; "
         "time grows with its square)",
-        (LABEL,),
+        BOTH,
     )
     pred_iou_thresh: float = _opt(
         0.88,
-        "everything mode: keep masks whose SAM-predicted IoU is above this (strict: thousands of unprompted "
+        "everything mode and --propose: keep masks whose SAM-predicted IoU is above this (strict: thousands of unprompted "
         "candidates compete for each object)",
-        (LABEL,),
+        BOTH,
     )
     stability_thresh: float = _opt(
         0.95,
-        "everything mode: keep masks whose stability (IoU of the mask at logit +1 and -1) is at least this",
-        (LABEL,),
+        "everything mode and --propose: keep masks whose stability (IoU of the mask at logit +1 and -1) is at least this",
+        BOTH,
     )
     box_nms_thresh: float = _opt(
-        0.7, "everything mode: box IoU above which the lower-scored of two masks is dropped (duplicates)", (LABEL,)
+        0.7,
+        "everything mode and --propose: box IoU above which the lower-scored of two masks is dropped (duplicates)",
+        BOTH,
     )
     crop_layers: int = _opt(
         0,
-        "everything mode: zoomed-in crop layers for small objects (layer k: 2^k x 2^k crops, each encoded and "
+        "everything mode and --propose: zoomed-in crop layers for small objects (layer k: 2^k x 2^k crops, each encoded and "
         "prompted again); 0 = none",
-        (LABEL,),
+        BOTH,
     )
     min_region_area: int = _opt(
-        0, "everything mode: remove holes and islands smaller than this many pixels from each mask; 0 = off", (LABEL,)
+        0,
+        "everything mode and --propose: remove holes and islands smaller than this many pixels from each mask; 0 = off",
+        BOTH,
     )
     name: str = _opt("object", "everything mode: the class name of every mask", (LABEL,))
 

@@ -126,3 +126,40 @@ def test_proposals_on_ray_equal_local(clean, many, tmp_path):
             os.environ["PYTHONPATH"] = before
     _same(clean, tmp_path / "ray")
     assert "propose" in result.report["timings"]["this_run"]["stage_seconds"]
+
+
+@pytest.mark.parametrize("command", ["label", "convert"])
+def test_propose_runs_the_real_generator_on_the_runs_own_sam_one_encoding_per_image(
+    command, plain_mobile_sam, tmp_path, monkeypatch
+):
+    """``--propose`` with SAM's automatic mask generator (random-weight MobileSAM): the grid shares the box pass's
+    encoder output (one encoding per image), its time is the ``propose`` stage, and the dataset stays valid."""
+    from pipeline import convert
+    from pipeline.sam import segmenter as segmenter_module
+
+    encoded = []
+    set_image = segmenter_module.Segmenter.set_image
+
+    def counting(self, rgb):
+        before = self._last_embedding
+        out = set_image(self, rgb)
+        encoded.append(out is not (before[1] if before else None))
+        return out
+
+    monkeypatch.setattr(segmenter_module.Segmenter, "set_image", counting)
+    src = make_three_disc_images(tmp_path / "src", n=2)
+    loose = dict(points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0, runtime="torch", progress=False)
+    out = tmp_path / "out"
+    if command == "label":
+        result = label(src, out, detector=MissingDetector(), segmenter=str(plain_mobile_sam), propose=True, **loose)
+    else:  # a box dataset (the fake detector's boxes written as YOLO labels); SAM is loaded on first use
+        boxes = label(src, tmp_path / "boxes", detector=MissingDetector(), segmenter=FakeSegmenter(), progress=False)
+        del boxes
+        result = convert(tmp_path / "boxes", out, segmenter=str(plain_mobile_sam), resegment=True, propose=True,
+                         **loose)  # fmt: skip
+    report = result.report
+    assert encoded.count(True) == 2, encoded  # two images, each encoded once for its boxes and its grid
+    assert len(encoded) >= 4  # the generator asked too, and got the box pass's embedding back
+    assert "propose" in report["timings"]["total"]["stage_seconds"]
+    assert report["proposals"]["total"] == sum(report["proposals"]["images"].values())
+    assert_valid(out)
