@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -74,12 +75,12 @@ def crop_boxes(hw: tuple[int, int], layers: int, overlap_ratio: float) -> list[t
     return out
 
 
-def nms_boxes(masks: tuple[CropMask, ...]) -> np.ndarray:
+def nms_boxes(masks: Sequence[CropMask | None]) -> np.ndarray:
     """float32 (N, 4): each mask's box with inclusive max corner (the first and last pixel's indices), the box
-    segment-anything's NMS and crop-edge test use. An empty mask gives (0, 0, 0, 0)."""
+    segment-anything's NMS and crop-edge test use. An empty mask (or none) gives (0, 0, 0, 0)."""
     out = np.zeros((len(masks), 4), dtype=np.float32)
     for i, m in enumerate(masks):
-        if m.area:
+        if m is not None and m.area:
             x0, y0, x1, y1 = m.xyxy
             out[i] = (x0, y0, x1 - 1, y1 - 1)
     return out
@@ -117,7 +118,7 @@ def near_crop_edge(
     image_box = np.array([0, 0, hw[1], hw[0]], dtype=np.float64)
     near_crop = np.abs(boxes - crop_box) <= tolerance
     near_image = np.abs(boxes - image_box) <= tolerance
-    return (near_crop & ~near_image).any(axis=1)
+    return np.asarray((near_crop & ~near_image).any(axis=1))
 
 
 def remove_small_regions(mask: CropMask, min_area: int, hw: tuple[int, int]) -> tuple[CropMask, bool]:
@@ -161,17 +162,17 @@ def _fill_small_holes(mask: CropMask, min_area: int, hw: tuple[int, int]) -> tup
         first = (labels[0, :], y0 * W) if spans_width else (labels[:, 0], x0 * H)
         last = (labels[-1, :], (H - y0 - h) * W) if spans_width else (labels[:, -1], (W - x0 - w) * H)
         pieces = [p for p, padded in zip((first, last), (top or left, bottom or right), strict=True) if padded]
-        pieces = [(int(side[0]), size - side.size) for side, size in pieces]
+        sides = [(int(side[0]), int(size - side.size)) for side, size in pieces]
     else:
         ring = np.ones(background.shape, dtype=bool)
         ring[top : top + h, left : left + w] = False
-        pieces = [(int(labels[ring][0]), H * W - h * w - int(ring.sum()))]
-    for label, outside in pieces:  # each side of the padding is all background, so in one region
+        sides = [(int(labels[ring][0]), H * W - h * w - int(ring.sum()))]
+    for label, outside in sides:  # each side of the padding is all background, so in one region
         sizes[label] += outside
     small = np.flatnonzero(sizes[1:] < min_area) + 1
     if small.size == 0:
         return mask, False
-    if np.isin(small, [label for label, _ in pieces]).any():  # a small region outside the box: fill on the image
+    if np.isin(small, [label for label, _ in sides]).any():  # a small region outside the box: fill on the image
         full = mask.full(hw)
         n, labels, stats, _ = cv2.connectedComponentsWithStats((~full).view(np.uint8), connectivity=8)
         small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1
@@ -185,6 +186,7 @@ def _shift(mask: CropMask, dx: int, dy: int) -> CropMask:
     if mask.area == 0:
         return mask
     data = mask.to_json()
+    assert data is not None  # not empty
     return CropMask.from_json({**data, "x0": data["x0"] + dx, "y0": data["y0"] + dy})
 
 
@@ -289,8 +291,8 @@ class _Taps:
     def apply(self, values: np.ndarray, start: int, stop: int, *, axis: int) -> np.ndarray:
         index, weight = self.index[start:stop], self.weight[start:stop]
         if axis == 1:
-            return sum(values[:, index[:, k]] * weight[:, k] for k in range(index.shape[1]))
-        return sum(values[index[:, k]] * weight[:, k, None] for k in range(index.shape[1]))
+            return np.asarray(sum(values[:, index[:, k]] * weight[:, k] for k in range(index.shape[1])))
+        return np.asarray(sum(values[index[:, k]] * weight[:, k, None] for k in range(index.shape[1])))
 
 
 def select_candidates(
@@ -465,7 +467,9 @@ def clean_regions(found: Instances, options: GeneratorOptions, hw: tuple[int, in
     masks that did not change (segment-anything's ``postprocess_small_regions``)."""
     if options.min_region_area <= 0 or not len(found):
         return found
-    cleaned = [remove_small_regions(m, options.min_region_area, hw) for m in found.masks]
+    if any(m is None for m in found.masks):
+        raise ValueError("clean_regions needs a mask on every instance")
+    cleaned = [remove_small_regions(m, options.min_region_area, hw) for m in found.masks if m is not None]
     masks = tuple(m for m, _ in cleaned)
     unchanged = np.array([not changed for _, changed in cleaned], dtype=np.float64)
     out = found.replace(masks=masks, xyxy=np.array([m.xyxy for m in masks], np.float32).reshape(-1, 4))
