@@ -257,7 +257,7 @@ def test_a_users_clip_fork_is_used_when_installed(monkeypatch):
 
 
 @pytest.mark.slow
-def test_full_size_sam3_is_ultralytics_model_and_runs():
+def test_full_size_sam3_is_ultralytics_model_and_runs(monkeypatch):
     """Meta's size: the same modules as Ultralytics' builder; one image, two phrases (about 100 s, 8 GB)."""
     from ultralytics.models.sam import build_sam3 as ultralytics_build
 
@@ -272,10 +272,8 @@ def test_full_size_sam3_is_ultralytics_model_and_runs():
         ]  # fmt: skip
 
     fork = types.SimpleNamespace(simple_tokenizer=types.SimpleNamespace(SimpleTokenizer=clip_tokenizer))
-    with (
-        mock.patch.dict(sys.modules, {"clip": fork}),
-        mock.patch.object(ultralytics_build, "_load_checkpoint", lambda m, _c: m),
-    ):
+    monkeypatch.setitem(sys.modules, "clip", fork)  # only this key: modules torch imports meanwhile stay
+    with mock.patch.object(ultralytics_build, "_load_checkpoint", lambda m, _c: m):
         theirs = signature(ultralytics_build.build_sam3_image_model("unused.pt"))
     ours = build_sam3()
     assert signature(ours) == theirs
