@@ -22,12 +22,12 @@ from pipeline.run.stages import (
     GeneratorRecipe,
     SegmenterRecipe,
     build,
+    check_segmenter,
     concept_recipe,
 )
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 from pipeline.types import DetectorStage, GeneratorStage, SegmenterStage
-from pipeline.weights import resolve_weights
 
 LOGGER = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def _everything_source(cfg, *, detector, segmenter) -> Any:
     if cfg.engine != "ray":
         check_device(cfg.device)
         return EverythingRecipe(cfg).build()
-    resolve_weights(cfg.segmenter, flag="--segmenter")  # refused here, in one line, not on every Ray worker
+    check_segmenter(cfg)  # refused here, in one line, not on every Ray worker
     return EverythingRecipe(cfg)
 
 
@@ -257,7 +257,7 @@ def convert(
         if needs_sam and cfg.engine != "ray":  # refused now, in one line; on Ray the device is the workers'
             check_device(cfg.device)
         if needs_sam:
-            resolve_weights(cfg.segmenter, flag="--segmenter")
+            check_segmenter(cfg)
         recipe = SegmenterRecipe(cfg, lazy=True)  # on Ray, each replica builds it (and SAM only if it needs it)
         seg = recipe if cfg.engine == "ray" else recipe.build()
     prelude = {

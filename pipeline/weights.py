@@ -17,8 +17,32 @@ def ultralytics_weights_dir() -> Path:
     return Path(SETTINGS["weights_dir"])
 
 
+#: Where SAM 3's weights come from (gated: Meta's SAM licence); samlabel never downloads them.
+SAM3_WEIGHTS_HELP = (
+    "SAM 3 weights are gated: accept Meta's SAM licence at https://huggingface.co/facebook/sam3, download sam3.pt "
+    "and pass its path: {flag} PATH/sam3.pt"
+)
+
+
+def is_sam3_file(weights: str | Path) -> bool:
+    """SAM 3 weights (``sam3.pt``, ``sam3_finetuned.pt`` ...): a file whose name starts with ``sam3``."""
+    return Path(weights).name.lower().startswith("sam3")
+
+
+def sam3_weights(weights: str | Path, *, flag: str) -> Path:
+    """The SAM 3 weights file ``weights``, which samlabel never downloads.
+
+    Raises:
+        WeightsNotFoundError: not on disk, in one line with where to get it and how to pass it.
+    """
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{flag} {weights}: no such file. {SAM3_WEIGHTS_HELP.format(flag=flag)}")
+    return path
+
+
 def resolve_weights(spec: str | Path, *, flag: str, weights_dir: Path | None = None) -> Path:
-    """Return a local path for ``spec``: an existing file, or a name Ultralytics can download.
+    """Return a local path for ``spec``: an existing file, or a name Ultralytics can download (never SAM 3's).
 
     Args:
         spec: a path, or a bare released-asset name such as ``yolov8n.pt`` or ``mobile_sam.pt``.
@@ -33,6 +57,8 @@ def resolve_weights(spec: str | Path, *, flag: str, weights_dir: Path | None = N
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    if is_sam3_file(path):  # gated weights: never asked of Ultralytics' downloader
+        return sam3_weights(spec, flag=flag)
     if path.parent != Path(".") or not path.suffix:
         raise _not_found(flag, spec, "no such file", "give the path of a weights file with {option}")
     from ultralytics.utils.downloads import attempt_download_asset

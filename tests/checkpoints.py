@@ -214,8 +214,8 @@ def make_sam3_checkpoint(path: Path, *, seed: int = _SEED, meta_layout: bool = T
     """Write a seeded random-weight reduced SAM 3 image model (``SAM3_TEST_DIMS``, overridden by ``dims``).
 
     Saved as a plain state dict: with ``meta_layout`` as Meta's ``sam3.pt`` lays it out (``{"model": ...}``,
-    image-model keys under ``detector.``, plus a ``tracker.`` key that the image model does not use), else the
-    model's own keys. Parameters that Ultralytics leaves uninitialised (``torch.empty``: the text transformer's
+    image-model keys under ``detector.``, the interactive head's under ``tracker.``: see
+    :func:`_sam3_tracker_state`), else the image model's own keys. Parameters that Ultralytics leaves uninitialised (``torch.empty``: the text transformer's
     positional embedding and projection) get small random values.
 
     Returns:
@@ -232,7 +232,33 @@ def make_sam3_checkpoint(path: Path, *, seed: int = _SEED, meta_layout: bool = T
             text.text_projection.normal_(0, text.width**-0.5)
     state = model.state_dict()
     if meta_layout:
-        state = {"model": {**{f"detector.{k}": v for k, v in state.items()}, "tracker.no_mem_embed": torch.zeros(1)}}
+        tracker = _sam3_tracker_state(Sam3Dims(**{**SAM3_TEST_DIMS, **dims}), seed=seed)
+        state = {"model": {**{f"detector.{k}": v for k, v in state.items()}, **tracker}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+def _sam3_tracker_state(dims, *, seed: int, jitter: float = 0.05) -> dict[str, torch.Tensor]:
+    """The ``tracker.*`` part of a reduced ``sam3.pt``: a seeded random interactive SAM 3 of size ``dims`` (its
+    image encoder is the detector's vision backbone, so left out), named as Meta names it (the inverse of
+    Ultralytics' ``_load_checkpoint(..., interactive=True)``: memory attention under ``tracker.transformer.encoder``,
+    memory encoder under ``tracker.maskmem_backbone``). The prompt encoder and mask decoder are moved by
+    ``jitter * randn`` (as :func:`make_plain_sam_checkpoint`), so answers vary with the prompt."""
+    from pipeline.concepts.sam3_build import build_interactive_sam3
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = build_interactive_sam3(dims)
+        with torch.no_grad():
+            for p in [*model.sam_mask_decoder.parameters(), *model.sam_prompt_encoder.parameters()]:
+                p.add_(jitter * torch.randn_like(p))
+    renames = {"memory_attention.": "transformer.encoder.", "memory_encoder.": "maskmem_backbone."}
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("image_encoder."):
+            continue
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        name = renames[prefix] + key.removeprefix(prefix) if prefix else key
+        out[f"tracker.{name}"] = value
+    return out

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -98,45 +99,12 @@ def build_sam3(dims: Sam3Dims = Sam3Dims(), *, tokenizer: Callable | None = None
     from ultralytics.models.sam.modules.blocks import PositionEmbeddingSine
     from ultralytics.models.sam.sam3.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
     from ultralytics.models.sam.sam3.model_misc import DotProductScoring
-    from ultralytics.models.sam.sam3.necks import Sam3DualViTDetNeck
     from ultralytics.models.sam.sam3.sam3_image import SAM3SemanticModel
     from ultralytics.models.sam.sam3.text_encoder_ve import VETextEncoder
-    from ultralytics.models.sam.sam3.vitdet import ViT
     from ultralytics.models.sam.sam3.vl_combiner import SAM3VLBackbone
     from ultralytics.nn.modules.transformer import MLP
 
-    vit = ViT(
-        img_size=IMGSZ,
-        pretrain_img_size=336,
-        patch_size=14,
-        embed_dim=dims.vit_dim,
-        depth=dims.vit_depth,
-        num_heads=max(1, dims.vit_dim // HEAD_DIM),
-        mlp_ratio=dims.vit_mlp_ratio,
-        norm_layer="LayerNorm",
-        drop_path_rate=0.1,
-        qkv_bias=True,
-        use_abs_pos=True,
-        tile_abs_pos=True,
-        global_att_blocks=dims.global_blocks,
-        rel_pos_blocks=(),
-        use_rope=True,
-        use_interp_rope=True,
-        window_size=24,
-        pretrain_use_cls_token=True,
-        retain_cls_token=False,
-        ln_pre=True,
-        ln_post=False,
-        return_interm_layers=False,
-        bias_patch_embed=False,
-    )
-    vision = Sam3DualViTDetNeck(
-        position_encoding=_position_encoding(PositionEmbeddingSine, dims.d_model),
-        d_model=dims.d_model,
-        scale_factors=[4.0, 2.0, 1.0, 0.5],
-        trunk=vit,
-        add_sam2_neck=True,
-    )
+    vision = _vision_backbone(dims)
     text = VETextEncoder(
         tokenizer=tokenizer if tokenizer is not None else clip_tokenizer(),
         d_model=dims.d_model,
@@ -173,6 +141,48 @@ def build_sam3(dims: Sam3Dims = Sam3Dims(), *, tokenizer: Callable | None = None
         multimask_output=True,
     )
     return model.eval()
+
+
+def _vision_backbone(dims: Sam3Dims) -> Any:  # Ultralytics' Sam3DualViTDetNeck
+    """SAM 3's ViT and its two necks (SAM 3's and the SAM 2-style one of the interactive head), as Ultralytics'
+    ``_create_vision_backbone`` builds them at Meta's sizes."""
+    from ultralytics.models.sam.modules.blocks import PositionEmbeddingSine
+    from ultralytics.models.sam.sam3.necks import Sam3DualViTDetNeck
+    from ultralytics.models.sam.sam3.vitdet import ViT
+
+    vit = ViT(
+        img_size=IMGSZ,
+        pretrain_img_size=336,
+        patch_size=14,
+        embed_dim=dims.vit_dim,
+        depth=dims.vit_depth,
+        num_heads=max(1, dims.vit_dim // HEAD_DIM),
+        mlp_ratio=dims.vit_mlp_ratio,
+        norm_layer="LayerNorm",
+        drop_path_rate=0.1,
+        qkv_bias=True,
+        use_abs_pos=True,
+        tile_abs_pos=True,
+        global_att_blocks=dims.global_blocks,
+        rel_pos_blocks=(),
+        use_rope=True,
+        use_interp_rope=True,
+        window_size=24,
+        pretrain_use_cls_token=True,
+        retain_cls_token=False,
+        ln_pre=True,
+        ln_post=False,
+        return_interm_layers=False,
+        bias_patch_embed=False,
+    )
+    vision = Sam3DualViTDetNeck(
+        position_encoding=_position_encoding(PositionEmbeddingSine, dims.d_model),
+        d_model=dims.d_model,
+        scale_factors=[4.0, 2.0, 1.0, 0.5],
+        trunk=vit,
+        add_sam2_neck=True,
+    )
+    return vision
 
 
 def _position_encoding(cls, d_model: int) -> nn.Module:
@@ -375,3 +385,171 @@ def dims_of(state: Mapping[str, object], *, where: str) -> Sam3Dims:
         d_model=sizes["d_model"],
         **counts,
     )
+
+
+# --- SAM 3's interactive head: box / point prompts, as Ultralytics' ``SAM("sam3.pt")`` runs them ---------------------
+
+#: Parts of the interactive model an image prediction runs (the memory parts serve video tracking only).
+INTERACTIVE_PARTS = ("image_encoder.", "sam_prompt_encoder.", "sam_mask_decoder.", "no_mem_embed")
+
+
+def build_interactive_sam3(dims: Sam3Dims = Sam3Dims()) -> nn.Module:
+    """An untrained interactive SAM 3 (``SAM3Model``: SAM 3's ViT with the SAM 2-style neck, prompt encoder and
+    mask decoder, and the video memory) of size ``dims``, as Ultralytics' ``build_interactive_sam3`` builds it at
+    Meta's sizes (width ``dims.d_model`` after the ViT instead of 256), without reading a file; eval mode, CPU."""
+    from ultralytics.models.sam.modules.blocks import RoPEAttention
+    from ultralytics.models.sam.modules.encoders import MemoryEncoder
+    from ultralytics.models.sam.modules.memory_attention import MemoryAttention, MemoryAttentionLayer
+    from ultralytics.models.sam.modules.sam import SAM3Model
+    from ultralytics.models.sam.sam3.vl_combiner import SAM3VLBackbone
+
+    d, side = dims.d_model, IMGSZ // 14
+    memory_attention = MemoryAttention(
+        batch_first=True,
+        d_model=d,
+        pos_enc_at_input=True,
+        layer=MemoryAttentionLayer(
+            dim_feedforward=2048,
+            dropout=0.1,
+            pos_enc_at_attn=False,
+            pos_enc_at_cross_attn_keys=True,
+            pos_enc_at_cross_attn_queries=False,
+            self_attn=RoPEAttention(
+                embedding_dim=d, num_heads=1, downsample_rate=1, rope_theta=10000.0, feat_sizes=(side, side)
+            ),
+            d_model=d,
+            cross_attn=RoPEAttention(
+                embedding_dim=d,
+                num_heads=1,
+                downsample_rate=1,
+                kv_in_dim=64,
+                rope_theta=10000.0,
+                feat_sizes=(side, side),
+                rope_k_repeat=True,
+            ),
+        ),
+        num_layers=4,
+    )
+    model = SAM3Model(
+        image_size=IMGSZ,
+        image_encoder=SAM3VLBackbone(scalp=1, visual=_vision_backbone(dims), text=None),
+        memory_attention=memory_attention,
+        memory_encoder=MemoryEncoder(out_dim=64, interpol_size=(1152, 1152)),
+        backbone_stride=14,
+        num_maskmem=7,
+        sigmoid_scale_for_mem_enc=20.0,
+        sigmoid_bias_for_mem_enc=-10.0,
+        use_mask_input_as_output_without_sam=True,
+        directly_add_no_mem_embed=True,
+        use_high_res_features_in_sam=True,
+        multimask_output_in_sam=True,
+        iou_prediction_use_sigmoid=True,
+        use_obj_ptrs_in_encoder=True,
+        add_tpos_enc_to_obj_ptrs=True,
+        only_obj_ptrs_in_the_past_for_eval=True,
+        pred_obj_scores=True,
+        pred_obj_scores_mlp=True,
+        fixed_no_obj_ptr=True,
+        multimask_output_for_tracking=True,
+        use_multimask_token_for_obj_ptr=True,
+        multimask_min_pt_num=0,
+        multimask_max_pt_num=1,
+        use_mlp_for_obj_ptr_proj=True,
+        compile_image_encoder=False,
+        no_obj_embed_spatial=True,
+        proj_tpos_enc_in_obj_ptrs=True,
+        use_signed_tpos_enc_to_obj_ptrs=True,
+        sam_mask_decoder_extra_args={
+            "dynamic_multimask_via_stability": True,
+            "dynamic_multimask_stability_delta": 0.05,
+            "dynamic_multimask_stability_thresh": 0.98,
+        },
+    )
+    return model.eval()
+
+
+def interactive_state(state: Mapping[str, object]) -> dict[str, object]:
+    """A SAM 3 checkpoint's tensors under ``SAM3Model``'s key names, mapped as Ultralytics'
+    ``_load_checkpoint(..., interactive=True)`` maps them: the image model's vision backbone
+    (``detector.backbone.vision_backbone.*``) becomes ``image_encoder.vision_backbone.*``, the tracker's
+    ``transformer.encoder`` / ``maskmem_backbone`` the memory attention / encoder, every other ``tracker.*`` key its
+    own name (SAM 3.1's names first mapped onto SAM 3's). A state dict already in ``SAM3Model``'s names (no
+    ``detector.`` / ``tracker.`` key) is taken as it is."""
+    ckpt = {
+        k.replace("tracker.model.interactive_", "tracker.")
+        .replace("tracker.model.interactivity_", "tracker.")
+        .replace("interactive_convs", "sam2_convs"): v
+        for k, v in state.items()
+    }
+    if not any(k.startswith(("detector.", "tracker.")) for k in ckpt):
+        return ckpt
+    out: dict[str, object] = {}
+    detector = {k.replace("detector.", ""): v for k, v in ckpt.items() if "detector" in k}
+    out.update({k.replace("backbone.vision_backbone", "image_encoder.vision_backbone"): v
+                for k, v in detector.items() if "backbone.vision_backbone" in k})  # fmt: skip
+    out.update({k.replace("tracker.transformer.encoder", "memory_attention"): v
+                for k, v in ckpt.items() if "tracker.transformer" in k})  # fmt: skip
+    out.update({k.replace("tracker.maskmem_backbone", "memory_encoder"): v
+                for k, v in ckpt.items() if "tracker.maskmem_backbone" in k})  # fmt: skip
+    out.update({k.replace("tracker.", ""): v for k, v in ckpt.items() if "tracker." in k})
+    return out
+
+
+def interactive_dims_of(state: Mapping[str, object], *, where: str) -> Sam3Dims:
+    """The ``Sam3Dims`` of an interactive SAM 3 state dict (``interactive_state``'s names): the ViT's width, MLP and
+    depth from its tensors, the width after it from the SAM 2-style neck (the text and detector sizes stay Meta's:
+    the interactive model has none of them)."""
+    trunk = "image_encoder.vision_backbone.trunk"
+    shapes = {}
+    for name, key in (("vit", f"{trunk}.patch_embed.proj.weight"), ("mlp", f"{trunk}.blocks.0.mlp.fc1.weight"),
+                      ("neck", "image_encoder.vision_backbone.sam2_convs.2.conv_1x1.weight")):  # fmt: skip
+        shape = tuple(getattr(state.get(key), "shape", ()))
+        if not shape:
+            raise SamlabelError(f"{where}: not SAM 3's interactive weights (no tensor {key!r})")
+        shapes[name] = int(shape[0])
+    pattern = re.compile(re.escape(trunk) + r"\.blocks\.(\d+)\.")
+    depth = max(int(m.group(1)) for k in state if (m := pattern.match(k))) + 1
+    return dataclasses.replace(
+        Sam3Dims(),
+        vit_dim=shapes["vit"],
+        vit_mlp_ratio=shapes["mlp"] / shapes["vit"],
+        vit_depth=depth,
+        d_model=shapes["neck"],
+    )
+
+
+def load_interactive_sam3(path: str | Path, *, flag: str = "--segmenter") -> nn.Module:
+    """SAM 3's interactive model (box and point prompts) with the weights in ``path`` (Meta's ``sam3.pt``), eval, CPU.
+
+    Read with ``weights_only=True`` and never downloaded (Ultralytics' ``build_interactive_sam3`` unpickles the
+    file in full); the keys are mapped as Ultralytics maps them (``interactive_state``) and the architecture has the
+    sizes the tensors have. Every weight an image prediction uses (``INTERACTIVE_PARTS``) must be there with its
+    shape; the video memory's may be missing.
+
+    Raises:
+        WeightsNotFoundError: no file at ``path``.
+        SamlabelError: the file holds Python objects, is not SAM 3 weights, lacks the interactive head (the tracker
+            part of ``sam3.pt``), or does not fit.
+    """
+    from pipeline.sam.build import _read_state_dict, mismatches
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"{flag} {path}: no such file; SAM 3's weights are not downloaded: {GET_WEIGHTS.format(flag=flag)}"
+        )
+    where = f"{flag} {path}"
+    state = interactive_state(_read_state_dict(path, flag=flag))
+    model = build_interactive_sam3(interactive_dims_of(state, where=where))
+    expected = model.state_dict()
+    used = {k: t for k, t in expected.items() if k.startswith(INTERACTIVE_PARTS)}
+    problems = [p for p in mismatches(state, used, arch="sam3") if not p.startswith("unexpected")]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SamlabelError(
+            f"{where}: not SAM 3's interactive (box prompt) weights: {problems[0]}{more}; Meta's sam3.pt holds them "
+            "(its tracker part)"
+        )
+    fits = {k: v for k, v in state.items() if k in expected and getattr(v, "shape", None) == expected[k].shape}
+    model.load_state_dict(fits, strict=False)  # the video memory's weights, where missing, stay random (unused)
+    return model.eval()

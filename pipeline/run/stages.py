@@ -17,6 +17,8 @@ from pipeline.config import Settings, generator_options
 from pipeline.device import check_device
 from pipeline.errors import SamlabelError
 from pipeline.types import DetectorStage, GeneratorStage, Instances, SegmenterStage
+from pipeline.weights import is_sam3_file
+from pipeline.weights import sam3_weights as _sam3_weights
 
 
 class Recipe:
@@ -96,6 +98,18 @@ class SegmenterRecipe(Recipe):
         )
 
 
+def check_segmenter(settings: Settings) -> None:
+    """Refuse now, in one line, what would stop the SAM stage when it is built later (on first use, or on Ray
+    workers): weights that are neither on disk nor downloadable (SAM 3's never are downloaded), or ``--runtime onnx``
+    for a torch-only architecture (SAM 3)."""
+    from pipeline.sam.build import resolve_arch
+    from pipeline.sam.segmenter import check_runtime
+    from pipeline.weights import resolve_weights
+
+    path = resolve_weights(settings.segmenter, flag="--segmenter")
+    check_runtime(resolve_arch(path, settings.sam_arch), settings.runtime)
+
+
 class GeneratorRecipe(Recipe):
     """SAM's automatic mask generator (``pipeline.sam.automatic.MaskGenerator``) the settings describe: the
     ``SegmenterRecipe``'s SAM with ``points_per_side``, ``pred_iou_thresh``, ``stability_thresh`` ...
@@ -163,7 +177,7 @@ class LazyStage:
 
 def is_concept_weights(weights: str) -> bool:
     """SAM 3 weights (``sam3.pt``, ``sam3_finetuned.pt`` ...): the detector is a concept model."""
-    return Path(weights).name.lower().startswith("sam3")
+    return is_sam3_file(weights)
 
 
 class ConceptRecipe(DetectorRecipe):
@@ -229,16 +243,10 @@ def concept_recipe(detector: Any, settings: Settings) -> ConceptRecipe | None:
     return ConceptRecipe(settings, model=detector)
 
 
-def sam3_weights(weights: str) -> Path:
+def sam3_weights(weights: str, *, flag: str = "--detector") -> Path:
     """The SAM 3 weights file, which samlabel never downloads (gated: Meta's SAM licence).
 
     Raises:
         SamlabelError: not on disk, with where to get it.
     """
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise SamlabelError(
-            f"--detector {weights}: no such file. SAM 3 weights are gated: accept Meta's SAM licence at "
-            "https://huggingface.co/facebook/sam3, download sam3.pt and pass its path: --detector PATH/sam3.pt"
-        )
-    return path
+    return _sam3_weights(weights, flag=flag)

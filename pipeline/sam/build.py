@@ -25,6 +25,7 @@ import torch
 
 from pipeline.errors import SamlabelError
 from pipeline.sam.profiles import EXTRA_ARCHS
+from pipeline.weights import is_sam3_file
 
 #: One line for a missing ``segment-anything-hq`` (or the ``timm`` its TinyViT needs).
 HQ_MISSING = (
@@ -50,7 +51,8 @@ def _file_names(arch: str) -> tuple[str, ...]:
 
 
 def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> str:
-    """``arch`` checked against :func:`sam_archs`, or the architecture the file name ends with.
+    """``arch`` checked against :func:`sam_archs`, or the architecture the file name ends with (``sam3`` for any
+    name that starts with ``sam3``: :func:`pipeline.weights.is_sam3_file`).
 
     Raises:
         SamlabelError: ``arch`` is not an architecture, or it is ``None`` and the file name ends with none.
@@ -61,6 +63,8 @@ def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--se
             raise SamlabelError(f"--sam-arch {arch}: expected one of {', '.join(choices)}")
         return arch
     name = Path(path).name
+    if is_sam3_file(name):  # SAM 3's interactive head, as Ultralytics' SAM() reads any name with "sam3" in it
+        return "sam3"
     matches = [(len(end), a) for a in choices for end in _file_names(a) if name.endswith(end)]
     if not matches:
         ends = ", ".join(end for a in choices for end in _file_names(a)[:1])
@@ -72,7 +76,7 @@ def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--se
 
 
 def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> torch.nn.Module:
-    """The SAM / SAM2 model of checkpoint ``path``, in eval mode on the CPU.
+    """The SAM / SAM2 / SAM 3 (interactive) model of checkpoint ``path``, in eval mode on the CPU.
 
     Args:
         path: a state dict saved with ``torch.save`` (or a dict holding one under ``"model"``), as
@@ -85,6 +89,10 @@ def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmen
             that does not fit the architecture (the message names the first key that differs).
     """
     arch = resolve_arch(path, arch, flag=flag)
+    if arch == "sam3":  # its keys are mapped from Meta's checkpoint layout and its sizes read from the tensors
+        from pipeline.concepts.sam3_build import load_interactive_sam3
+
+        return load_interactive_sam3(path, flag=flag)
     state = _read_state_dict(Path(path), flag=flag)
     model = build_arch(arch)
     expected = model.state_dict()
@@ -128,7 +136,8 @@ _BUILD_LOCK = threading.Lock()
 def build_arch(arch: str) -> torch.nn.Module:
     """A randomly initialised ``arch`` model built by its authors' builder; nothing is read or downloaded.
 
-    Ultralytics' builders for its architectures and MedSAM (SAM ViT-B), ``segment_anything_hq``'s
+    Ultralytics' builders for its architectures and MedSAM (SAM ViT-B), SAM 3's interactive model at Meta's sizes
+    (:func:`pipeline.concepts.sam3_build.build_interactive_sam3`), ``segment_anything_hq``'s
     ``sam_model_registry`` for HQ-SAM. The initialisation draws from a forked RNG, so the caller's
     global random state is left as it was.
 
@@ -136,6 +145,11 @@ def build_arch(arch: str) -> torch.nn.Module:
         SamlabelError: an HQ-SAM architecture without the ``segment-anything-hq`` package.
     """
     kind, _, key = EXTRA_ARCHS[arch][1].partition(":") if arch in EXTRA_ARCHS else ("ultralytics", "", arch)
+    if kind == "sam3":
+        from pipeline.concepts.sam3_build import build_interactive_sam3
+
+        with torch.random.fork_rng(devices=[]):
+            return build_interactive_sam3()
     if kind == "sam_hq":
         registry = hq_registry(arch)
         with torch.random.fork_rng(devices=[]):

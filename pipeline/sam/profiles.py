@@ -1,14 +1,17 @@
 """How each SAM family is run: one profile per architecture, the only place its pre- and postprocessing live.
 
-A profile says how an (H, W) RGB image becomes the 1024 x 1024 encoder input, how prompts in image
-pixels move into that frame, and how the decoder's 256 x 256 low-resolution logits become a mask at
-(H, W). The torch and ONNX backends, the upsampler and fine-tuning all ask the profile; none of them
+A profile says how an (H, W) RGB image becomes the square encoder input (1024 x 1024; SAM 3: 1008),
+how prompts in image pixels move into that frame, and how the decoder's low-resolution logits (4 per
+patch of the encoder: 256 x 256; SAM 3: 288 x 288) become a mask at (H, W). The torch and ONNX backends, the upsampler and fine-tuning all ask the profile; none of them
 branches on the architecture.
 
 * ``ultralytics`` (SAM b/l/h, MobileSAM, SAM2 / SAM2.1, as Ultralytics runs them): Ultralytics'
   ``LetterBox`` (cv2 bilinear to ``round(side * r)`` with ``r = 1024 / max(H, W)``, grey padding
   bottom right), ImageNet mean / std; prompts times ``r``; the logits of the content cells resized
   straight to (H, W); mask = logits > 0.
+* ``sam3`` (SAM 3's interactive head, as Ultralytics' ``SAM3Predictor`` runs it): the same at an input
+  side of 1008 (``r = 1008 / max(H, W)``, patches of 14 pixels, 288 x 288 logits) with mean = std = 127.5 (set by
+  the predictor). The input side is the profile's ``input_size``: every frame computation asks it.
 * ``segment_anything`` (HQ-SAM, as ``segment_anything_hq.SamPredictor`` runs it): segment-anything's
   ``ResizeLongestSide`` (PIL bilinear to ``int(side * r + 0.5)``), mean / std, zero padding bottom
   right; prompts times ``new_side / side`` per axis; logits resized to 1024 x 1024, cropped to the
@@ -31,9 +34,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-#: Side of the square encoder input of every SAM here, and of the low-resolution logits (1/4 of it).
+#: Side of the square encoder input of every SAM here but SAM 3 (``Profile.input_size``), and of the
+#: low-resolution logits (1/4 of it, ``Profile.lowres``: 4 per patch of 16 pixels).
 SAM_INPUT = 1024
 LOWRES = SAM_INPUT // 4
+SAM3_INPUT = 1008  # SAM 3: 72 x 72 patches of 14 pixels
 
 Resize = Literal["letterbox", "longest_side", "stretch"]
 Normalize = Literal["mean_std", "min_max"]
@@ -51,13 +56,17 @@ class Profile:
         name: ``ultralytics``, ``segment_anything`` or ``medsam``.
         resize: ``letterbox`` (Ultralytics' ``LetterBox``, done by its predictor), ``longest_side``
             (segment-anything's ``ResizeLongestSide``) or ``stretch`` (to 1024 x 1024, aspect not kept).
-        normalize: ``mean_std`` (ImageNet mean / std of 0-255 pixels) or ``min_max`` (to [0, 1] per image).
+        normalize: ``mean_std`` (ImageNet mean / std of 0-255 pixels; with ``letterbox``, the predictor's own,
+            127.5 / 127.5 for SAM 3) or ``min_max`` (to [0, 1] per image).
         upsample: ``content`` (content cells of the logits straight to (H, W), Ultralytics),
             ``input_then_content`` (to 1024 x 1024, crop the content, to (H, W): segment-anything) or
             ``direct`` (all 256 x 256 straight to (H, W): MedSAM).
         sigmoid: the probabilities ``sigmoid(logits)`` are upsampled and thresholded at ``sigmoid(t)``
             (MedSAM: ``> 0.5``) instead of the logits at ``t``.
         box_only: the model was trained on box prompts only (clicks and mask inputs work but are untrained).
+        input_size: side of the square encoder input (1024; SAM 3: 1008).
+        patch: pixels per side of the encoder's patches (16; SAM 3: 14); the logits have 4 cells per patch.
+        torch_only: the model has no ONNX Runtime export here (SAM 3): ``runtime="auto"`` means PyTorch.
     """
 
     name: str
@@ -66,15 +75,24 @@ class Profile:
     upsample: Upsample
     sigmoid: bool = False
     box_only: bool = False
+    input_size: int = SAM_INPUT
+    patch: int = 16
+    torch_only: bool = False
+
+    @property
+    def lowres(self) -> int:
+        """Side of the decoder's low-resolution logits (and of a mask input): 4 per patch (256; SAM 3: 288)."""
+        return self.input_size // self.patch * 4
 
     def content_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """(rows, cols) of the 1024 x 1024 encoder input that the image covers (the rest is padding)."""
+        """(rows, cols) of the square encoder input that the image covers (the rest is padding)."""
         h, w = hw
+        side = self.input_size
         if self.resize == "stretch":
-            return SAM_INPUT, SAM_INPUT
-        r = min(SAM_INPUT / h, SAM_INPUT / w)
+            return side, side
+        r = min(side / h, side / w)
         if self.resize == "longest_side":  # ResizeLongestSide.get_preprocess_shape
-            r = SAM_INPUT * 1.0 / max(h, w)
+            r = side * 1.0 / max(h, w)
             return int(h * r + 0.5), int(w * r + 0.5)
         return max(round(h * r), 1), max(round(w * r), 1)  # LetterBox
 
@@ -82,7 +100,7 @@ class Profile:
         """(sx, sy): encoder-input pixels per image pixel along x and y (what prompts are multiplied by)."""
         h, w = hw
         if self.resize == "letterbox":  # Ultralytics' _prepare_prompts: one ratio for both axes
-            r = min(SAM_INPUT / h, SAM_INPUT / w)
+            r = min(self.input_size / h, self.input_size / w)
             return r, r
         ch, cw = self.content_hw(hw)
         return cw / w, ch / h
@@ -101,7 +119,7 @@ class Profile:
         if self.resize == "letterbox":
             raise ValueError("the letterbox profile is preprocessed by Ultralytics' predictor")
         if self.resize == "stretch":
-            image = stretch_cubic(rgb, (SAM_INPUT, SAM_INPUT)).astype(np.float32)
+            image = stretch_cubic(rgb, (self.input_size, self.input_size)).astype(np.float32)
         else:
             from PIL import Image
 
@@ -112,7 +130,7 @@ class Profile:
             image = (image - lo) / max(hi - lo, 1e-8)
         else:
             image = (image - _MEAN) / _STD
-        out = np.zeros((1, 3, SAM_INPUT, SAM_INPUT), dtype=np.float32)  # zero padding after normalisation
+        out = np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32)  # zero padding after normalisation
         out[0, :, : image.shape[0], : image.shape[1]] = image.transpose(2, 0, 1)
         return out
 
@@ -130,6 +148,15 @@ SEGMENT_ANYTHING = Profile(
     "segment_anything", resize="longest_side", normalize="mean_std", upsample="input_then_content"
 )
 MEDSAM = Profile("medsam", resize="stretch", normalize="min_max", upsample="direct", sigmoid=True, box_only=True)
+SAM3 = Profile(
+    "sam3",
+    resize="letterbox",
+    normalize="mean_std",
+    upsample="content",
+    input_size=SAM3_INPUT,
+    patch=14,
+    torch_only=True,
+)
 
 #: Architectures that are not Ultralytics': name -> (profile, what builds the model, file names that say it).
 #: ``builder`` is ``ultralytics:<arch>`` (Ultralytics' builder of that architecture) or ``sam_hq:<registry key>``.
@@ -139,6 +166,8 @@ EXTRA_ARCHS: dict[str, tuple[Profile, str, tuple[str, ...]]] = {
     "sam_hq_vit_l": (SEGMENT_ANYTHING, "sam_hq:vit_l", ("sam_hq_vit_l.pth", "sam_hq_vit_l.pt")),
     "sam_hq_vit_h": (SEGMENT_ANYTHING, "sam_hq:vit_h", ("sam_hq_vit_h.pth", "sam_hq_vit_h.pt")),
     "sam_hq_vit_tiny": (SEGMENT_ANYTHING, "sam_hq:vit_tiny", ("sam_hq_vit_tiny.pth", "sam_hq_vit_tiny.pt")),
+    # SAM 3's interactive head; any file whose name starts with ``sam3`` (pipeline.weights.is_sam3_file) says it
+    "sam3": (SAM3, "sam3:interactive", ("sam3.pt",)),
 }
 
 

@@ -1,9 +1,10 @@
 """SAM prompts: checked once, then held in encoder-input pixels for every backend.
 
-Images become SAM's 1024 x 1024 input as the architecture's profile says (:mod:`pipeline.sam.profiles`):
-letterboxed by Ultralytics (prompts times ``r = min(1024 / H, 1024 / W)``), resized along the longest
-side by segment-anything, or stretched by MedSAM (prompts scaled per axis). Mask inputs are SAM's own
-low-resolution logits (1/4 of the input, 256 x 256), which are in the input frame already.
+Images become SAM's square input of side S (1024; SAM 3: 1008, ``Profile.input_size``) as the
+architecture's profile says (:mod:`pipeline.sam.profiles`): letterboxed by Ultralytics (prompts times
+``r = min(S / H, S / W)``), resized along the longest side by segment-anything, or stretched by MedSAM
+(prompts scaled per axis). Mask inputs are SAM's own low-resolution logits (256 x 256, SAM 3
+288 x 288: ``Profile.lowres``), which are in the input frame already.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Prompts:
         boxes: float (N, 4) xyxy.
         points: float (N, P, 2) xy.
         labels: int32 (N, P): 1 positive, 0 negative, -1 padding.
-        masks: float (N, 1, 256, 256) low-resolution mask logits.
+        masks: float (N, 1, L, L) low-resolution mask logits (L = ``Profile.lowres``: 256; SAM 3 288).
     """
 
     boxes: torch.Tensor | None = None
@@ -98,7 +99,8 @@ def prepare_prompts(
         points: float (N, P, 2) xy in image pixels (column, row).
         point_labels: int (N, P): 1 positive, 0 negative, -1 padding (SAM's not-a-point token, which lets
             prompts with fewer points share a batch; it is a token, not a no-op).
-        mask_input: float (N, 256, 256) low-resolution logits from an earlier prediction (numpy or torch).
+        mask_input: float (N, 256, 256) low-resolution logits from an earlier prediction (numpy or torch);
+            (N, 288, 288) for SAM 3 (``profile.lowres``).
         device: where the tensors go.
         dtype: float type of the tensors.
         profile: the architecture's profile: how image pixels map to encoder-input pixels on each axis.
@@ -134,7 +136,8 @@ def prepare_prompts(
     elif point_labels is not None:
         raise ValueError("point_labels: expected None without points, got labels")
     if mask_input is not None:
-        m = _float_array("mask_input", mask_input, ndim=3, tail=(LOWRES, LOWRES), form=f"(N, {LOWRES}, {LOWRES})")
+        side = profile.lowres
+        m = _float_array("mask_input", mask_input, ndim=3, tail=(side, side), form=f"(N, {side}, {side})")
         counts["mask_input"] = len(m)
         out["masks"] = torch.as_tensor(m, dtype=dtype, device=device)[:, None]
     if len(set(counts.values())) > 1:

@@ -24,7 +24,8 @@ from pipeline import options
 from pipeline.errors import SamlabelError
 from pipeline.quality import MULTIMASK, choose_candidate
 from pipeline.sam.build import load_sam, resolve_arch
-from pipeline.sam.prompts import LOWRES, Prompts, prepare_prompts
+from pipeline.sam.profiles import profile_of
+from pipeline.sam.prompts import Prompts, prepare_prompts
 from pipeline.sam.torch_backend import Features, TorchBackend, make_backend
 from pipeline.sam.upsample import Upsampler
 from pipeline.threads import torch_threads
@@ -41,7 +42,7 @@ class ImageEmbedding:
     """One image as ``Segmenter.set_image`` encoded it; pass it to ``Segmenter.predict`` any number of times.
 
     Attributes:
-        features: the encoder's output, ready for the decoder: SAM-1 (1, 256, 64, 64); SAM2 a dict with
+        features: the encoder's output, ready for the decoder: SAM-1 (1, 256, 64, 64); SAM2 and SAM 3 a dict with
             ``image_embed`` and ``high_res_feats``. On the segmenter's device.
         hw: the image's (H, W).
         arch: the architecture that made it (another segmenter's embedding is refused).
@@ -59,7 +60,7 @@ class Prediction:
     """SAM's answer to N prompts of one image, K candidates each (3 with ``multimask``, else 1).
 
     Attributes:
-        logits: float32 (N, K, 256, 256) low-resolution mask logits, in the 1024 x 1024 input frame
+        logits: float32 (N, K, L, L) low-resolution mask logits (L = 256; SAM 3 288), in the square input frame
             SAM works in (letterboxed, or stretched for MedSAM), on the segmenter's device; ``logits[:, k]`` is a valid ``mask_input``.
         scores: float32 (N, K) numpy: SAM's predicted IoU of each candidate.
         threshold: the model's mask logit threshold.
@@ -97,13 +98,15 @@ class Segmenter:
     """SAM with a prompt API; calling it gives every unmasked instance a mask prompted with its box.
 
     Args:
-        weights: a SAM / SAM2 checkpoint path, or a released name Ultralytics can download.
+        weights: a SAM / SAM2 checkpoint path, or a released name Ultralytics can download; SAM 3's ``sam3.pt``
+            (any file whose name starts with ``sam3``: its interactive head) must be on disk.
         arch: one of :func:`pipeline.sam.build.sam_archs` (``sam_b``, ``mobile_sam``, ``sam2.1_t`` ...);
             ``None`` takes it from the file name.
         device: a torch / Ultralytics device string; ``None`` lets Ultralytics choose.
         batch: prompts per decoder call; 0 picks a default (32 on GPU, 8 with the ONNX box decoder, else 4).
         runtime: ``torch``; ``onnx`` (encoder on ONNX Runtime, and for the SAM-1 family the decoders too;
-            a failure is an error); ``auto`` (``onnx`` on CPU when it works, else ``torch``).
+            a failure is an error); ``auto`` (``onnx`` on CPU when it works, else ``torch``). SAM 3 runs on
+            ``torch`` only: ``auto`` means ``torch`` (said once in the log), ``onnx`` is refused.
         cache_dir: folder of the ONNX exports; ``None`` for ``$SAMLABEL_CACHE_DIR`` or the user cache folder
             (see :mod:`pipeline.sam.onnx_cache`). Nothing is written beside the weights.
         multimask: what calling the stage keeps per box: ``off`` (SAM's single mask), ``score`` (of the 3
@@ -143,6 +146,9 @@ class Segmenter:
             raise SamlabelError(f"--runtime {runtime}: expected one of {list(RUNTIMES)}")
         path = resolve_weights(weights, flag="--segmenter")
         self.arch = resolve_arch(path, arch)
+        if runtime != check_runtime(self.arch, runtime):
+            LOGGER.info("%s runs on PyTorch (it has no ONNX Runtime export here)", self.arch)
+            runtime = "torch"
         with torch_threads():  # building the model runs PyTorch too
             model = load_sam(path, self.arch)
         self.reference = make_backend(model, arch=self.arch, device=device)  # PyTorch; also the preprocessing
@@ -237,7 +243,8 @@ class Segmenter:
     def _decode(self, features, prompts: Prompts, *, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n, k = prompts.n, 3 if multimask else 1
         if n == 0:
-            return torch.zeros((0, k, LOWRES, LOWRES), device=self.device), torch.zeros((0, k))
+            side = self.profile.lowres
+            return torch.zeros((0, k, side, side), device=self.device), torch.zeros((0, k))
         parts = []
         with torch_threads():
             for start in range(0, n, self.batch):
@@ -284,6 +291,23 @@ class Segmenter:
                     scores[i] = pred.scores[k, choice]
         out = instances.replace(masks=tuple(masks), mask_score=scores)
         return out.with_extras(stability_score=np.round(stability, 4), **extras)
+
+
+def check_runtime(arch: str, runtime: str) -> str:
+    """The runtime ``arch`` runs on for ``runtime``: ``runtime`` itself, or ``torch`` for a torch-only architecture
+    (SAM 3: ``Profile.torch_only``) asked for ``auto``.
+
+    Raises:
+        SamlabelError: ``runtime="onnx"`` for a torch-only architecture.
+    """
+    if runtime == "torch" or not profile_of(arch).torch_only:
+        return runtime
+    if runtime == "onnx":
+        raise SamlabelError(
+            f"--runtime onnx: the {arch} segmenter runs on PyTorch only (it has no ONNX Runtime export here); "
+            "pass --runtime torch, or leave --runtime out"
+        )
+    return "torch"
 
 
 def select_backend(runtime: str, reference: TorchBackend, *, weights: Path, cache_dir: str | Path | None):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.sam.profiles import profile_of
-from pipeline.sam.prompts import SAM_INPUT, Prompts
+from pipeline.sam.prompts import Prompts
 from pipeline.threads import torch_threads
 
 Features = torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]
@@ -30,7 +30,8 @@ def make_backend(model: torch.nn.Module, *, arch: str, device: str | None = None
 
 
 class TorchBackend:
-    """Encode and decode with an Ultralytics ``Predictor`` (SAM-1 family) or ``SAM2Predictor`` (SAM2 / 2.1).
+    """Encode and decode with an Ultralytics ``Predictor`` (SAM-1 family), ``SAM2Predictor`` (SAM2 / 2.1) or
+    ``SAM3Predictor`` (SAM 3's interactive head: SAM2's prompt path at 1008 pixels).
 
     The predictor is set up here, at construction, inside ``torch_threads()``: Ultralytics'
     ``select_device`` changes torch's global thread count, and the block puts it back.
@@ -42,23 +43,24 @@ class TorchBackend:
         predictor: the Ultralytics predictor (model on ``device``, eval mode).
         device: where the model runs.
         dtype: float type of the model's inputs (float32, or float16 for a half-precision GPU model).
-        sam2: whether the model is SAM2 / SAM2.1.
+        sam2: whether the model takes SAM2's path (SAM2 / SAM2.1, and SAM 3's interactive head).
         threshold: the model's mask logit threshold.
     """
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, *, arch: str, device: str | None = None) -> None:
-        from ultralytics.models.sam import Predictor, SAM2Predictor
+        from ultralytics.models.sam import Predictor, SAM2Predictor, SAM3Predictor
 
         self.arch = arch
         self.profile = profile_of(arch)
-        self.sam2 = arch.startswith("sam2")
-        predictor_cls = SAM2Predictor if self.sam2 else Predictor
+        self.sam2 = arch.startswith(("sam2", "sam3"))  # SAM 3's interactive head is SAM 2's, on SAM 3's ViT
+        predictor_cls = SAM3Predictor if arch == "sam3" else SAM2Predictor if self.sam2 else Predictor
+        side = self.profile.input_size
         with torch_threads():
-            predictor = predictor_cls(overrides=dict(device=device, imgsz=SAM_INPUT, conf=0.0, verbose=False))
-            predictor.setup_model(model, verbose=False)
-        predictor.imgsz = [SAM_INPUT, SAM_INPUT]  # what setup_source would set: the letterbox size
+            predictor = predictor_cls(overrides=dict(device=device, imgsz=side, conf=0.0, verbose=False))
+            predictor.setup_model(model, verbose=False)  # SAM3Predictor sets its mean and std (127.5) here
+        predictor.imgsz = [side, side]  # what setup_source would set: the letterbox size
         self.predictor = predictor
         self.device: torch.device = predictor.device
         self.dtype: torch.dtype = predictor.torch_dtype
@@ -71,7 +73,7 @@ class TorchBackend:
 
     @property
     def image_encoder(self) -> torch.nn.Module:
-        """The image encoder: (1, 3, 1024, 1024) normalized image -> embedding (SAM-1) or a dict (SAM2)."""
+        """The image encoder: (1, 3, S, S) normalized image -> embedding (SAM-1) or a dict (SAM2, SAM 3)."""
         return self.model.image_encoder
 
     def decoder_parts(self) -> tuple[torch.nn.Module, torch.nn.Module] | None:
@@ -79,9 +81,9 @@ class TorchBackend:
         return None if self.sam2 else (self.model.prompt_encoder, self.model.mask_decoder)
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) RGB -> the (1, 3, 1024, 1024) encoder input on ``device``, as the profile says.
+        """uint8 (H, W, 3) RGB -> the (1, 3, S, S) encoder input on ``device`` (S: ``profile.input_size``).
 
-        The ``ultralytics`` profile is Ultralytics' own preprocessing (letterbox, mean / std); the others
+        The letterbox profiles are Ultralytics' own preprocessing (letterbox, the predictor's mean / std); the others
         (MedSAM's) are the profile's.
         """
         if self.profile.resize != "letterbox":

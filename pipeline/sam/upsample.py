@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile
+from pipeline.sam.profiles import ULTRALYTICS, Profile
 from pipeline.types import CropMask
 
 
@@ -30,12 +30,13 @@ class Upsampler:
         self,
         hw: tuple[int, int],
         *,
-        lowres: int = LOWRES,
+        lowres: int | None = None,
         device: torch.device | str = "cpu",
         profile: Profile = ULTRALYTICS,
     ) -> None:
         self.hw = hw
         self.profile = profile
+        lowres = profile.lowres if lowres is None else lowres
         ry, rx = _interp_matrices(hw[0], hw[1], lowres, profile)
         self.ry = torch.from_numpy(ry).to(device)
         self.rx = torch.from_numpy(rx).to(device)
@@ -173,12 +174,13 @@ def _interp_matrices(h: int, w: int, lowres: int, profile: Profile) -> tuple[np.
         return _resize_matrix(h, lowres, lowres), _resize_matrix(w, lowres, lowres)
     if profile.upsample == "input_then_content":  # segment-anything's Sam.postprocess_masks
         ch, cw = profile.content_hw((h, w))
-        size = lowres * SAM_INPUT // LOWRES
+        size = lowres * profile.input_size // profile.lowres  # the input side
         first = _resize_matrix(size, lowres, lowres)
         return _resize_matrix(h, ch, ch) @ first[:ch], _resize_matrix(w, cw, cw) @ first[:cw]
-    gain = min(SAM_INPUT / h, SAM_INPUT / w)
-    ratio_h = round(h * gain) * lowres / SAM_INPUT / h
-    ratio_w = round(w * gain) * lowres / SAM_INPUT / w
+    side = profile.input_size  # Ultralytics' postprocess: letterbox gain at the input, content cells of the logits
+    gain = min(side / h, side / w)
+    ratio_h = round(h * gain) * lowres / side / h
+    ratio_w = round(w * gain) * lowres / side / w
     bottom, right = max(round(h * ratio_h), 1), max(round(w * ratio_w), 1)
     if abs(h * ratio_h - bottom) + abs(w * ratio_w - right) > 1e-3:  # content ends mid-pixel: grid_sample
         return _grid_sample_matrix(h, ratio_h, lowres), _grid_sample_matrix(w, ratio_w, lowres)

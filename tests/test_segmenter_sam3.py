@@ -1,0 +1,165 @@
+"""``--segmenter sam3.pt``: SAM 3's interactive head as the box segmenter, on a reduced random-weight SAM 3.
+
+The checkpoint is ``tests.checkpoints.make_sam3_checkpoint`` in Meta's layout (``detector.*`` and ``tracker.*``);
+the same file serves ``--detector sam3.pt`` (tests/test_concepts_sam3.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.concepts.sam3_build import build_interactive_sam3, interactive_dims_of, interactive_state
+from pipeline.config import load_settings
+from pipeline.errors import SamlabelError
+from pipeline.run.state import fingerprint
+from pipeline.sam import Segmenter
+from pipeline.sam.build import _read_state_dict, resolve_arch
+from tests.checkpoints import make_yolo_checkpoint
+from tests.conftest import draw_scene
+from tests.helpers import assert_valid, coco_by_image, offline, splits_of
+from tests.roboflow import NAMES, SCENES, roboflow_yolo
+
+BOXES = np.array([[25, 25, 55, 55], [85, 45, 135, 95], [2, 3, 150, 110]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def seg(sam3_weights):
+    return Segmenter(sam3_weights, device="cpu", runtime="torch")
+
+
+def _ultralytics_sam3_predictor(path: Path):
+    """Ultralytics' own ``SAM3Predictor`` on a model loaded by Ultralytics' own ``_load_checkpoint`` (interactive)."""
+    from ultralytics.models.sam import SAM3Predictor
+    from ultralytics.models.sam.build_sam3 import _load_checkpoint
+
+    dims = interactive_dims_of(interactive_state(_read_state_dict(path, flag="test")), where="test")
+    model = _load_checkpoint(build_interactive_sam3(dims), str(path), interactive=True)
+    predictor = SAM3Predictor(overrides=dict(device="cpu", imgsz=1008, conf=0.0, verbose=False, save=False))
+    predictor.setup_model(model, verbose=False)
+    return predictor
+
+
+# (120, 160): the letterboxed content ends on a logit cell; (97, 203): mid-cell (Ultralytics' grid_sample path)
+@pytest.mark.parametrize("hw", [(120, 160), (97, 203)])
+def test_masks_and_scores_equal_ultralytics_sam3_predictor(seg, sam3_weights, hw):
+    rgb = draw_scene(hw)
+    boxes = BOXES * np.array([hw[1] / 160, hw[0] / 120] * 2, dtype=np.float32)
+    pred = seg.predict(seg.set_image(rgb), boxes=boxes)
+    assert seg.arch == "sam3" and pred.logits.shape == (3, 1, 288, 288)  # 72 x 72 patches of 14 px, 4 cells each
+
+    predictor = _ultralytics_sam3_predictor(sam3_weights)
+    predictor.set_image(np.ascontiguousarray(rgb[..., ::-1]))  # Ultralytics takes BGR
+    (result,) = predictor(bboxes=boxes)
+    theirs = result.masks.data.cpu().numpy()
+    np.testing.assert_allclose(pred.scores[:, 0], result.boxes.conf.cpu().numpy(), rtol=1e-4, atol=1e-5)
+    assert pred.threshold == predictor.model.mask_threshold == 0.0
+    for i, mask in enumerate(pred.masks()):
+        mine = mask.full(hw)
+        assert 0 < theirs[i].sum() < theirs[i].size  # neither empty nor everything: the comparison means something
+        assert (mine != theirs[i]).mean() < 1e-3, f"box {i}: {(mine != theirs[i]).sum()} pixels differ"
+
+
+def test_sam3_file_names_and_profile(sam3_weights):
+    assert resolve_arch("models/sam3.pt") == resolve_arch("sam3_finetuned.pt") == "sam3"
+    assert resolve_arch("SAM3-large.pt") == "sam3"  # any name that starts with sam3, as for --detector
+    from pipeline.sam.profiles import profile_of
+
+    profile = profile_of("sam3")
+    assert (profile.input_size, profile.lowres, profile.torch_only) == (1008, 288, True)
+    assert profile.scale_xy((120, 160)) == (1008 / 160, 1008 / 160)
+
+
+def _convert(src: Path, out: Path, *extra) -> int:
+    return main(["convert", str(src), "--out", str(out), "-q", *map(str, extra)])
+
+
+def test_convert_a_box_dataset_with_sam3_as_segmenter(tmp_path, sam3_weights):
+    src = roboflow_yolo(tmp_path / "src")
+    out = tmp_path / "out"
+    assert _convert(src, out, "--segmenter", sam3_weights) == 0
+    assert_valid(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["names"] == NAMES
+    boxes_per_image = {name: len(discs) for scenes in SCENES.values() for name, discs in scenes.items()}
+    found = {}
+    for split in splits_of(out):
+        for name, anns in coco_by_image(out, split).items():
+            found[name] = len(anns)
+            assert all(0 < a["mask_score"] < 1 for a in anns)
+    assert {k: v for k, v in found.items() if v} == {k: v for k, v in boxes_per_image.items() if v}
+    assert report["instances_total"] == sum(boxes_per_image.values())
+
+
+def test_label_with_a_yolo_detector_and_sam3_as_segmenter(tmp_path, sam3_weights):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, hw in enumerate([(120, 160), (90, 130)]):
+        Image.fromarray(draw_scene(hw)).save(photos / f"p{i}.png")
+    det = make_yolo_checkpoint(tmp_path / "w" / "det.pt", NAMES)
+    out = tmp_path / "out"
+    args = ["label", photos, "--out", out, "--detector", det, "--segmenter", sam3_weights, "--max-det", 3, "-q"]
+    assert main([str(a) for a in args]) == 0
+    assert_valid(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["names"] == NAMES and report["instances_total"] > 0
+    for split in splits_of(out):
+        for anns in coco_by_image(out, split).values():
+            assert len(anns) <= 3 and all("det_bbox" in a and 0 < a["mask_score"] < 1 for a in anns)
+
+
+@pytest.mark.parametrize("where", ["bare", "path"])
+def test_a_missing_sam3_segmenter_is_one_line_and_never_downloaded(tmp_path, monkeypatch, capsys, where):
+    src = roboflow_yolo(tmp_path / "src")
+    offline(monkeypatch, tmp_path)  # a bare name must not reach Ultralytics' downloader
+    weights = "sam3.pt" if where == "bare" else str(tmp_path / "models" / "sam3.pt")
+    assert _convert(src, tmp_path / "out", "--segmenter", weights) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"--segmenter {weights}: no such file" in err and "https://huggingface.co/facebook/sam3" in err
+    assert "--segmenter PATH/sam3.pt" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SamlabelError, match="no such file. SAM 3 weights are gated"):
+        Segmenter(weights, device="cpu")
+
+
+def test_runtime_onnx_with_sam3_is_refused_and_auto_means_torch(tmp_path, sam3_weights, capsys, caplog):
+    src = roboflow_yolo(tmp_path / "src")
+    assert _convert(src, tmp_path / "out", "--segmenter", sam3_weights, "--runtime", "onnx") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--runtime onnx: the sam3 segmenter runs on PyTorch only" in err and "--runtime torch" in err
+    with pytest.raises(SamlabelError, match="--runtime onnx: the sam3 segmenter runs on PyTorch only"):
+        Segmenter(sam3_weights, device="cpu", runtime="onnx")
+    with caplog.at_level(logging.INFO, logger="pipeline.sam.segmenter"):
+        auto = Segmenter(sam3_weights, device="cpu", runtime="auto")  # the run's default runtime
+    assert auto.runtime == "torch" and auto.backend is auto.reference
+    said = [r.getMessage() for r in caplog.records if "PyTorch" in r.getMessage()]
+    assert said == ["sam3 runs on PyTorch (it has no ONNX Runtime export here)"]
+
+
+def test_the_run_fingerprint_tells_sam3_from_other_segmenters(tmp_path):
+    def fp(**settings):
+        return fingerprint("convert", load_settings(None, **settings), NAMES, [], None)
+
+    assert fp(segmenter="sam3.pt") != fp(segmenter="mobile_sam.pt")
+    assert fp(segmenter="w/my.pt", sam_arch="sam3") != fp(segmenter="w/my.pt", sam_arch="mobile_sam")
+
+
+def test_a_sam3_file_without_the_interactive_head_says_so(tmp_path):
+    from tests.checkpoints import make_sam3_checkpoint
+
+    image_model = torch.load(make_sam3_checkpoint(tmp_path / "plain.pt", meta_layout=False), weights_only=True)
+    torch.save({"model": {f"detector.{k}": v for k, v in image_model.items()}}, tmp_path / "sam3.pt")  # no tracker
+    with pytest.raises(SamlabelError, match=r"not SAM 3's interactive \(box prompt\) weights: missing key 'no_mem"):
+        Segmenter(tmp_path / "sam3.pt", device="cpu")
+    torch.save({"model": {"detector.x": torch.zeros(1)}}, tmp_path / "sam3_bad.pt")
+    with pytest.raises(SamlabelError, match=r"not SAM 3's interactive weights \(no tensor"):
+        Segmenter(tmp_path / "sam3_bad.pt", device="cpu")
