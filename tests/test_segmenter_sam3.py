@@ -21,7 +21,8 @@ from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.run.state import fingerprint
 from pipeline.sam import Segmenter
-from pipeline.sam.build import _read_state_dict, resolve_arch
+from pipeline.sam.build import resolve_arch
+from pipeline.sam.checkpoint import read_state_dict
 from tests.checkpoints import make_yolo_checkpoint
 from tests.conftest import draw_scene
 from tests.helpers import assert_valid, coco_by_image, offline, splits_of
@@ -40,7 +41,7 @@ def _ultralytics_sam3_predictor(path: Path):
     from ultralytics.models.sam import SAM3Predictor
     from ultralytics.models.sam.build_sam3 import _load_checkpoint
 
-    dims = interactive_dims_of(interactive_state(_read_state_dict(path, flag="test")), where="test")
+    dims = interactive_dims_of(interactive_state(read_state_dict(path, flag="test")), where="test")
     model = _load_checkpoint(build_interactive_sam3(dims), str(path), interactive=True)
     predictor = SAM3Predictor(overrides=dict(device="cpu", imgsz=1008, conf=0.0, verbose=False, save=False))
     predictor.setup_model(model, verbose=False)

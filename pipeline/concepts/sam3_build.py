@@ -304,14 +304,14 @@ def load_sam3(path: str | Path, *, flag: str = "--detector", tokenizer: Callable
         WeightsNotFoundError: no file at ``path`` (the message says where to get SAM 3's weights).
         SamlabelError: the file is not SAM 3 weights, holds Python objects, or does not fit SAM 3.
     """
-    from pipeline.sam.build import _read_state_dict
+    from pipeline.sam.checkpoint import read_state_dict
 
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(
             f"{flag} {path}: no such file; SAM 3's weights are not downloaded: {GET_WEIGHTS.format(flag=flag)}"
         )
-    state = detector_state(_read_state_dict(path, flag=flag))
+    state = detector_state(read_state_dict(path, flag=flag))
     dims = dims_of(state, where=f"{flag} {path}")
     model = build_sam3(dims, tokenizer=tokenizer)
     try:
@@ -531,7 +531,7 @@ def load_interactive_sam3(path: str | Path, *, flag: str = "--segmenter") -> nn.
         SamlabelError: the file holds Python objects, is not SAM 3 weights, lacks the interactive head (the tracker
             part of ``sam3.pt``), or does not fit.
     """
-    from pipeline.sam.build import _read_state_dict, mismatches
+    from pipeline.sam.checkpoint import mismatches, read_state_dict
 
     path = Path(path)
     if not path.is_file():
@@ -539,7 +539,7 @@ def load_interactive_sam3(path: str | Path, *, flag: str = "--segmenter") -> nn.
             f"{flag} {path}: no such file; SAM 3's weights are not downloaded: {GET_WEIGHTS.format(flag=flag)}"
         )
     where = f"{flag} {path}"
-    state = interactive_state(_read_state_dict(path, flag=flag))
+    state = interactive_state(read_state_dict(path, flag=flag))
     model = build_interactive_sam3(interactive_dims_of(state, where=where))
     expected = model.state_dict()
     used = {k: t for k, t in expected.items() if k.startswith(INTERACTIVE_PARTS)}

@@ -8,7 +8,8 @@ Public API::
     pred.mask(0), pred.scores, pred.logits               # CropMask at image size; float32 (N, K); (N, K, 256, 256)
     seg(rgb, instances)                                  # the pipeline stage: every unmasked box -> mask
 
-Modules: ``build`` (checkpoint -> model by architecture), ``prompts`` (checks, encoder-input pixels),
+Modules: ``build`` (checkpoint -> model by architecture; SAM 3's interactive head from
+``pipeline.concepts.sam3_build``), ``checkpoint`` (state dicts read with ``weights_only``, key mismatches), ``prompts`` (checks, encoder-input pixels),
 ``torch_backend`` (Ultralytics' predictors: the reference), ``onnx_backend`` / ``onnx_export`` /
 ``onnx_cache`` (ONNX Runtime sessions, exports, the cache folder), ``box_decoder`` / ``prompt_decoder``
 (the exported decoder graphs), ``upsample`` (low-res logits -> image masks), ``segmenter`` (the stage).

@@ -13,10 +13,7 @@ SAM ViT-B's architecture. Everything that runs a model goes through :mod:`pipeli
 
 from __future__ import annotations
 
-import pickle
-import re
 import threading
-from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
@@ -24,6 +21,7 @@ from unittest import mock
 import torch
 
 from pipeline.errors import SamlabelError
+from pipeline.sam.checkpoint import mismatches, read_state_dict
 from pipeline.sam.profiles import EXTRA_ARCHS
 from pipeline.weights import is_sam3_file
 
@@ -93,7 +91,7 @@ def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmen
         from pipeline.concepts.sam3_build import load_interactive_sam3
 
         return load_interactive_sam3(path, flag=flag)
-    state = _read_state_dict(Path(path), flag=flag)
+    state = read_state_dict(Path(path), flag=flag)
     model = build_arch(arch)
     expected = model.state_dict()
     if not any(key in expected for key in state):
@@ -108,23 +106,6 @@ def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmen
         )
     model.load_state_dict(state)
     return model.eval()
-
-
-def mismatches(state: Mapping[str, object], expected: Mapping[str, torch.Tensor], *, arch: str) -> list[str]:
-    """What keeps ``state`` from loading into a model whose state dict is ``expected``, in the model's key order.
-
-    Each item is ``missing key 'k'``, ``key 'k' has shape (a, b), <arch> expects (c, d)`` or
-    ``unexpected key 'k'`` (the last ones after the others, in the checkpoint's order).
-    """
-    problems = []
-    for key, tensor in expected.items():
-        if key not in state:
-            problems.append(f"missing key {key!r}")
-        elif tuple(getattr(state[key], "shape", ())) != tuple(tensor.shape):
-            got = tuple(getattr(state[key], "shape", ()))
-            problems.append(f"key {key!r} has shape {got}, {arch} expects {tuple(tensor.shape)}")
-    problems.extend(f"unexpected key {key!r}" for key in state if key not in expected)
-    return problems
 
 
 # Ultralytics' builders read SAM2.1's extra layers from the checkpoint's *name* and then load (or download) it.
@@ -176,30 +157,3 @@ def hq_registry(arch: str):
     except ImportError as e:
         raise SamlabelError(HQ_MISSING.format(arch=arch, e=e)) from None
     return sam_model_registry
-
-
-def _read_state_dict(path: Path, *, flag: str) -> Mapping[str, object]:
-    """The state dict in ``path``, on the CPU, read with ``weights_only=True``: tensors and plain containers only.
-
-    Never a full unpickle (Ultralytics' ``torch_load`` does one): a pickle runs code when it is opened, and a
-    dataset's ``state.json`` names the file that ``samlabel review`` loads. Released SAM and SAM2 weights and
-    ``samlabel finetune``'s output are plain state dicts, which this reads.
-    """
-    try:
-        with open(path, "rb") as f:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" (it refers to {found.group(1)})" if found else ""
-        raise SamlabelError(
-            f"{flag} {path}: holds Python objects besides tensors{what}, which samlabel does not load: opening them "
-            "could run code. Save the model's weights alone, torch.save(model.state_dict(), PATH), and pass that"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - a bad file surfaces as many exception types (zip, torch)
-        raise SamlabelError(f"{flag} {path}: cannot load it as SAM weights ({type(e).__name__}: {e})") from None
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise SamlabelError(f"{flag} {path}: cannot load it as SAM weights (it holds a {type(state).__name__}, "
-                            "not a state dict)")  # fmt: skip
-    return state
