@@ -164,3 +164,25 @@ def test_a_sam3_file_without_the_interactive_head_says_so(tmp_path):
     torch.save({"model": {"detector.x": torch.zeros(1)}}, tmp_path / "sam3_bad.pt")
     with pytest.raises(SamlabelError, match=r"not SAM 3's interactive weights \(no tensor"):
         Segmenter(tmp_path / "sam3_bad.pt", device="cpu")
+
+
+def test_a_mask_fed_back_is_in_sam3s_frame(seg):
+    from pipeline.review.sam import mask_logits
+
+    rgb = draw_scene((120, 160))
+    emb = seg.set_image(rgb)
+    first = seg.predict(emb, boxes=BOXES[:1])
+    again = seg.predict(emb, boxes=BOXES[:1], mask_input=first.logits[:, 0])  # SAM's own logits, 288 x 288
+    assert again.logits.shape == (1, 1, 288, 288)
+    p = seg.profile
+    drawn = mask_logits(first.mask(0), (120, 160), scale_xy=p.scale_xy((120, 160)), input_size=1008, lowres=288)
+    assert drawn.shape == (288, 288) and seg.predict(emb, boxes=BOXES[:1], mask_input=drawn[None]).logits.shape[0] == 1
+    with pytest.raises(ValueError, match=r"mask_input: expected shape \(N, 288, 288\)"):
+        seg.predict(emb, boxes=BOXES[:1], mask_input=np.zeros((1, 256, 256), dtype=np.float32))
+
+
+def test_fine_tuning_sam3_is_refused_in_one_line(sam3_weights):
+    from pipeline.finetune.model import TrainableSam
+
+    with pytest.raises(SamlabelError, match="fine-tuning SAM 3 is not supported here"):
+        TrainableSam(sam3_weights)

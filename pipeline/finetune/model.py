@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.errors import SamlabelError
 from pipeline.finetune.options import TRAIN_PARTS
 from pipeline.sam.build import load_sam, resolve_arch
-from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile, is_hq
+from pipeline.sam.profiles import LOWRES, SAM_INPUT, ULTRALYTICS, Profile, is_hq, profile_of
 from pipeline.sam.prompts import Prompts
 from pipeline.sam.torch_backend import TorchBackend
 from pipeline.threads import torch_threads
@@ -58,6 +58,9 @@ class TrainableSam:
         if is_hq(self.arch):
             raise SamlabelError(f"--sam-arch {self.arch}: fine-tuning HQ-SAM is not supported (its decoder is the "
                                 "authors' segment_anything_hq, not Ultralytics'); fine-tune a SAM, SAM2 or MedSAM model")  # fmt: skip
+        if profile_of(self.arch).input_size != SAM_INPUT:
+            raise SamlabelError(f"--sam-arch {self.arch}: fine-tuning SAM 3 is not supported here (its input is "
+                                f"{profile_of(self.arch).input_size} pixels); fine-tune a SAM, SAM2 or MedSAM model")  # fmt: skip
         with torch_threads():
             model = load_sam(weights, self.arch)
         self.backend = TorchBackend(model, arch=self.arch, device=None if device is None else str(device))

@@ -148,24 +148,36 @@ class SamSession:
         As micro-sam does: the mask in the model's low-resolution frame (the profile's: letterboxed, longest
         side 256, content top left; MedSAM: stretched to 256 x 256), area-averaged, as logits of +-6.9.
         """
-        return mask_logits(mask, hw, scale_xy=self.segmenter.profile.scale_xy(hw))
+        profile = self.segmenter.profile
+        return mask_logits(
+            mask, hw, scale_xy=profile.scale_xy(hw), input_size=profile.input_size, lowres=profile.lowres
+        )
 
 
-def mask_logits(mask: CropMask, hw: tuple[int, int], *, scale_xy: tuple[float, float] | None = None) -> np.ndarray:
-    """float32 (256, 256) logits of ``mask`` (image of size ``hw``) in SAM's low-resolution frame.
+def mask_logits(
+    mask: CropMask,
+    hw: tuple[int, int],
+    *,
+    scale_xy: tuple[float, float] | None = None,
+    input_size: int = SAM_INPUT,
+    lowres: int = LOWRES,
+) -> np.ndarray:
+    """float32 (lowres, lowres) logits of ``mask`` (image of size ``hw``) in SAM's low-resolution frame.
 
     Args:
         scale_xy: encoder-input pixels per image pixel along x and y (``Profile.scale_xy``); None: the
-            letterbox frame (one ratio, ``1024 / max(hw)``).
+            letterbox frame (one ratio, ``input_size / max(hw)``).
+        input_size, lowres: the sides of the encoder input and of the logits (``Profile.input_size`` and
+            ``Profile.lowres``: 1024 and 256; SAM 3 1008 and 288).
     """
-    sx, sy = scale_xy if scale_xy is not None else (SAM_INPUT / max(hw),) * 2
-    rx, ry = sx * LOWRES / SAM_INPUT, sy * LOWRES / SAM_INPUT
-    out = np.full((LOWRES, LOWRES), -MASK_LOGIT, dtype=np.float32)
+    sx, sy = scale_xy if scale_xy is not None else (input_size / max(hw),) * 2
+    rx, ry = sx * lowres / input_size, sy * lowres / input_size
+    out = np.full((lowres, lowres), -MASK_LOGIT, dtype=np.float32)
     if mask.area == 0:
         return out
     x0, y0, x1, y1 = mask.xyxy
     lx0, ly0 = int(np.floor(x0 * rx)), int(np.floor(y0 * ry))
-    lx1, ly1 = min(int(np.ceil(x1 * rx)), LOWRES), min(int(np.ceil(y1 * ry)), LOWRES)
+    lx1, ly1 = min(int(np.ceil(x1 * rx)), lowres), min(int(np.ceil(y1 * ry)), lowres)
     # the crop placed on the low-res pixel grid: pad it to whole low-res pixels, then area-average
     px0, py0 = int(round(lx0 / rx)), int(round(ly0 / ry))
     pw, ph = max(int(round(lx1 / rx)) - px0, 1), max(int(round(ly1 / ry)) - py0, 1)
