@@ -28,6 +28,7 @@ from pipeline.run.stages import (
 from pipeline.run.state import STATE_DIR
 from pipeline.sources import find_images, parse_split, plan_items, read_dataset
 from pipeline.types import DetectorStage, GeneratorStage, SegmenterStage
+from pipeline.weights import is_sam3_file
 
 LOGGER = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ def _detect_stages(cfg, *, detector, segmenter) -> tuple[Any, Any]:
     """``--mode detect``: the detector and SAM stages (given objects kept; on Ray, recipes each replica builds)."""
     if cfg.engine == "ray":  # each Ray model replica builds its own stages (stage objects are pickled to it)
         detector = DetectorRecipe(cfg) if detector is None else detector
+        if segmenter is None and is_sam3_file(cfg.segmenter):  # never downloaded: missing or onnx refused here
+            check_segmenter(cfg)
         segmenter = SegmenterRecipe(cfg, lazy=True) if segmenter is None else segmenter
     if detector is None or segmenter is None:
         check_device(cfg.device)

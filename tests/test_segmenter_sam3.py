@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -186,3 +187,17 @@ def test_fine_tuning_sam3_is_refused_in_one_line(sam3_weights):
 
     with pytest.raises(SamlabelError, match="fine-tuning SAM 3 is not supported here"):
         TrainableSam(sam3_weights)
+
+
+@pytest.mark.parametrize("runtime, match", [("auto", "no such file. SAM 3 weights are gated"), ("onnx", None)])
+def test_a_ray_run_refuses_sam3_problems_before_any_worker_starts(tmp_path, sam3_weights, runtime, match):
+    from pipeline import label
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(draw_scene((60, 80))).save(photos / "p.png")
+    weights = tmp_path / "sam3.pt" if match else sam3_weights
+    match = match or "--runtime onnx: the sam3 segmenter runs on PyTorch only"
+    with mock.patch("pipeline.run.ray_engine.process", side_effect=AssertionError("Ray was started")):
+        with pytest.raises(SamlabelError, match=match):
+            label(photos, tmp_path / "out", engine="ray", segmenter=str(weights), runtime=runtime, progress=False)
