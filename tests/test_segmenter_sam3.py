@@ -201,3 +201,13 @@ def test_a_ray_run_refuses_sam3_problems_before_any_worker_starts(tmp_path, sam3
     with mock.patch("pipeline.run.ray_engine.process", side_effect=AssertionError("Ray was started")):
         with pytest.raises(SamlabelError, match=match):
             label(photos, tmp_path / "out", engine="ray", segmenter=str(weights), runtime=runtime, progress=False)
+
+
+def test_the_automatic_mask_generator_runs_on_sam3(seg):
+    from pipeline.config import GeneratorOptions
+    from pipeline.sam.automatic import MaskGenerator
+
+    options = GeneratorOptions(points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0)
+    found = MaskGenerator(seg, options)(draw_scene((120, 160)))
+    assert len(found) > 0 and all(0 < m.area <= 120 * 160 for m in found.masks)
+    assert (found.xyxy[:, 2] <= 160).all() and (found.xyxy[:, 3] <= 120).all()
