@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.concepts.sam3_build import build_interactive_sam3, interactive_dims_of, interactive_state
+from pipeline.concepts.sam3_build import Sam3Dims, build_interactive_sam3, interactive_dims_of, interactive_state
 from pipeline.config import load_settings
 from pipeline.errors import SamlabelError
 from pipeline.run.state import fingerprint
@@ -211,3 +211,21 @@ def test_the_automatic_mask_generator_runs_on_sam3(seg):
     found = MaskGenerator(seg, options)(draw_scene((120, 160)))
     assert len(found) > 0 and all(0 < m.area <= 120 * 160 for m in found.masks)
     assert (found.xyxy[:, 2] <= 160).all() and (found.xyxy[:, 3] <= 120).all()
+
+
+@pytest.mark.slow
+def test_full_size_interactive_sam3_is_ultralytics_model():
+    """Meta's sizes: the same modules and parameter shapes as Ultralytics' ``build_interactive_sam3`` (about 30 s)."""
+    from ultralytics.models.sam import build_sam3 as ultralytics_build
+
+    def signature(model):
+        return [
+            (name, type(m).__name__, tuple(p.shape for p in m.parameters(recurse=False)))
+            for name, m in model.named_modules()
+        ]
+
+    with mock.patch.object(ultralytics_build, "_load_checkpoint", lambda m, _c, interactive=False: m):
+        theirs = ultralytics_build.build_interactive_sam3("unused.pt")
+    ours = build_interactive_sam3()
+    assert signature(ours) == signature(theirs)
+    assert interactive_dims_of(ours.state_dict(), where="x") == Sam3Dims()

@@ -6,6 +6,10 @@ the same modules from ``Sam3Dims`` (its defaults are Meta's released SAM 3, whic
 checks against Ultralytics' builder) and takes the tokenizer as an argument; ``load_sam3`` reads the weights with
 ``weights_only=True`` and builds the architecture the tensors' shapes describe, so a reduced SAM 3 (the tests')
 runs the same code as the real one.
+
+``build_interactive_sam3`` / ``load_interactive_sam3`` do the same for SAM 3's interactive head (``SAM3Model``: box
+and point prompts, what ``--segmenter sam3.pt`` runs), in place of Ultralytics' ``build_interactive_sam3``, which
+unpickles the file in full.
 """
 
 from __future__ import annotations
