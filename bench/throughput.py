@@ -44,10 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from _models import ROOT, make_sam_checkpoint, make_yolo_checkpoint
-from PIL import Image
+# The caller's OMP_NUM_THREADS, read before anything imports Ultralytics: importing it sets OMP_NUM_THREADS=1 in
+# this process, and the tools run below must start from the shell's environment, as a user's would.
+USER_OMP = os.environ.get("OMP_NUM_THREADS")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _models import ROOT, make_sam_checkpoint, make_yolo_checkpoint  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ENCODER_GFLOP = {"mobile_sam": 77.5}  # per 1024x1024 input, the issue's measurement
 
@@ -113,6 +117,9 @@ def timed(fn, repeats: int = 2) -> float:
 def _env() -> dict[str, str]:
     """This process's environment with this tree first on PYTHONPATH (the CLI runs import this ``pipeline``)."""
     env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)  # as the user's shell has it (see USER_OMP), not as Ultralytics left it here
+    if USER_OMP is not None:
+        env["OMP_NUM_THREADS"] = USER_OMP
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
