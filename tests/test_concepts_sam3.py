@@ -283,7 +283,9 @@ def test_full_size_sam3_is_ultralytics_model_and_runs(monkeypatch):
     assert len(out) == 2 and all((i.class_id == 0).all() for i in out)
 
 
-def test_label_with_sam3_weights_writes_a_dataset_that_validate_and_pycocotools_accept(sam3_weights, tmp_path):
+def test_label_with_sam3_weights_writes_a_dataset_that_validate_pycocotools_and_ultralytics_accept(
+    sam3_weights, tmp_path
+):
     """``samlabel label photos/ --detector sam3.pt --prompts ...`` on the real SAM 3 code path (reduced model)."""
     import json
 
@@ -312,3 +314,9 @@ def test_label_with_sam3_weights_writes_a_dataset_that_validate_and_pycocotools_
     assert len(coco.getAnnIds()) == kept
     for ann in coco.loadAnns(coco.getAnnIds()):  # each says which phrase found it, and its score
         assert ann["phrase"] in ("red disc", "blue disc") and 0 <= ann["confidence"] <= 1
+    # Ultralytics' trainer reads the same instances through its own segment dataset loader
+    from tests.helpers import ultralytics_segment_labels
+
+    labels = ultralytics_segment_labels(out)["train"]  # every image is in train (val names the same folder)
+    assert len(labels) == 2 and sum(len(lb["cls"]) for lb in labels) == kept
+    assert all(len(lb["segments"]) == len(lb["cls"]) for lb in labels)
