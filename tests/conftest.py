@@ -129,3 +129,15 @@ def make_photos(root: Path) -> Path:
     (root / "notes.txt").write_text("not an image")
     Image.fromarray(draw_scene()).save(root / ".hidden" / "skip.png")
     return root
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through Playwright (the system's ``chromium``); skipped without Playwright."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.review_helpers import chromium_path
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +120,27 @@ def assert_mask_matches_logits(mask: np.ndarray, logits, threshold: float, *, ma
     wrong = (mask != (logits > threshold)) & decided
     assert not wrong.any(), f"{int(wrong.sum())} pixel(s) away from the threshold differ, e.g. {np.argwhere(wrong)[:3]}"
     assert decided.mean() > 0.99, "too few pixels away from the threshold for the comparison to mean anything"
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[str]:
+    """A local 2-CPU Ray on the loopback address for the block (its GCS address); its workers inherit a
+    PYTHONPATH with the repository first, so they import ``tests.*`` (the pickled fake stages). Shut down and
+    PYTHONPATH restored after."""
+    import ray
+
+    root = str(Path(__file__).resolve().parents[1])
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, before) if p)
+    # loopback only: the test cluster never listens on or talks to another address
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1"
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before

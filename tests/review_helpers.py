@@ -13,11 +13,32 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 import pipeline
 from pipeline.review.sam import Candidate, mask_logits
 from pipeline.types import CropMask
 from tests.conftest import FakeDetector, FakeSegmenter, make_photos
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path("/tmp")  # where the browser tests leave their screenshots, to look at
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() and shutil.which("chromium") is None, reason="chromium is not installed"),
+]
+
+
+def chromium_path() -> str:
+    """Debian's chromium (Playwright drives the system's browser; its own download cannot work here)."""
+    return str(CHROMIUM) if CHROMIUM.exists() else str(shutil.which("chromium"))
+
+
+def to_page(page, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates of image pixel (x, y) in the review page's canvas."""
+    view = page.evaluate("() => ({...S.view})")
+    box = page.locator("#canvas").bounding_box()
+    return box["x"] + view["ox"] + x * view["s"], box["y"] + view["oy"] + y * view["s"]
+
 
 with warnings.catch_warnings():  # Starlette >= 1.0 would like httpx2 (the brief installs httpx; both work)
     warnings.filterwarnings("ignore", message=".*httpx2")

@@ -427,25 +427,14 @@ def test_killed_and_resumed_concept_run_equals_a_clean_one(tmp_path):
 
 @pytest.mark.ray
 def test_concept_run_on_ray_equals_local(tmp_path):
-    ray = pytest.importorskip("ray")
-    import os
+    pytest.importorskip("ray")
+    from tests.helpers import local_ray
 
     src = disc_photos(tmp_path / "photos")
     ex = _exemplar_coco(tmp_path / "ex", src / "c.png", [("water", [44, 28, 40, 40])])
     _label(src, tmp_path / "local", exemplars=str(ex))
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1"
-    )
-    try:
+    with local_ray():
         _label(src, tmp_path / "ray", exemplars=str(ex), engine="ray")
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
     a, b = tmp_path / "local", tmp_path / "ray"
     assert label_files_bytes(a) == label_files_bytes(b)
     assert coco_data(a) == coco_data(b)

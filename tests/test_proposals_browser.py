@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import httpx
-import pytest
 
 from pipeline import label
 from tests.conftest import FakeSegmenter
 from tests.helpers import assert_valid, check_yolo_matches_coco
 from tests.proposal_helpers import FakeGenerator, MissingDetector, make_three_disc_images
-from tests.review_helpers import coco_image, start_server
+from tests.review_helpers import BROWSER_MARKS, SHOTS, coco_image, start_server, to_page
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path("/tmp")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() and shutil.which("chromium") is None, reason="chromium is not installed"),
-]
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        exe = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
-        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-def _to_page(page, x: float, y: float) -> tuple[float, float]:
-    """Page coordinates of image pixel (x, y) in the canvas."""
-    view = page.evaluate("() => ({...S.view})")
-    box = page.locator("#canvas").bounding_box()
-    return box["x"] + view["ox"] + x * view["s"], box["y"] + view["oy"] + y * view["s"]
+pytestmark = BROWSER_MARKS
 
 
 def test_a_proposal_gets_a_class_in_the_page_and_another_is_dismissed(tmp_path, browser):
@@ -64,7 +37,7 @@ def test_a_proposal_gets_a_class_in_the_page_and_another_is_dismissed(tmp_path, 
 
         # click inside the proposal's mask on the canvas: it is selected (dashed, yellow), then key 3 = "cone"
         x0, y0, x1, y1 = page.evaluate("() => S.props[0].box")
-        page.mouse.click(*_to_page(page, (x0 + x1) / 2, (y0 + y1) / 2))
+        page.mouse.click(*to_page(page, (x0 + x1) / 2, (y0 + y1) / 2))
         assert page.evaluate("() => [S.psel, S.sel]") == [0, -1]
         assert page.locator("#proposal-actions").is_visible()
         page.screenshot(path=str(SHOTS / "review_proposal.png"))

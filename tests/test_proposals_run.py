@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -111,19 +110,11 @@ def test_kill_and_resume_equals_a_clean_run_with_proposals(many, clean, tmp_path
 
 @pytest.mark.ray
 def test_proposals_on_ray_equal_local(clean, many, tmp_path):
-    ray = pytest.importorskip("ray")
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)  # the workers import tests.*
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             _node_ip_address="127.0.0.1")  # fmt: skip
-    try:
+    pytest.importorskip("ray")
+    from tests.helpers import local_ray
+
+    with local_ray():
         result = label(many, tmp_path / "ray", engine="ray", **_fakes())
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
     _same(clean, tmp_path / "ray")
     assert "propose" in result.report["timings"]["this_run"]["stage_seconds"]
 

@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import httpx
-import pytest
 
 from pipeline.quality import FLAG_MEANINGS
 from tests.helpers import assert_valid, check_yolo_matches_coco
-from tests.review_helpers import coco_image, make_dataset, start_server
+from tests.review_helpers import BROWSER_MARKS, SHOTS, coco_image, make_dataset, start_server, to_page
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path("/tmp")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() and shutil.which("chromium") is None, reason="chromium is not installed"),
-]
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        exe = str(CHROMIUM) if CHROMIUM.exists() else shutil.which("chromium")
-        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-def _to_page(page, x: float, y: float) -> tuple[float, float]:
-    """Page coordinates of image pixel (x, y) in the canvas."""
-    view = page.evaluate("() => ({...S.view})")
-    box = page.locator("#canvas").bounding_box()
-    return box["x"] + view["ox"] + x * view["s"], box["y"] + view["oy"] + y * view["s"]
+pytestmark = BROWSER_MARKS
 
 
 def test_review_page_end_to_end(tmp_path, browser):
@@ -78,7 +51,7 @@ def test_review_page_end_to_end(tmp_path, browser):
         page.keyboard.press("Tab")
         sel = page.evaluate("() => S.inst[S.sel]")
         x0, y0, x1, y1 = sel["box"]
-        page.mouse.click(*_to_page(page, (x0 + x1) / 2, y1 + 3))  # just below its box: the fake adds a disc there
+        page.mouse.click(*to_page(page, (x0 + x1) / 2, y1 + 3))  # just below its box: the fake adds a disc there
         page.wait_for_function("() => S.inst[S.sel].candidates !== null")
         assert page.locator("#candidates button").count() == 3
         assert page.locator("#candidates button.chosen").inner_text().startswith("mask 2")
@@ -105,7 +78,7 @@ def test_review_page_end_to_end(tmp_path, browser):
         page.select_option("#new-class", "cone")
         page.keyboard.press("n")
         disc = second["instances"][0]["box"]
-        a, b = _to_page(page, disc[0] - 1, disc[1] - 1), _to_page(page, disc[2] + 1, disc[3] + 1)
+        a, b = to_page(page, disc[0] - 1, disc[1] - 1), to_page(page, disc[2] + 1, disc[3] + 1)
         page.mouse.move(*a)
         page.mouse.down()
         page.mouse.move(*b, steps=5)

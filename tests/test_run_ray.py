@@ -19,7 +19,7 @@ from pipeline import convert, label
 from pipeline.errors import SamlabelError
 from pipeline.run.state import Journal
 from tests.conftest import FakeDetector, FakeSegmenter, draw_scene
-from tests.helpers import assert_valid, coco_data, label_files_bytes
+from tests.helpers import assert_valid, coco_data, label_files_bytes, local_ray
 from tests.roboflow import roboflow_yolo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +30,9 @@ FAKES = dict(detector=FakeDetector(), segmenter=FakeSegmenter(), progress=False)
 @pytest.fixture(scope="module")
 def ray_address():
     """A local Ray for this module; its workers import ``tests.*`` (the pickled fake stages) from the repo."""
-    ray = pytest.importorskip("ray")
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)  # inherited by Ray's workers
-    # loopback only: the test cluster never listens on or talks to another address
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1"
-    )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
+    pytest.importorskip("ray")
+    with local_ray() as address:
+        yield address
 
 
 def _same_dataset(a: Path, b: Path) -> None:

@@ -371,16 +371,16 @@ def _proposals(page: Page) -> str:
     )
 
 
+def _thumb(jpeg: bytes | None, size_wh: tuple[int, int] | None, problem: str | None, *, alt: str) -> str:
+    """A card's thumbnail: the JPEG inline, or why there is none."""
+    if jpeg is None:
+        return f'<div class="thumb missing" role="img" aria-label="{_e(alt)}">{_e(problem or "", 300)}</div>'
+    w, h = size_wh or (0, 0)
+    return f'<img class="thumb" src="data:image/jpeg;base64,{_b64(jpeg)}" width="{w}" height="{h}" alt="{_e(alt)}">'
+
+
 def _proposal_card(card: ProposalCard, rank: int) -> str:
-    alt = f"{card.count} proposals in {card.image}"
-    if card.jpeg is not None:
-        w, h = card.size_wh or (0, 0)
-        thumb = (
-            f'<img class="thumb" src="data:image/jpeg;base64,{_b64(card.jpeg)}" width="{w}" height="{h}" '
-            f'alt="{_e(alt)}">'
-        )
-    else:
-        thumb = f'<div class="thumb missing" role="img" aria-label="{_e(alt)}">{_e(card.problem or "", 300)}</div>'
+    thumb = _thumb(card.jpeg, card.size_wh, card.problem, alt=f"{card.count} proposals in {card.image}")
     return (
         f'<figure class="card proposal" data-kind="proposal" data-rank="{rank}">{thumb}<figcaption>'
         f'<div class="cls"><span class="swatch dashed"></span>{card.count:,} unlabeled</div>'
@@ -407,15 +407,7 @@ def _flagged_table(page: Page) -> str:
 
 def _card(card: Card, kind: str, rank: int) -> str:
     item = card.item
-    alt = f"{card.class_name} in {item.image}"
-    if card.jpeg is not None:
-        w, h = card.size_wh or (0, 0)
-        thumb = (
-            f'<img class="thumb" src="data:image/jpeg;base64,{_b64(card.jpeg)}" width="{w}" height="{h}" '
-            f'alt="{_e(alt)}">'
-        )
-    else:
-        thumb = f'<div class="thumb missing" role="img" aria-label="{_e(alt)}">{_e(card.problem or "", 300)}</div>'
+    thumb = _thumb(card.jpeg, card.size_wh, card.problem, alt=f"{card.class_name} in {item.image}")
     flags = "".join(f'<span class="flag" title="{_e(FLAGS.get(f, f))}">{_e(f)}</span>' for f in item.flags)
     nums = "".join(f"<dt>{k}</dt><dd>{_num(item.numbers[k])}</dd>" for k in NUMBERS if k in item.numbers)
     which = f"{'annotation' if item.image_id is not None else 'label line'} {item.ann_id}"
