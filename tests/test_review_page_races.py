@@ -9,13 +9,9 @@ import json
 import httpx
 import pytest
 
-from tests.review_helpers import make_dataset, start_server, wait_until
-from tests.test_review_browser import (  # noqa: F401 - the fixture
-    SHOTS,
-    _to_page,
-    browser,
-    pytestmark,  # noqa: F401 - marked browser, skipped without chromium
-)
+from tests.review_helpers import BROWSER_MARKS, SHOTS, make_dataset, start_server, to_page, wait_until
+
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,7 @@ def test_a_new_object_answered_after_a_switch_does_not_land_in_the_next_image(pa
     held = []
     page.route("**/predict", lambda route: held.append(route))  # SAM answers when the test says so
     page.keyboard.press("n")
-    p, q = _to_page(page, 5, 5), _to_page(page, 60, 60)
+    p, q = to_page(page, 5, 5), to_page(page, 60, 60)
     page.mouse.move(*p)
     page.mouse.down()
     page.mouse.move(*q, steps=4)
