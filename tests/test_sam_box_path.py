@@ -127,7 +127,9 @@ def test_a_run_on_checked_exports_imports_neither_torch_nor_ultralytics(plain_mo
         rgb = draw_scene(discs=[((x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2) for x0, y0, x1, y1 in boxes])
         cv2.imwrite(str(data / "images" / f"im{i}.png"), rgb[..., ::-1])
         h, w = rgb.shape[:2]
-        rows = [f"0 {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}" for x0, y0, x1, y1 in boxes]
+        rows = [
+            f"0 {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}" for x0, y0, x1, y1 in boxes
+        ]
         (data / "labels" / f"im{i}.txt").write_text("\n".join(rows) + "\n")
     script = textwrap.dedent(
         f"""

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import SamlabelError
-from pipeline.sam.onnx_cache import CacheWriteError, OnnxCache
 from pipeline.sam import onnx_sessions
+from pipeline.sam.onnx_cache import CacheWriteError, OnnxCache
 from pipeline.sam.onnx_export import (
     EncoderOutput,
     export_box_decoder,
@@ -39,9 +39,9 @@ from pipeline.sam.onnx_export import (
     export_prompt_decoder,
     unflatten_outputs,
 )
+from pipeline.sam.onnx_sessions import BOX_DECODER, ENCODER, ENCODER_PROVIDERS, PROMPT_DECODER, open_session
 from pipeline.sam.prompts import SAM_INPUT, Prompts
 from pipeline.sam.torch_backend import TorchBackend
-from pipeline.sam.onnx_sessions import BOX_DECODER, ENCODER, ENCODER_PROVIDERS, PROMPT_DECODER, open_session
 from pipeline.threads import torch_threads
 
 logger = logging.getLogger(__name__)

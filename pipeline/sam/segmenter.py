@@ -128,9 +128,10 @@ class Segmenter:
         runtime: the runtime in use (``torch`` or ``onnx``; ``auto`` resolved).
         batch: prompts per decoder call.
         reference: the PyTorch backend (:class:`TorchBackend`, or ``HqBackend`` for HQ-SAM): the reference;
-            it also preprocesses images.
+            it also preprocesses images. Built on first use when the ONNX box path started the segmenter.
         profile: how the architecture is pre- and postprocessed (:mod:`pipeline.sam.profiles`).
-        backend: what encodes and decodes: ``reference`` or an ``OnnxBackend`` built on it.
+        backend: what encodes and decodes: ``reference`` or an ``OnnxBackend`` built on it (built with ``reference``).
+        threshold: the model's mask logit threshold.
 
     Raises:
         SamlabelError: weights not found, no or a wrong architecture, an unreadable file, a bad
@@ -164,7 +165,9 @@ class Segmenter:
         self._reference: TorchBackend | None = None
         self._backend = None
         # Box prompts without PyTorch when the checked exports are there; the model is built on the first other use.
-        self._boxes = OnnxBoxPath.open(path, self.arch, cache_dir) if _box_path_applies(self.arch, runtime, device) else None
+        self._boxes = (
+            OnnxBoxPath.open(path, self.arch, cache_dir) if _box_path_applies(self.arch, runtime, device) else None
+        )
         if self._boxes is None:
             self._build()
         else:
@@ -224,7 +227,9 @@ class Segmenter:
         backend, reference = self.backend, self.reference
         with torch_threads(), torch.inference_mode():
             if self._last_boxes is not None and self._last_boxes[0] == key:  # the box path's encoding of these pixels
-                features = reference.features(torch.from_numpy(self._last_boxes[1]).to(reference.device, reference.dtype))
+                features = reference.features(
+                    torch.from_numpy(self._last_boxes[1]).to(reference.device, reference.dtype)
+                )
             else:
                 features = backend.encode(reference.preprocess(rgb))
         embedding = ImageEmbedding(features, hw, self.arch, Upsampler(hw, device=self.device, profile=self.profile))

@@ -92,9 +92,7 @@ class Upsampler:
             return [_EMPTY] * len(thresholds)
         return [_crop(*found, threshold) for threshold in thresholds]
 
-    def mask_and_stability(
-        self, logits: Tensor, threshold: float, *, offset: float = 1.0
-    ) -> tuple[CropMask, float]:
+    def mask_and_stability(self, logits: Tensor, threshold: float, *, offset: float = 1.0) -> tuple[CropMask, float]:
         """``self(logits, threshold=threshold)`` and SAM's stability score, each exactly as computed alone.
 
         The mask is ``__call__``'s; the stability score is ``hi.area / lo.area`` (1.0 when both are empty) for
