@@ -163,15 +163,15 @@ class Segmenter:
         self.profile = profile_of(self.arch)
         self._setup = (path, device, runtime, cache_dir)
         self._reference: TorchBackend | None = None
-        self._backend = None
+        self._backend: Any = None
+        self.runtime: str = "onnx"  # the ONNX box path's; _build sets the built backend's
+        self.threshold: float = SAM1_THRESHOLD  # the model's mask logit threshold (SAM-1's until the model says)
         # Box prompts without PyTorch when the checked exports are there; the model is built on the first other use.
         self._boxes = (
             OnnxBoxPath.open(path, self.arch, cache_dir) if _box_path_applies(self.arch, runtime, device) else None
         )
         if self._boxes is None:
             self._build()
-        else:
-            self.runtime, self.threshold = "onnx", SAM1_THRESHOLD
         # Prompts per decoder call. PyTorch's decoder copies the image embedding per box and gets slower per box
         # as the chunk grows on CPU (cache-bound: 68 ms/box at 4, 126 ms at 32); the ONNX box decoder shares
         # the image-side work of a chunk (26-29 ms/box from 2 to 8 boxes, 34 ms for one).
@@ -191,14 +191,15 @@ class Segmenter:
         self._reference = make_backend(model, arch=self.arch, device=device)  # PyTorch; also the preprocessing
         sessions = self._boxes.sessions if self._boxes is not None else None
         self._backend = select_backend(runtime, self._reference, weights=path, cache_dir=cache_dir, sessions=sessions)
-        self.runtime: str = self._backend.name
-        self.threshold: float = float(self._reference.threshold)  # the model's mask logit threshold
+        self.runtime = self._backend.name
+        self.threshold = float(self._reference.threshold)
 
     @property
     def reference(self) -> TorchBackend:
         """The PyTorch backend (built on first use when the ONNX box path started the segmenter)."""
         if self._reference is None:
             self._build()
+        assert self._reference is not None  # _build made it
         return self._reference
 
     @property
@@ -349,18 +350,20 @@ class Segmenter:
     def _call_boxes(self, rgb: np.ndarray, instances: Instances, todo: list[int]) -> Instances:
         """``__call__`` on the ONNX box path, in numpy: the same masks, scores and stability as the PyTorch-side path
         (the same sessions and float32 box scaling; the upsampling products agree to float rounding)."""
+        boxes = self._boxes
+        assert boxes is not None  # __call__ comes here only then
         rgb = _checked_rgb(rgb)
         hw = (int(rgb.shape[0]), int(rgb.shape[1]))
         key = _image_key(rgb)
         if self._last_boxes is None or self._last_boxes[0] != key:
-            self._last_boxes = (key, self._boxes.encode(rgb))
+            self._last_boxes = (key, boxes.encode(rgb))
         embedding = self._last_boxes[1]
         upsampler = Upsampler(hw, device=None, profile=self.profile)
         masks, scores = list(instances.masks), instances.mask_score.copy()
         stability = np.full(len(instances), np.nan)
         for start in range(0, len(todo), self.batch):
             chunk = todo[start : start + self.batch]
-            logits, found = self._boxes.decode(embedding, self.profile.scale_boxes(instances.xyxy[chunk], hw))
+            logits, found = boxes.decode(embedding, self.profile.scale_boxes(instances.xyxy[chunk], hw))
             for k, i in enumerate(chunk):
                 masks[i], stability[i] = upsampler.mask_and_stability(logits[k, 0], self.threshold)
                 scores[i] = found[k, 0]
