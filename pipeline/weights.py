@@ -61,6 +61,10 @@ def resolve_weights(spec: str | Path, *, flag: str, weights_dir: Path | None = N
         return sam3_weights(spec, flag=flag)
     if path.parent != Path(".") or not path.suffix:
         raise _not_found(flag, spec, "no such file", "give the path of a weights file with {option}")
+    if weights_dir is None:  # a name downloaded before is found without importing Ultralytics (and PyTorch)
+        found = _downloaded_before(path.name)
+        if found is not None:
+            return found
     from ultralytics.utils.downloads import attempt_download_asset
 
     # Into Ultralytics' weights folder, where later runs find it, rather than the current directory.
@@ -80,6 +84,36 @@ def resolve_weights(spec: str | Path, *, flag: str, weights_dir: Path | None = N
             flag, spec, "not found locally and the download did not produce it", "give a local file with {option}"
         )
     return downloaded
+
+
+def _downloaded_before(name: str) -> Path | None:
+    """``name`` in Ultralytics' weights folder, read from its settings file without importing Ultralytics; ``None``
+    when the file or the settings are not there (Ultralytics then finds, or downloads, it as usual).
+
+    The settings file is where Ultralytics keeps it: ``$YOLO_CONFIG_DIR/Ultralytics``, else the user's config folder
+    (``$XDG_CONFIG_HOME`` or ``~/.config`` on Linux, ``~/Library/Application Support`` on macOS, ``AppData/Roaming``
+    on Windows), ``settings.json``.
+    """
+    import json
+    import os
+    import sys
+
+    if env := os.environ.get("YOLO_CONFIG_DIR"):
+        folder = Path(env).expanduser()
+    elif sys.platform.startswith("linux"):
+        folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    elif sys.platform == "darwin":
+        folder = Path.home() / "Library" / "Application Support"
+    elif sys.platform == "win32":
+        folder = Path.home() / "AppData" / "Roaming"
+    else:
+        return None
+    try:
+        weights_dir = json.loads((folder / "Ultralytics" / "settings.json").read_text(encoding="utf-8"))["weights_dir"]
+        found = Path(weights_dir) / name
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if found.is_file() else None
 
 
 def _not_found(flag: str, spec, problem: str, fix: str) -> WeightsNotFoundError:

@@ -9,7 +9,8 @@ import torch
 
 from pipeline.errors import SamlabelError
 from pipeline.sam import ARCHS, Segmenter, load_sam
-from pipeline.sam.build import mismatches, resolve_arch
+from pipeline.sam.build import resolve_arch
+from pipeline.sam.checkpoint import mismatches
 
 
 def test_archs_are_ultralytics_model_names_then_medsam_and_hq_sam():

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from pipeline.errors import SamlabelError  # noqa: E402
-from pipeline.sam import Segmenter, Upsampler, onnx_backend  # noqa: E402
+from pipeline.sam import Segmenter, Upsampler, onnx_backend, onnx_sessions  # noqa: E402
 from pipeline.sam.onnx_cache import CACHE_ENV, OnnxCache, default_cache_dir  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def test_missing_onnxruntime(plain_mobile_sam, sam_cache, monkeypatch):
     def no_ort():
         raise ImportError("No module named 'onnxruntime'")
 
-    monkeypatch.setattr(onnx_backend, "import_ort", no_ort)
+    monkeypatch.setattr(onnx_sessions, "import_ort", no_ort)
     with pytest.raises(SamlabelError, match=r"--runtime onnx: .*pip install samlabel\[onnx\]"):
         Segmenter(plain_mobile_sam, device="cpu", runtime="onnx", cache_dir=sam_cache)
     assert Segmenter(plain_mobile_sam, device="cpu", runtime="auto", cache_dir=sam_cache).runtime == "torch"

@@ -44,3 +44,36 @@ def test_cli_names_the_flag(tmp_path, image_folder, capsys):
         "--detector PATH" in err
     )
     assert "detector='" not in err
+
+
+def test_a_name_downloaded_before_is_found_where_ultralytics_keeps_it_without_importing_it(tmp_path):
+    """``mobile_sam.pt`` given by name, already in Ultralytics' weights folder: found there from Ultralytics' settings
+    file, with neither Ultralytics nor PyTorch imported; and it is the folder Ultralytics itself reads."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    weights = tmp_path / "my-weights"  # not Ultralytics' default (the working folder's "weights")
+    weights.mkdir()
+    (weights / "mobile_sam.pt").write_bytes(b"weights")
+    (tmp_path / "cfg" / "Ultralytics").mkdir(parents=True)
+    settings = {"settings_version": "0.0.8", "weights_dir": str(weights)}
+    (tmp_path / "cfg" / "Ultralytics" / "settings.json").write_text(json.dumps(settings))
+    script = (
+        "import json, sys\n"
+        "from pipeline.weights import resolve_weights\n"
+        "found = str(resolve_weights('mobile_sam.pt', flag='--segmenter'))\n"
+        "clean = 'ultralytics' not in sys.modules and 'torch' not in sys.modules\n"
+        "from pipeline.weights import ultralytics_weights_dir\n"
+        "print(json.dumps([found, clean, str(ultralytics_weights_dir())]))\n"
+    )
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    found, clean, ultralytics_dir = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (found, clean, ultralytics_dir) == (str(weights / "mobile_sam.pt"), True, str(weights))
+    assert Path(found).read_bytes() == b"weights"

@@ -16,14 +16,15 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
-import torch
-
 from pipeline.errors import SamlabelError
-from pipeline.sam.checkpoint import mismatches, read_state_dict
-from pipeline.sam.profiles import EXTRA_ARCHS
+from pipeline.sam.profiles import EXTRA_ARCHS, SAM1_ARCHS
 from pipeline.weights import is_sam3_file
+
+if TYPE_CHECKING:
+    import torch
 
 #: One line for a missing ``segment-anything-hq`` (or the ``timm`` its TinyViT needs).
 HQ_MISSING = (
@@ -55,6 +56,9 @@ def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--se
     Raises:
         SamlabelError: ``arch`` is not an architecture, or it is ``None`` and the file name ends with none.
     """
+    known = _known_without_ultralytics(path, arch)
+    if known is not None:
+        return known
     choices = sam_archs()
     if arch is not None:
         if arch not in choices:
@@ -73,6 +77,20 @@ def resolve_arch(path: str | Path, arch: str | None = None, *, flag: str = "--se
     return max(matches)[1]
 
 
+def _known_without_ultralytics(path: str | Path, arch: str | None) -> str | None:
+    """What :func:`resolve_arch` answers for the SAM-1 family (:data:`pipeline.sam.profiles.SAM1_ARCHS`) and the
+    architectures samlabel adds, found without importing Ultralytics (and so PyTorch); ``None`` when only
+    Ultralytics' ``sam_model_map`` can tell (SAM2 ..., or a name that says nothing)."""
+    static = SAM1_ARCHS + tuple(EXTRA_ARCHS)
+    if arch is not None:
+        return arch if arch in static else None
+    name = Path(path).name
+    if is_sam3_file(name):
+        return "sam3"
+    matches = [(len(end), a) for a in static for end in _file_names(a) if name.endswith(end)]
+    return max(matches)[1] if matches else None
+
+
 def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmenter") -> torch.nn.Module:
     """The SAM / SAM2 / SAM 3 (interactive) model of checkpoint ``path``, in eval mode on the CPU.
 
@@ -86,6 +104,8 @@ def load_sam(path: str | Path, arch: str | None = None, *, flag: str = "--segmen
         SamlabelError: no architecture (see :func:`resolve_arch`), an unreadable file, or a state dict
             that does not fit the architecture (the message names the first key that differs).
     """
+    from pipeline.sam.checkpoint import mismatches, read_state_dict
+
     arch = resolve_arch(path, arch, flag=flag)
     if arch == "sam3":  # its keys are mapped from Meta's checkpoint layout and its sizes read from the tensors
         from pipeline.concepts.sam3_build import load_interactive_sam3
@@ -125,6 +145,8 @@ def build_arch(arch: str) -> torch.nn.Module:
     Raises:
         SamlabelError: an HQ-SAM architecture without the ``segment-anything-hq`` package.
     """
+    import torch
+
     kind, _, key = EXTRA_ARCHS[arch][1].partition(":") if arch in EXTRA_ARCHS else ("ultralytics", "", arch)
     if kind == "sam3":
         from pipeline.concepts.sam3_build import build_interactive_sam3

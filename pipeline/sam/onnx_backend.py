@@ -22,7 +22,6 @@ dependencies (``pip install samlabel[onnx]``), imported lazily so that importing
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,96 +30,24 @@ import numpy as np
 import torch
 
 from pipeline.errors import SamlabelError
+from pipeline.sam import onnx_sessions
 from pipeline.sam.onnx_cache import CacheWriteError, OnnxCache
 from pipeline.sam.onnx_export import (
-    BOX_DECODER,
-    PROMPT_DECODER,
     EncoderOutput,
     export_box_decoder,
     export_encoder,
     export_prompt_decoder,
     unflatten_outputs,
 )
+from pipeline.sam.onnx_sessions import BOX_DECODER, ENCODER, ENCODER_PROVIDERS, PROMPT_DECODER, open_session
 from pipeline.sam.prompts import SAM_INPUT, Prompts
 from pipeline.sam.torch_backend import TorchBackend
-from pipeline.threads import default_threads, torch_threads
+from pipeline.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
 _SELF_CHECK_SEED = 0
 _CHECK_ATOL = 1e-3
-
-
-def import_ort() -> Any:
-    """Import onnxruntime or raise an ImportError that says how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The ONNX runtime backend needs the optional dependencies: pip install 'samlabel[onnx]' "
-            "(onnx and onnxruntime)."
-        ) from e
-    return onnxruntime
-
-
-# ORT's global thread pool is process-wide by nature: it can be set only once, before ORT's environment
-# exists, so whether this process's sessions share it is one value for the process, decided by the first
-# session (None: not decided yet). The lock makes that first decision once when sessions open concurrently.
-_GLOBAL_POOL: list[bool | None] = [None]
-_GLOBAL_POOL_LOCK = threading.Lock()
-
-
-def session_options(threads: int | None = None) -> Any:
-    """ORT session options: every optimization, errors-only logging, and threads that do not fight.
-
-    Sessions created without an explicit ``threads`` share one process-wide intra-op pool (as many
-    threads as ``pipeline.threads.default_threads()``). With a pool per session, the encoder's threads
-    keep spinning after its call while the decoder's start: measured 0.95 s -> 0.88 s per image
-    (encoder + 5 boxes) with the shared pool. If the shared pool cannot be set up (ORT's environment
-    already exists), each session gets its own pool without spinning.
-    """
-    ort = import_ort()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only; ORT's shape-merge warnings are harmless
-    shared = threads is None and _shared_pool()
-    if shared:
-        so.use_per_session_threads = False
-    else:
-        if threads is not None:
-            so.intra_op_num_threads = int(threads)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
-def _shared_pool() -> bool:
-    with _GLOBAL_POOL_LOCK:
-        if _GLOBAL_POOL[0] is None:
-            try:
-                from onnxruntime.capi import _pybind_state
-
-                _pybind_state.set_global_thread_pool_sizes(default_threads(), 1)
-                _GLOBAL_POOL[0] = True
-            except Exception as e:  # noqa: BLE001 - ORT's errors derive from Exception only; all mean: no pool
-                logger.debug("no shared ONNX Runtime thread pool (%s)", e)
-                _GLOBAL_POOL[0] = False
-        return bool(_GLOBAL_POOL[0])
-
-
-def _session(path: Path, *, threads: int | None, providers: list[str]) -> Any:
-    """An ``InferenceSession`` on ``path``; ORT's own errors (a corrupt file ...) as RuntimeError."""
-    ort = import_ort()
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
-    available = ort.get_available_providers()
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=session_options(threads), providers=[p for p in providers if p in available]
-        )
-    except Exception as e:  # noqa: BLE001 - ORT's errors (InvalidProtobuf, Fail ...) derive from Exception only
-        raise RuntimeError(
-            f"ONNX Runtime cannot open {Path(path).name} ({type(e).__name__}: {e}); delete it to export it again"
-        ) from e
 
 
 class OnnxEncoder:
@@ -139,12 +66,12 @@ class OnnxEncoder:
         providers: Execution providers in use.
     """
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
-        """Open an ONNX Runtime session on an exported encoder.
+    def __init__(self, path: Path, *, threads: int | None = None, session: Any = None) -> None:
+        """Open an ONNX Runtime session on an exported encoder (or take ``session``, already open on it).
 
         Args:
             path: ONNX file written by :func:`pipeline.sam.onnx_export.export_encoder`.
-            threads: ORT intra-op threads; ``None`` shares the process-wide pool (see :func:`session_options`).
+            threads: ORT intra-op threads; ``None`` shares the process-wide pool (see :func:`pipeline.sam.onnx_sessions.session_options`).
 
         Raises:
             ImportError: If onnxruntime is not installed.
@@ -154,7 +81,7 @@ class OnnxEncoder:
         """
         self.path = Path(path)
         t0 = time.perf_counter()
-        self.session = _session(self.path, threads=threads, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        self.session = session or open_session(self.path, threads=threads, providers=ENCODER_PROVIDERS)
         self.providers: list[str] = list(self.session.get_providers())
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -197,9 +124,9 @@ class OnnxBoxDecoder:
     All N boxes go through one call, sharing the image-side work (the caller bounds N).
     """
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, session: Any = None) -> None:
         self.path = Path(path)
-        self.session = _session(self.path, threads=threads, providers=["CPUExecutionProvider"])
+        self.session = session or open_session(self.path, threads=threads, providers=["CPUExecutionProvider"])
 
     def __call__(self, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, scores = self.session.run(None, {"embedding": _numpy(embedding), "boxes": _numpy(boxes)})
@@ -216,9 +143,9 @@ class OnnxPromptDecoder:
     prompt has no box (:meth:`pipeline.sam.prompts.Prompts.as_points` with ``pad=True``).
     """
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, session: Any = None) -> None:
         self.path = Path(path)
-        self.session = _session(self.path, threads=threads, providers=["CPUExecutionProvider"])
+        self.session = session or open_session(self.path, threads=threads, providers=["CPUExecutionProvider"])
 
     def __call__(
         self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None
@@ -250,6 +177,8 @@ class OnnxBackend:
     Args:
         reference: the PyTorch backend of the same weights (SAM2 decodes with it; the checks compare with it).
         cache: where the exports of these weights live.
+        sessions: sessions already open on checked exports of ``cache``, by graph name (``ENCODER``,
+            ``BOX_DECODER``): the segmenter's ONNX box path hands its sessions over instead of opening them again.
         strict: a prompt decoder that cannot be exported or fails its check raises (``True``, for
             ``--runtime onnx``) or falls back to PyTorch with a warning (``False``, for ``auto``).
 
@@ -261,20 +190,23 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, reference: TorchBackend, cache: OnnxCache, *, strict: bool) -> None:
-        import_ort()
+    def __init__(
+        self, reference: TorchBackend, cache: OnnxCache, *, strict: bool, sessions: dict[str, Any] | None = None
+    ) -> None:
+        onnx_sessions.import_ort()
         self.reference = reference
         self.cache = cache
         self.strict = strict
+        sessions = sessions or {}  # graph name -> a session already open on its checked export (not opened twice)
         encoder = reference.image_encoder
-        path = cache.ensure(f"encoder{SAM_INPUT}", lambda p: export_encoder(encoder, p, image_size=SAM_INPUT))
-        self.encoder = OnnxEncoder(path)
+        path = cache.ensure(ENCODER, lambda p: export_encoder(encoder, p, image_size=SAM_INPUT))
+        self.encoder = OnnxEncoder(path, session=sessions.get(ENCODER))
         cache.check_once(path, lambda: encoder_self_check(encoder, self.encoder))
         self._parts = reference.decoder_parts()
         self.box_decoder: OnnxBoxDecoder | None = None
         if self._parts is not None:
             path = cache.ensure(BOX_DECODER, lambda p: export_box_decoder(*self._parts, p))
-            self.box_decoder = OnnxBoxDecoder(path)
+            self.box_decoder = OnnxBoxDecoder(path, session=sessions.get(BOX_DECODER))
             cache.check_once(path, lambda: box_decoder_self_check(*self._parts, self.box_decoder))
         self._prompt_decoder: OnnxPromptDecoder | None = None
         self._prompt_decoder_error: str | None = None

@@ -101,6 +101,11 @@ class OnnxCache:
             raise CacheWriteError(f"cannot write the ONNX cache folder {self.dir} ({e})") from e
         return path
 
+    def passed(self, graph: str) -> Path | None:
+        """The export of ``graph`` when it is in the cache and passed its check (:meth:`check_once`), else ``None``."""
+        path = self.path(graph)
+        return path if path.is_file() and path.with_suffix(".check.json").is_file() else None
+
     def check_once(self, export: Path, check: Callable[[], float]) -> None:
         """Run ``check`` (it raises on a bad export and returns the max abs difference) unless ``export``
         passed before; record a pass in ``<export>.check.json`` (a read-only cache only logs that it cannot)."""

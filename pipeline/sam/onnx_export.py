@@ -39,8 +39,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 
 #: Versions of the decoder graphs, in their cache names: a new graph never reuses an old export.
-BOX_DECODER = "boxdecoder2"
-PROMPT_DECODER = "promptdecoder1"
 
 EncoderOutput = torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]
 

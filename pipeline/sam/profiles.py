@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 #: Side of the square encoder input of every SAM here but SAM 3 (``Profile.input_size``), and of the
 #: low-resolution logits (1/4 of it, ``Profile.lowres``: 4 per patch of 16 pixels).
@@ -134,14 +133,25 @@ class Profile:
         out[0, :, : image.shape[0], : image.shape[1]] = image.transpose(2, 0, 1)
         return out
 
-    def upsample_values(self, logits: torch.Tensor) -> torch.Tensor:
-        """What is upsampled: the logits, or their sigmoid."""
+    def upsample_values(self, logits):
+        """What is upsampled, as float32: the logits, or their sigmoid (a torch tensor or a numpy array, as given)."""
+        if isinstance(logits, np.ndarray):
+            values = logits.astype(np.float32, copy=False)
+            return (1 / (1 + np.exp(-values))).astype(np.float32) if self.sigmoid else values
+        import torch
+
         return torch.sigmoid(logits.float()) if self.sigmoid else logits.float()
 
     def upsample_threshold(self, threshold: float) -> float:
         """A logit threshold in the units of :meth:`upsample_values` (``sigmoid(t)`` for MedSAM)."""
         return 1.0 / (1.0 + math.exp(-threshold)) if self.sigmoid else threshold
 
+
+#: The SAM-1 family as Ultralytics builds it (``sam_model_map``): the ``ultralytics`` profile, an ONNX box decoder, and
+#: the mask threshold of Ultralytics' ``SAMModel`` (0.0). Their names are known here without importing Ultralytics (a
+#: test checks them against ``sam_model_map``), so a run on them can start without PyTorch.
+SAM1_ARCHS = ("sam_h", "sam_l", "sam_b", "mobile_sam")
+SAM1_THRESHOLD = 0.0
 
 ULTRALYTICS = Profile("ultralytics", resize="letterbox", normalize="mean_std", upsample="content")
 SEGMENT_ANYTHING = Profile(
@@ -204,3 +214,31 @@ def stretch_cubic(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     out = ndi.zoom(image_f, [1 / f for f in factors], order=3, mode="mirror", cval=0.0, grid_mode=True)
     out = np.clip(out, image.min(), image.max())
     return out.astype(np.uint8)
+
+
+def letterbox(rgb: np.ndarray, side: int, *, pad: int = 114) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (side, side, 3): Ultralytics' ``LetterBox(side, auto=False, center=False)``, the
+    resize of its SAM predictors' ``pre_transform``.
+
+    Scaled by ``r = min(side / H, side / W)`` to ``(max(round(W r), 1), max(round(H r), 1))`` with OpenCV's bilinear
+    resize (skipped at the same size), then padded with ``pad`` at the bottom and right. The resize treats each channel
+    alike, so RGB in gives the RGB of Ultralytics' BGR result.
+    """
+    import cv2
+
+    h, w = rgb.shape[:2]
+    r = min(side / h, side / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    image = rgb if (w, h) == (new_w, new_h) else cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    out = np.full((side, side, 3), pad, dtype=np.uint8)
+    out[: image.shape[0], : image.shape[1]] = image[:side, :side]
+    return out
+
+
+def sam1_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> float32 (1, 3, 1024, 1024): the encoder input of Ultralytics' SAM-1 ``Predictor`` on the
+    CPU (letterbox, then ``(x - mean) / std`` with its ImageNet mean and std), computed with numpy alone."""
+    chw = np.ascontiguousarray(letterbox(rgb, SAM_INPUT).transpose(2, 0, 1))
+    x = chw - _MEAN.reshape(3, 1, 1)
+    x /= _STD.reshape(3, 1, 1)
+    return x[None]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipeline.sam.profiles import ULTRALYTICS, Profile
 from pipeline.types import CropMask
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 
 class Upsampler:
@@ -24,6 +28,10 @@ class Upsampler:
     ``segment_anything`` (``Sam.postprocess_masks``: to 1024 x 1024, crop, to (H, W)) is the product of two
     such matrices; ``medsam`` resizes all 256 x 256 straight to (H, W) and works on ``sigmoid(logits)``
     (thresholds are still given in logit units; :meth:`Profile.upsample_threshold` maps them).
+
+    ``device=None`` keeps the matrices in numpy and takes numpy logits (the segmenter's ONNX box path, which runs
+    without PyTorch); otherwise they are torch tensors on ``device`` and the logits are torch tensors. The two
+    products agree to float rounding (the BLAS libraries sum in their own order).
     """
 
     def __init__(
@@ -31,23 +39,28 @@ class Upsampler:
         hw: tuple[int, int],
         *,
         lowres: int | None = None,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = "cpu",
         profile: Profile = ULTRALYTICS,
     ) -> None:
         self.hw = hw
         self.profile = profile
         lowres = profile.lowres if lowres is None else lowres
         ry, rx = _interp_matrices(hw[0], hw[1], lowres, profile)
-        self.ry = torch.from_numpy(ry).to(device)
-        self.rx = torch.from_numpy(rx).to(device)
+        if device is None:
+            self.ry, self.rx = ry, rx
+        else:
+            import torch
+
+            self.ry = torch.from_numpy(ry).to(device)
+            self.rx = torch.from_numpy(rx).to(device)
         self._y_span = _spans(ry)
         self._x_span = _spans(rx)
 
-    def __call__(self, logits: torch.Tensor, *, threshold: float = 0.0) -> CropMask:
+    def __call__(self, logits: Tensor, *, threshold: float = 0.0) -> CropMask:
         """Threshold one (lowres, lowres) logit map at image resolution, as a ``CropMask``."""
         return self.at_thresholds(logits, (threshold,))[0]
 
-    def at_thresholds(self, logits: torch.Tensor, thresholds: Sequence[float]) -> list[CropMask]:
+    def at_thresholds(self, logits: Tensor, thresholds: Sequence[float]) -> list[CropMask]:
         """One logit map thresholded at each of ``thresholds``, from one upsampling of one window.
 
         The window is that of the lowest threshold, which holds every higher threshold's mask, so
@@ -79,9 +92,7 @@ class Upsampler:
             return [_EMPTY] * len(thresholds)
         return [_crop(*found, threshold) for threshold in thresholds]
 
-    def mask_and_stability(
-        self, logits: torch.Tensor, threshold: float, *, offset: float = 1.0
-    ) -> tuple[CropMask, float]:
+    def mask_and_stability(self, logits: Tensor, threshold: float, *, offset: float = 1.0) -> tuple[CropMask, float]:
         """``self(logits, threshold=threshold)`` and SAM's stability score, each exactly as computed alone.
 
         The mask is ``__call__``'s; the stability score is ``hi.area / lo.area`` (1.0 when both are empty) for
@@ -107,8 +118,8 @@ class Upsampler:
         return mask, (hi / lo if lo else 1.0)
 
     def _window_values(
-        self, values: torch.Tensor, threshold: float, *, positive: np.ndarray | None = None
-    ) -> tuple[torch.Tensor, int, int, int, int] | None:
+        self, values: Tensor, threshold: float, *, positive: np.ndarray | None = None
+    ) -> tuple[Tensor, int, int, int, int] | None:
         """``(window product, y0, y1, x0, x1)`` of the window where ``values > threshold`` can be; None if nowhere."""
         positive = _above(values, threshold) if positive is None else positive
         rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
@@ -122,16 +133,16 @@ class Upsampler:
         x0, x1 = self._window(self._x_span, int(cols[0]), int(cols[-1]))
         return y0, y1, x0, x1
 
-    def _product(self, values: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    def _product(self, values, y0: int, y1: int, x0: int, x1: int):
         """The upsampled values on rows ``y0:y1`` and columns ``x0:x1`` of the image (one product, always this one)."""
-        return self.ry[y0:y1] @ values.float() @ self.rx[x0:x1].T
+        return self.ry[y0:y1] @ values @ self.rx[x0:x1].T
 
     @staticmethod
     def _window(span: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[int, int]:
         first, last = span
         return int(first[lo : hi + 1].min()), int(last[lo : hi + 1].max()) + 1
 
-    def full(self, logits: torch.Tensor) -> torch.Tensor:
+    def full(self, logits: Tensor) -> Tensor:
         """Full-image float (H, W) of what is thresholded (logits, or probabilities for MedSAM); for tests."""
         return self.ry @ self.profile.upsample_values(logits) @ self.rx.T
 
@@ -139,15 +150,17 @@ class Upsampler:
 _EMPTY = CropMask(np.zeros((0, 0), dtype=bool))
 
 
-def _above(values: torch.Tensor, threshold: float) -> np.ndarray:
+def _above(values, threshold: float) -> np.ndarray:
     """``values > threshold`` as a numpy bool array, compared in float32 as PyTorch compares a float32 tensor with
     a Python float. On the CPU numpy does it: one pass, no thread-pool wake-up for a small array."""
+    if isinstance(values, np.ndarray):
+        return values > np.float32(threshold)
     if values.device.type == "cpu":
         return values.numpy() > np.float32(threshold)
     return (values > threshold).cpu().numpy()
 
 
-def _crop(window: torch.Tensor, y0: int, y1: int, x0: int, x1: int, threshold: float) -> CropMask:
+def _crop(window: Tensor, y0: int, y1: int, x0: int, x1: int, threshold: float) -> CropMask:
     """The mask ``window > threshold`` of a window product at rows ``y0:y1``, columns ``x0:x1``, cropped tight."""
     positive = _above(window, threshold)
     rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
