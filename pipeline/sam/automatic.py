@@ -3,13 +3,15 @@
 What segment-anything's ``SamAutomaticMaskGenerator`` does (the parameters and defaults are its own), on
 :class:`pipeline.sam.Segmenter`: the image is encoded once (``set_image``; an image the segmenter has just
 encoded is not encoded again), the grid's points are decoded in batches with SAM's three candidate masks
-per point (the ONNX prompt decoder on CPU), and the candidates go through:
+per point (on CPU the ONNX point decoder, :mod:`pipeline.sam.point_decoder`: the image-side work shared by
+the prompts of a decoder call), and the candidates go through:
 
 1. ``mask_score > pred_iou_thresh`` (SAM's predicted IoU);
 2. stability ``>= stability_thresh``: the IoU of the mask thresholded at logit ``+offset`` and at ``-offset``,
    at image resolution. A cheap low-resolution bound drops the candidates that cannot reach the threshold
    (each image pixel is a convex mix of a few low-res logits, so it lies between their min and max); the
-   rest are measured exactly on the window their mask can reach (:meth:`Upsampler.at_thresholds`);
+   rest are measured exactly on the window their mask can reach, computing only the pixels that bound leaves
+   unsure (:meth:`Resampler.stable_mask`: the same bits and areas as upsampling the whole window);
 3. masks whose box lies within ``EDGE_TOLERANCE`` pixels of a crop's edge are dropped (an object cut by the
    crop), unless that edge is the image's;
 4. box NMS within each crop (``box_nms_thresh``), then across crops preferring the smaller crop
