@@ -193,6 +193,44 @@ def test_the_resampler_gives_the_upsamplers_masks(hw, profile):
             assert not differ.any() or np.abs(full[differ] - t).max() < 1e-4
 
 
+@pytest.mark.parametrize("profile", ["ULTRALYTICS", "SEGMENT_ANYTHING", "MEDSAM"])
+@pytest.mark.parametrize("hw", [(50, 70), (333, 170), (1080, 810)])
+@pytest.mark.parametrize("outline", ["smooth", "ragged"])
+@pytest.mark.parametrize("dense_share", [0.0, 1.0], ids=["whole-window", "unsure-pixels"])
+def test_stable_mask_gives_the_resamplers_bits_and_areas(hw, profile, outline, dense_share, monkeypatch):
+    """Computing only the pixels the span bounds leave unsure, or the whole window (what ``stable_mask`` picks
+    by the share of unsure pixels, forced here both ways), gives exactly the bits and areas of
+    :meth:`Resampler.masks` (the same sums in the same order)."""
+    from pipeline.sam import automatic, profiles
+
+    monkeypatch.setattr(automatic, "_DENSE_SHARE", dense_share)
+    up = Upsampler(hw, profile=getattr(profiles, profile))
+    resampler, bound = Resampler(up), StabilityBound(up)
+    g = torch.Generator().manual_seed(2)
+    side = 16 if outline == "smooth" else 128
+    logits = 4 * torch.nn.functional.interpolate(torch.randn(4, 1, side, side, generator=g), size=(256, 256))[:, 0]
+    if outline == "smooth":
+        logits = torch.nn.functional.avg_pool2d(logits[:, None], 9, stride=1, padding=4)[:, 0]
+    logits[-1] = -10.0  # nothing above any threshold
+    values = bound.values(logits)
+    lo, hi = bound.pooled(values)
+    thresholds = (0.0, 1.0, -1.0)
+    ts = [up.profile.upsample_threshold(t) for t in thresholds]
+    for k, x in enumerate(logits):
+        want = resampler.masks(x, thresholds)
+        bits, x0, y0, areas = resampler.stable_mask(values[k], lo[k], hi[k], ts)
+        assert areas == [int(np.count_nonzero(b)) for b, _, _ in want]
+        assert np.array_equal(_placed(bits, x0, y0, hw), _placed(*want[0], hw))
+    assert areas == [0, 0, 0] and bits.size == 0
+    assert any(b.any() for b, _, _ in resampler.masks(logits[0], thresholds))  # a real test
+
+
+def _placed(bits: np.ndarray, x0: int, y0: int, hw) -> np.ndarray:
+    full = np.zeros(hw, dtype=bool)
+    full[y0 : y0 + bits.shape[0], x0 : x0 + bits.shape[1]] = bits
+    return full
+
+
 def test_masks_at_a_crop_edge_are_dropped_unless_it_is_the_image_edge():
     # the crop (64, 0, 128, 64) of a 64 x 128 image: its left edge is inside the image, its others are the image's
     up = Upsampler(HW, lowres=L)

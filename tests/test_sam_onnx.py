@@ -128,26 +128,35 @@ def test_corrupt_export_is_an_error_not_a_traceback(plain_mobile_sam, onnx_seg, 
         Segmenter(plain_mobile_sam, device="cpu", runtime="onnx", cache_dir=cache)
 
 
-def test_failing_prompt_decoder(plain_mobile_sam, onnx_seg, sam_cache, tmp_path, monkeypatch, caplog):
-    """Exported on the first non-box prompt: a failure is an error for onnx, PyTorch for auto."""
+@pytest.mark.parametrize(
+    "graph, export, mask",
+    [("pointdecoder", "export_point_decoder", False), ("promptdecoder", "export_prompt_decoder", True)],
+    ids=["points", "points+mask"],
+)
+def test_failing_lazy_decoder(
+    plain_mobile_sam, onnx_seg, sam_cache, tmp_path, monkeypatch, caplog, graph, export, mask
+):
+    """Exported on the first prompt that needs it (the point decoder: no mask input; the prompt decoder: a
+    mask input): a failure is an error for onnx, PyTorch for auto."""
     cache = tmp_path / "cache"
-    shutil.copytree(sam_cache, cache, ignore=shutil.ignore_patterns("*promptdecoder*"))
+    shutil.copytree(sam_cache, cache, ignore=shutil.ignore_patterns(f"*{graph}*"))
+    name = {"pointdecoder": "PointDecoder", "promptdecoder": "PromptDecoder"}[graph]
 
     def bad_export(*a, **k):
-        raise RuntimeError("ONNX export of PromptDecoder failed: no")
+        raise RuntimeError(f"ONNX export of {name} failed: no")
 
-    monkeypatch.setattr(onnx_backend, "export_prompt_decoder", bad_export)
+    monkeypatch.setattr(onnx_backend, export, bad_export)
     rgb = np.zeros((40, 60, 3), np.uint8)
-    points, labels = np.array([[[10.0, 10.0]]]), np.array([[1]])
+    prompt = {"points": np.array([[[10.0, 10.0]]]), "point_labels": np.array([[1]])}
+    if mask:
+        prompt["mask_input"] = np.full((1, 256, 256), 2.0)
     strict = Segmenter(plain_mobile_sam, device="cpu", runtime="onnx", cache_dir=cache)
     emb = strict.set_image(rgb)
-    strict.predict(emb, boxes=[[0, 0, 20, 20]])  # boxes need no prompt decoder
-    with pytest.raises(
-        SamlabelError, match="--runtime onnx: cannot use ONNX Runtime for mobile_sam.pt .*PromptDecoder"
-    ):
-        strict.predict(emb, points=points, point_labels=labels)
+    strict.predict(emb, boxes=[[0, 0, 20, 20]])  # box-only single-mask prompts need neither
+    with pytest.raises(SamlabelError, match=f"--runtime onnx: cannot use ONNX Runtime for mobile_sam.pt .*{name}"):
+        strict.predict(emb, **prompt)
     auto = Segmenter(plain_mobile_sam, device="cpu", runtime="auto", cache_dir=cache)
     with caplog.at_level(logging.WARNING):
-        pred = auto.predict(emb, points=points, point_labels=labels)
-    ref = Segmenter(plain_mobile_sam, device="cpu").predict(emb, points=points, point_labels=labels)
-    assert torch.equal(pred.logits, ref.logits) and "decoding prompts with PyTorch" in caplog.text
+        pred = auto.predict(emb, **prompt)
+    ref = Segmenter(plain_mobile_sam, device="cpu").predict(emb, **prompt)
+    assert torch.equal(pred.logits, ref.logits) and "decoding these prompts with PyTorch" in caplog.text

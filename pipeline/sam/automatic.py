@@ -3,13 +3,15 @@
 What segment-anything's ``SamAutomaticMaskGenerator`` does (the parameters and defaults are its own), on
 :class:`pipeline.sam.Segmenter`: the image is encoded once (``set_image``; an image the segmenter has just
 encoded is not encoded again), the grid's points are decoded in batches with SAM's three candidate masks
-per point (the ONNX prompt decoder on CPU), and the candidates go through:
+per point (on CPU the ONNX point decoder, :mod:`pipeline.sam.point_decoder`: the image-side work shared by
+the prompts of a decoder call), and the candidates go through:
 
 1. ``mask_score > pred_iou_thresh`` (SAM's predicted IoU);
 2. stability ``>= stability_thresh``: the IoU of the mask thresholded at logit ``+offset`` and at ``-offset``,
    at image resolution. A cheap low-resolution bound drops the candidates that cannot reach the threshold
    (each image pixel is a convex mix of a few low-res logits, so it lies between their min and max); the
-   rest are measured exactly on the window their mask can reach (:meth:`Upsampler.at_thresholds`);
+   rest are measured exactly on the window their mask can reach, computing only the pixels that bound leaves
+   unsure (:meth:`Resampler.stable_mask`: the same bits and areas as upsampling the whole window);
 3. masks whose box lies within ``EDGE_TOLERANCE`` pixels of a crop's edge are dropped (an object cut by the
    crop), unless that edge is the image's;
 4. box NMS within each crop (``box_nms_thresh``), then across crops preferring the smaller crop
@@ -35,7 +37,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.config import GeneratorOptions
 from pipeline.masks import CropMask
@@ -46,6 +47,8 @@ LOGGER = logging.getLogger(__name__)
 #: Pixels within which a mask's box counts as touching a crop's edge (segment-anything's ``atol``).
 EDGE_TOLERANCE = 20.0
 _SLACK = 1e-4
+#: Above this share of a window's low-res pixels unsure, :meth:`Resampler.stable_mask` computes the whole window.
+_DENSE_SHARE = 0.1
 
 
 # ------------------------------------------------------------------------------------------- pure geometry
@@ -181,6 +184,15 @@ def _fill_small_holes(mask: CropMask, min_area: int, hw: tuple[int, int]) -> tup
     return _shift(CropMask(bits | np.isin(inner, small)), x0, y0), True
 
 
+def _tight(bits: np.ndarray, dx: int, dy: int) -> CropMask:
+    """``CropMask.from_full(bits)`` moved by (dx, dy), encoded once."""
+    rows, cols = np.flatnonzero(bits.any(axis=1)), np.flatnonzero(bits.any(axis=0))
+    if rows.size == 0:
+        return CropMask(np.zeros((0, 0), dtype=bool))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return CropMask(bits[y0:y1, x0:x1], x0 + dx, y0 + dy)
+
+
 def _shift(mask: CropMask, dx: int, dy: int) -> CropMask:
     """``mask`` moved by (dx, dy) pixels, without decoding it."""
     if mask.area == 0:
@@ -197,7 +209,8 @@ class StabilityBound:
     Every image pixel is a convex mix of the low-res logits on a span of at most ``S`` rows and ``S`` columns
     (bilinear resizes: ``S`` = 2 or 3), so it lies between their min and max: a pixel whose span's min is above a
     threshold is above it, one whose max is not, is not. Counting the image pixels of each span (``count_y``,
-    ``count_x``) gives lower and upper bounds of both areas of the stability score with two max-pools.
+    ``count_x``) gives lower and upper bounds of both areas of the stability score from the span's min and max
+    (:meth:`pooled`, computed once for every threshold).
     """
 
     def __init__(self, upsampler) -> None:
@@ -206,6 +219,7 @@ class StabilityBound:
         self.count_y, span_y = self._counts(ry)
         self.count_x, span_x = self._counts(rx)
         self.span = max(span_y, span_x)
+        self._cy, self._cx = self.count_y.numpy(), self.count_x.numpy().astype(np.float32)  # pixels per low-res index
 
     @staticmethod
     def _counts(matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -215,28 +229,58 @@ class StabilityBound:
         counts = torch.bincount(first, minlength=matrix.shape[1]).double()
         return counts, int((last - first).max()) + 1
 
+    def values(self, logits: torch.Tensor) -> np.ndarray:
+        """float32 (K, L, L): what is upsampled (:meth:`Profile.upsample_values`), as numpy."""
+        return np.ascontiguousarray(self.profile.upsample_values(logits.float().cpu()).numpy())
+
+    def pooled(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) float32 (K, L, L): the min and max of ``values`` on the span (``S`` x ``S`` low-res pixels,
+        clamped at the far edges) that starts at each low-res pixel: every image pixel whose span starts there
+        lies between them."""
+        lo, hi = values, values
+        for axis in (1, 2):
+            lo, hi = _span_reduce(lo, self.span, axis, np.minimum), _span_reduce(hi, self.span, axis, np.maximum)
+        return lo, hi
+
+    def _area(self, above: np.ndarray) -> np.ndarray:
+        """float64 (K,): the image pixels of the spans marked in ``above`` (K, L, L) (integer sums, exact)."""
+        return (above.astype(np.float32) @ self._cx).astype(np.float64) @ self._cy
+
     def areas(self, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
         """float64 (K,) lower and upper bounds of the image-resolution area of ``logits`` (K, L, L) > threshold."""
-        values = self.profile.upsample_values(logits.float().cpu())
+        lo, hi = self.pooled(self.values(logits))
         t = self.profile.upsample_threshold(float(threshold))
-        s = self.span
-        padded = F.pad(values[:, None], (0, s - 1, 0, s - 1), mode="replicate")
-        hi = F.max_pool2d(padded, s, stride=1)[:, 0]
-        lo = -F.max_pool2d(-padded, s, stride=1)[:, 0]
         # the slack covers the float rounding of the image-resolution product (a mix may land an ulp outside)
-        lower = torch.einsum("kji,j,i->k", (lo > t + _SLACK).double(), self.count_y, self.count_x)
-        upper = torch.einsum("kji,j,i->k", (hi > t - _SLACK).double(), self.count_y, self.count_x)
-        return lower, upper
+        return torch.from_numpy(self._area(lo > t + _SLACK)), torch.from_numpy(self._area(hi > t - _SLACK))
 
     def may_pass(self, logits: torch.Tensor, threshold: float, offset: float, stability_thresh: float) -> np.ndarray:
         """bool (K,): candidates whose stability can reach ``stability_thresh`` (the others cannot)."""
         out = []
-        for start in range(0, len(logits), 16):  # bounded temporaries: 16 x (L + 1)^2 per pooled map
-            chunk = logits[start : start + 16]
-            _, hi_upper = self.areas(chunk, threshold + offset)
-            lo_lower, lo_upper = self.areas(chunk, threshold - offset)
-            out.append(((lo_upper > 0) & (hi_upper >= stability_thresh * lo_lower)).numpy())
+        for start in range(0, len(logits), 16):  # bounded temporaries: 16 x L^2 per map
+            lo, hi = self.pooled(self.values(logits[start : start + 16]))
+            out.append(self.may_pass_pooled(lo, hi, threshold, offset, stability_thresh))
         return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+    def may_pass_pooled(
+        self, lo: np.ndarray, hi: np.ndarray, threshold: float, offset: float, stability_thresh: float
+    ) -> np.ndarray:
+        """:meth:`may_pass` given the :meth:`pooled` maps."""
+        t_hi = self.profile.upsample_threshold(float(threshold + offset))
+        t_lo = self.profile.upsample_threshold(float(threshold - offset))
+        hi_upper = self._area(hi > t_hi - _SLACK)
+        lo_lower, lo_upper = self._area(lo > t_lo + _SLACK), self._area(hi > t_lo - _SLACK)
+        return (lo_upper > 0) & (hi_upper >= stability_thresh * lo_lower)
+
+
+def _span_reduce(x: np.ndarray, span: int, axis: int, op) -> np.ndarray:
+    """``op`` over ``x[..., j : j + span, ...]`` along ``axis`` at each ``j`` (the window clamped at the end)."""
+    out = x.copy()
+    n = x.shape[axis]
+    for d in range(1, span):
+        head, tail = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+        head[axis], tail[axis] = slice(0, n - d), slice(d, n)
+        op(out[tuple(head)], x[tuple(tail)], out=out[tuple(head)])
+    return out
 
 
 class Resampler:
@@ -266,6 +310,60 @@ class Resampler:
         window = self.rows.apply(self.cols.apply(values, x0, x1, axis=1), y0, y1, axis=0)
         return [(window > t, x0, y0) for t in ts]
 
+    def stable_mask(
+        self, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, thresholds: tuple[float, ...]
+    ) -> tuple[np.ndarray, int, int, list[int]]:
+        """:meth:`masks`' first mask and the areas of all, computing image pixels only where the span bounds
+        (``lo`` / ``hi`` of :meth:`StabilityBound.pooled`) do not tell their side of a threshold.
+
+        A pixel whose span's min is above every threshold (with a slack for float rounding) is in every mask,
+        one whose span's max is below them all is in none; the others (the band along the mask's outline) are
+        computed with the same taps, in the same order, as :meth:`masks`: the same bits and areas.
+
+        Args:
+            values: float32 (L, L) one candidate's upsampled values (:meth:`StabilityBound.values`).
+            lo, hi: float32 (L, L) its span bounds.
+            thresholds: in the units of ``values`` (:meth:`Profile.upsample_threshold`).
+
+        Returns:
+            (bits, x0, y0, areas): the pixels above ``thresholds[0]`` on a window at (x0, y0) (empty (0, 0)
+            bits when no pixel is above any threshold), and the number of pixels above each threshold.
+        """
+        t_min, t_max = min(thresholds), max(thresholds)
+        positive = values > t_min
+        rows, cols = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+        if rows.size == 0:
+            return np.zeros((0, 0), dtype=bool), 0, 0, [0] * len(thresholds)
+        y0, y1 = self.rows.window(rows[0], rows[-1])
+        x0, x1 = self.cols.window(cols[0], cols[-1])
+        fy, fx = self.rows.index[y0:y1, 0], self.cols.index[x0:x1, 0]  # the span each pixel reads starts here
+        lo, hi = lo[fy[0] : fy[-1] + 1, fx[0] : fx[-1] + 1], hi[fy[0] : fy[-1] + 1, fx[0] : fx[-1] + 1]
+        slack = _SLACK + 1e-6 * float(np.abs(values).max())  # float rounding of a mix, relative to the values
+        inside = lo > t_max + slack
+        code = inside.view(np.uint8) | ((~inside & (hi > t_min - slack)).view(np.uint8) << 1)  # 1 in, 2 unsure
+        if np.count_nonzero(code >> 1) > _DENSE_SHARE * code.size:  # a ragged outline: the whole window is cheaper
+            window = self.rows.apply(self.cols.apply(values, x0, x1, axis=1), y0, y1, axis=0)
+            return window > thresholds[0], x0, y0, [int(np.count_nonzero(window > t)) for t in thresholds]
+        code = code[fy - fy[0]][:, fx - fx[0]]
+        py, px = np.nonzero(code >> 1)
+        exact = self._values_at(values, py + y0, px + x0)
+        bits = code == 1
+        bits[py, px] = exact > thresholds[0]
+        n_inside = int(np.bincount(fy - fy[0]) @ inside.astype(np.int64) @ np.bincount(fx - fx[0]))
+        return bits, x0, y0, [n_inside + int(np.count_nonzero(exact > t)) for t in thresholds]
+
+    def _values_at(self, values: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """float32 (n,): image pixels (ys, xs), summed as :meth:`_Taps.apply` sums them (columns, then rows)."""
+        iy, wy = self.rows.index[ys], self.rows.weight[ys]
+        ix, wx = self.cols.index[xs], self.cols.weight[xs]
+        out = 0
+        for a in range(iy.shape[1]):
+            row = 0
+            for b in range(ix.shape[1]):
+                row = row + values[iy[:, a], ix[:, b]] * wx[:, b]
+            out = out + row * wy[:, a]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
 
 class _Taps:
     """A resize matrix (out, L) as taps: output ``o`` = sum over k of ``weight[o, k] * input[index[o, k]]``."""
@@ -289,10 +387,17 @@ class _Taps:
         return int(self.first_out[lo : hi + 1].min()), int(self.last_out[lo : hi + 1].max()) + 1
 
     def apply(self, values: np.ndarray, start: int, stop: int, *, axis: int) -> np.ndarray:
+        """The outputs ``start:stop`` along ``axis`` of ``values`` (float32): tap 0's products, plus tap 1's ...,
+        in place (the order of the sums is the taps' order, whatever computes them)."""
         index, weight = self.index[start:stop], self.weight[start:stop]
-        if axis == 1:
-            return np.asarray(sum(values[:, index[:, k]] * weight[:, k] for k in range(index.shape[1])))
-        return np.asarray(sum(values[index[:, k]] * weight[:, k, None] for k in range(index.shape[1])))
+        w = weight if axis == 1 else weight[:, None, :]  # broadcast along the other axis
+        out = np.take(values, index[:, 0], axis=axis)
+        out *= w[..., 0]
+        for k in range(1, index.shape[1]):
+            term = np.take(values, index[:, k], axis=axis)
+            term *= w[..., k]
+            out += term
+        return out
 
 
 def select_candidates(
@@ -330,25 +435,23 @@ def select_candidates(
     """
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     idx = np.flatnonzero(scores > options.pred_iou_thresh)
-    if idx.size:
-        bound = bound or StabilityBound(upsampler)
-        sel = logits[torch.as_tensor(idx)]
-        idx = idx[bound.may_pass(sel, threshold, options.stability_offset, options.stability_thresh)]
-    off = options.stability_offset
+    bound = bound or StabilityBound(upsampler)
     resampler = resampler or Resampler(upsampler)
+    off = options.stability_offset
+    ts = tuple(upsampler.profile.upsample_threshold(float(t)) for t in (threshold, threshold + off, threshold - off))
     masks, kept, stability = [], [], []
-    for i in idx:
-        (bits, x0, y0), (hi, _, _), (lo, _, _) = resampler.masks(
-            logits[int(i)], (threshold, threshold + off, threshold - off)
-        )
-        hi_area, lo_area = np.count_nonzero(hi), np.count_nonzero(lo)
-        s = hi_area / lo_area if lo_area else 0.0
-        if lo_area == 0 or s < options.stability_thresh or not bits.any():
-            continue
-        mask = CropMask.from_full(bits)
-        masks.append(_shift(mask, crop[0] + x0, crop[1] + y0))
-        kept.append(int(i))
-        stability.append(s)
+    for start in range(0, idx.size, 16):  # bounded temporaries: 3 x 16 x L^2 float32
+        chunk = idx[start : start + 16]
+        values = bound.values(logits[torch.as_tensor(chunk)])
+        lo, hi = bound.pooled(values)
+        for k in np.flatnonzero(bound.may_pass_pooled(lo, hi, threshold, off, options.stability_thresh)):
+            bits, x0, y0, (area, hi_area, lo_area) = resampler.stable_mask(values[k], lo[k], hi[k], ts)
+            s = hi_area / lo_area if lo_area else 0.0
+            if lo_area == 0 or s < options.stability_thresh or not area:
+                continue
+            masks.append(_tight(bits, crop[0] + x0, crop[1] + y0))
+            kept.append(int(chunk[k]))
+            stability.append(s)
     candidate = np.zeros(len(scores), np.int64) if candidate is None else np.asarray(candidate, np.int64)
     points = np.asarray(points, np.float64)[kept] + crop[:2]
     out = _instances(masks, scores[kept], np.array(stability), points, candidate[kept])

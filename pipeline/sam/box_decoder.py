@@ -92,6 +92,14 @@ class BoxDecoder(nn.Module):
     def _upscaled_logits(self, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``hyper @ output_upscaling(keys)`` as (N, 4h, 4w), computed per token with sub-pixels in the channels."""
         n = keys.shape[0]
+        z = self._upscaled(keys)  # (N, HW*16, C2)
+        m = (z @ hyper.unsqueeze(-1)).reshape(n, h, w, 2, 2, 2, 2)  # (N, i, j, a, b, c, d)
+        return m.permute(0, 1, 3, 5, 2, 4, 6).reshape(n, 4 * h, 4 * w)  # rows 4i+2a+c, cols 4j+2b+d
+
+    def _upscaled(self, keys: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling(keys)`` per token: (N, HW, C) -> (N, HW*16, C/8), rows (i, j, a, b, c, d): output
+        pixel (4i+2a+c, 4j+2b+d)."""
+        n = keys.shape[0]
         c1, c2 = self.conv1.out_channels, self.conv2.out_channels
         # ConvTranspose2d(k=2, s=2): output pixel (2i+a, 2j+b) = x[:, i, j] @ W[:, :, a, b] + bias.
         w1 = self.conv1.weight.permute(0, 2, 3, 1).flatten(1)  # (C, 2*2*C1), columns (a, b, o)
@@ -101,9 +109,7 @@ class BoxDecoder(nn.Module):
         s = (y - u).pow(2).mean(-1, keepdim=True)
         y = self.act1((y - u) / torch.sqrt(s + self.norm2d.eps) * self.norm2d.weight + self.norm2d.bias)
         w2 = self.conv2.weight.permute(0, 2, 3, 1).flatten(1)  # (C1, 2*2*C2), columns (c, d, o)
-        z = self.act2(torch.addmm(self.conv2.bias.repeat(4), y, w2)).reshape(n, -1, c2)  # (N, HW*16, C2)
-        m = (z @ hyper.unsqueeze(-1)).reshape(n, h, w, 2, 2, 2, 2)  # (N, i, j, a, b, c, d)
-        return m.permute(0, 1, 3, 5, 2, 4, 6).reshape(n, 4 * h, 4 * w)  # rows 4i+2a+c, cols 4j+2b+d
+        return self.act2(torch.addmm(self.conv2.bias.repeat(4), y, w2)).reshape(n, -1, c2)  # (N, HW*16, C2)
 
 
 def _linear(x: torch.Tensor, lin: nn.Linear, pe: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,9 +9,11 @@ decoder exported as it is and 60-75 ms in PyTorch.
 :class:`OnnxBackend` has the interface of :class:`pipeline.sam.torch_backend.TorchBackend` (``encode`` /
 ``decode``) and keeps that backend as its reference:
 
-* SAM-1 family (SAM b/l/h, MobileSAM): the encoder, the box decoder (box-only single-mask prompts) and
-  the prompt decoder (:class:`pipeline.sam.prompt_decoder.PromptDecoder`: points, boxes with points, mask
-  inputs, multimask; exported the first time such a prompt comes) run on ONNX Runtime.
+* SAM-1 family (SAM b/l/h, MobileSAM): the encoder, the box decoder (box-only single-mask prompts), the
+  point decoder (:class:`pipeline.sam.point_decoder.PointDecoder`: every other prompt without a mask
+  input: points, boxes with points, multimask boxes; the image-side work shared as for boxes) and the
+  prompt decoder (:class:`pipeline.sam.prompt_decoder.PromptDecoder`: prompts with a mask input) run on
+  ONNX Runtime; the point and prompt decoders are exported the first time such a prompt comes.
 * SAM2 / SAM2.1: the encoder runs on ONNX Runtime, the decoder on PyTorch (its high-resolution features
   and its stability-based choice of the single mask are not exported).
 
@@ -36,10 +38,18 @@ from pipeline.sam.onnx_export import (
     EncoderOutput,
     export_box_decoder,
     export_encoder,
+    export_point_decoder,
     export_prompt_decoder,
     unflatten_outputs,
 )
-from pipeline.sam.onnx_sessions import BOX_DECODER, ENCODER, ENCODER_PROVIDERS, PROMPT_DECODER, open_session
+from pipeline.sam.onnx_sessions import (
+    BOX_DECODER,
+    ENCODER,
+    ENCODER_PROVIDERS,
+    POINT_DECODER,
+    PROMPT_DECODER,
+    open_session,
+)
 from pipeline.sam.prompts import SAM_INPUT, Prompts
 from pipeline.sam.torch_backend import TorchBackend
 from pipeline.threads import torch_threads
@@ -163,6 +173,26 @@ class OnnxPromptDecoder:
         return torch.from_numpy(logits).to(device), torch.from_numpy(scores).to(device)
 
 
+class OnnxPointDecoder:
+    """ONNX Runtime point decoder: (embedding (1, 256, 64, 64), coords (N, P, 2) in encoder-input pixels,
+    labels (N, P)) -> (logits (N, 4, 256, 256), scores (N, 4)) of every mask token, on the embedding's
+    device; prompts without a mask input, padded as for :class:`OnnxPromptDecoder`. All N prompts go
+    through one call, sharing the image-side work (the caller bounds N: the logits are 1 MB per prompt).
+    """
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session = open_session(self.path, threads=threads, providers=["CPUExecutionProvider"])
+
+    def __call__(
+        self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = {"embedding": _numpy(embedding), "point_coords": _numpy(coords), "point_labels": _numpy(labels)}
+        logits, scores = self.session.run(None, feeds)
+        device = embedding.device
+        return torch.from_numpy(logits).to(device), torch.from_numpy(scores).to(device)
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
@@ -208,8 +238,8 @@ class OnnxBackend:
             path = cache.ensure(BOX_DECODER, lambda p: export_box_decoder(*self._parts, p))
             self.box_decoder = OnnxBoxDecoder(path, session=sessions.get(BOX_DECODER))
             cache.check_once(path, lambda: box_decoder_self_check(*self._parts, self.box_decoder))
-        self._prompt_decoder: OnnxPromptDecoder | None = None
-        self._prompt_decoder_error: str | None = None
+        self._lazy: dict[str, OnnxPromptDecoder | OnnxPointDecoder] = {}  # graph name -> checked decoder
+        self._lazy_errors: dict[str, str] = {}  # graph name -> why it is not used (``strict`` off)
 
     @property
     def device(self) -> torch.device:
@@ -225,33 +255,49 @@ class OnnxBackend:
             return self.reference.decode(features, prompts, multimask=multimask)
         if prompts.box_only and not multimask:
             return self.box_decoder(features, prompts.boxes)
-        decoder = self.prompt_decoder()
+        decoder = self.point_decoder() if prompts.masks is None else self.prompt_decoder()
         if decoder is None:
             return self.reference.decode(features, prompts, multimask=multimask)
         coords, labels = prompts.as_points(box_first=False, pad=True)
-        logits, scores = decoder(features, coords, labels, prompts.masks)
+        if prompts.masks is None:
+            logits, scores = decoder(features, coords, labels)
+        else:
+            logits, scores = decoder(features, coords, labels, prompts.masks)
         tokens = slice(1, None) if multimask else slice(0, 1)
         return logits[:, tokens], scores[:, tokens]
 
     def prompt_decoder(self) -> OnnxPromptDecoder | None:
-        """The checked prompt decoder, exported on first use; ``None`` when it failed and ``strict`` is off.
+        """The checked prompt decoder (prompts with a mask input), exported on first use; ``None`` when it
+        failed and ``strict`` is off.
 
         Raises:
             SamlabelError: it cannot be had and ``strict`` is on (see :func:`failure_message`).
         """
-        if self._prompt_decoder is None and self._prompt_decoder_error is None:
+        return self._lazy_decoder(PROMPT_DECODER, export_prompt_decoder, OnnxPromptDecoder, prompt_decoder_self_check)
+
+    def point_decoder(self) -> OnnxPointDecoder | None:
+        """The checked point decoder (prompts without a mask input that are not box-only single-mask), exported
+        on first use; ``None`` when it failed and ``strict`` is off.
+
+        Raises:
+            SamlabelError: it cannot be had and ``strict`` is on (see :func:`failure_message`).
+        """
+        return self._lazy_decoder(POINT_DECODER, export_point_decoder, OnnxPointDecoder, point_decoder_self_check)
+
+    def _lazy_decoder(self, graph: str, export, session, check):
+        if graph not in self._lazy and graph not in self._lazy_errors:
             try:
                 with torch_threads():
-                    path = self.cache.ensure(PROMPT_DECODER, lambda p: export_prompt_decoder(*self._parts, p))
-                    decoder = OnnxPromptDecoder(path)
-                    self.cache.check_once(path, lambda: prompt_decoder_self_check(*self._parts, decoder))
-                self._prompt_decoder = decoder
+                    path = self.cache.ensure(graph, lambda p: export(*self._parts, p))
+                    decoder = session(path)
+                    self.cache.check_once(path, lambda: check(*self._parts, decoder))
+                self._lazy[graph] = decoder
             except ONNX_FAILURES as e:
                 if self.strict:
                     raise SamlabelError(failure_message(e, cache=self.cache)) from None
-                self._prompt_decoder_error = str(e)
-                logger.warning("ONNX prompt decoder not used (%s); decoding prompts with PyTorch", e)
-        return self._prompt_decoder
+                self._lazy_errors[graph] = str(e)
+                logger.warning("ONNX decoder %s not used (%s); decoding these prompts with PyTorch", graph, e)
+        return self._lazy.get(graph)
 
 
 #: What setting up ONNX Runtime can raise: missing package, unwritable cache, failed export or check.
@@ -382,6 +428,32 @@ def prompt_decoder_self_check(
         with torch.inference_mode():
             ref = reference(embedding, points, labels, p.boxes, m)
         got = decoder(embedding, *p.as_points(box_first=False, pad=True), m)
+        diff = max(diff, _check_decoder(decoder.path, ref, got, atol=atol))
+    return diff
+
+
+def point_decoder_self_check(
+    prompt_encoder, mask_decoder, decoder: OnnxPointDecoder, *, atol: float = _CHECK_ATOL
+) -> float:
+    """Max abs difference of every mask token's logits and scores between ``decoder`` and Ultralytics'
+    prompt encoder + mask decoder, on fixed prompts: points alone (with SAM's padding point), and boxes
+    with points.
+
+    Raises:
+        ValueError: above ``atol`` or non-finite.
+    """
+    from pipeline.sam.prompt_decoder import reference_prompt_decoder
+
+    g = torch.Generator().manual_seed(_SELF_CHECK_SEED)
+    embedding = torch.randn(1, 256, 64, 64, generator=g)
+    points = torch.tensor([[[200.0, 300.0], [250.0, 320.0]], [[700.0, 500.0], [20.0, 40.0]], [[5.0, 5.0], [900, 700]]])
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.int32)
+    reference = reference_prompt_decoder(prompt_encoder, mask_decoder)
+    diff = 0.0
+    for p in [Prompts(points=points, labels=labels), Prompts(torch.tensor(_CHECK_BOXES), points, labels)]:
+        with torch.inference_mode():
+            ref = reference(embedding, points, labels, p.boxes)
+        got = decoder(embedding, *p.as_points(box_first=False, pad=True))
         diff = max(diff, _check_decoder(decoder.path, ref, got, atol=atol))
     return diff
 

@@ -38,7 +38,7 @@ DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 
-#: Versions of the decoder graphs, in their cache names: a new graph never reuses an old export.
+# The graphs' cache names (their versions) are in pipeline.sam.onnx_sessions, which needs no PyTorch.
 
 EncoderOutput = torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]
 
@@ -280,6 +280,26 @@ def export_prompt_decoder(prompt_encoder: torch.nn.Module, mask_decoder: torch.n
             "mask_input": {0: "n"},
             "has_mask_input": {},
         },
+        outputs={"logits": {0: "n"}, "scores": {0: "n"}},
+    )
+
+
+def export_point_decoder(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, path: Path) -> Path:
+    """Export :class:`pipeline.sam.point_decoder.PointDecoder` of a SAM-1 family model to ``path``.
+
+    Inputs ``embedding`` (1, 256, 64, 64), ``point_coords`` (N, P, 2) in encoder-input pixels and
+    ``point_labels`` (N, P) float (-1 padding, 0 / 1 negative / positive, 2 / 3 box corners), any N, P >= 1;
+    outputs ``logits`` (N, 4, 256, 256) and ``scores`` (N, 4), mask token 0 (single mask) first.
+    """
+    from pipeline.sam.point_decoder import PointDecoder
+
+    coords = torch.tensor([[[100.0, 100.0], [400.0, 300.0], [0.0, 0.0]], [[5.0, 7.0], [10.0, 20.0], [500.0, 400.0]]])
+    labels = torch.tensor([[1.0, 0.0, -1.0], [1.0, 2.0, 3.0]])
+    return _export_graph(
+        PointDecoder(prompt_encoder, mask_decoder).eval(),
+        (torch.zeros(1, 256, 64, 64), coords, labels),
+        path,
+        inputs={"embedding": {}, "point_coords": {0: "n", 1: "p"}, "point_labels": {0: "n", 1: "p"}},
         outputs={"logits": {0: "n"}, "scores": {0: "n"}},
     )
 

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 ENCODER = f"encoder{SAM_INPUT}"
 BOX_DECODER = "boxdecoder2"
 PROMPT_DECODER = "promptdecoder1"
+POINT_DECODER = "pointdecoder1"
 #: The encoder runs on CUDA when onnxruntime has it, else on the CPU; the decoders on the CPU.
 ENCODER_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

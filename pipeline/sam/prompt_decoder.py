@@ -66,20 +66,25 @@ class PromptDecoder(nn.Module):
         return logits, md.iou_prediction_head(hs[:, 0])
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``PromptEncoder._embed_points`` without its padding step (the caller pads) or boolean indexing."""
-        pe = self.prompt_encoder
-        embedding = pe.pe_layer.forward_with_coords(coords + 0.5, pe.input_image_size)  # + 0.5: pixel centres
-        labels = labels.unsqueeze(-1)
-        embedding = embedding * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
-        for k, point_embedding in enumerate(pe.point_embeddings):
-            embedding = embedding + point_embedding.weight * (labels == k)
-        return embedding
+        return embed_points(self.prompt_encoder, coords, labels)
 
     def _embed_masks(self, masks: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder
         has_mask = has_mask.reshape(-1, 1, 1, 1)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         return has_mask * _run(pe.mask_downscaling, masks) + (1 - has_mask) * no_mask
+
+
+def embed_points(prompt_encoder: nn.Module, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sparse tokens (N, P, C) of points and box corners (coords (N, P, 2) in encoder-input pixels, float labels
+    (N, P)): ``PromptEncoder._embed_points`` without its padding step (the caller pads) or boolean indexing."""
+    pe = prompt_encoder
+    embedding = pe.pe_layer.forward_with_coords(coords + 0.5, pe.input_image_size)  # + 0.5: pixel centres
+    labels = labels.unsqueeze(-1)
+    embedding = embedding * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
+    for k, point_embedding in enumerate(pe.point_embeddings):
+        embedding = embedding + point_embedding.weight * (labels == k)
+    return embedding
 
 
 def _run(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -113,4 +118,4 @@ def reference_prompt_decoder(prompt_encoder: nn.Module, mask_decoder: nn.Module)
     return run
 
 
-__all__ = ["PromptDecoder", "reference_prompt_decoder"]
+__all__ = ["PromptDecoder", "embed_points", "reference_prompt_decoder"]
