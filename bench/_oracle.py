@@ -7,8 +7,8 @@ decoder is replaced by an oracle whose answers are known and depend on the image
 - the *background* of each photo is cut into regions by Felzenszwalb's graph segmentation (the "stuff" a trained
   SAM's grid finds in the background: road, wall, sky);
 - ``objects`` ellipses (each with a 50% chance of a smaller *part* inside, as a window of a bus or a face of a
-  person), seeded by the image's name, of radii from 3% to 20% of the image's short side, are drawn over it
-  (later ones occlude earlier ones); these are the objects a detector finds;
+  person), seeded by the image's name, of radii from 3% to 20% of the image's short side (``radius``), are drawn
+  over it (later ones occlude earlier ones); these are the objects a detector finds;
 - the oracle answers a point prompt with SAM's three candidates: the part under the point, else the object or
   background region under it (predicted IoU 0.95; 0.9 for a background region), the whole object (0.94; the
   region again at 0.89 for background) and the whole image (0.3: below segment-anything's 0.88). Logits are
@@ -79,9 +79,11 @@ class Scene:
         )
 
 
-def make_scene(rgb: np.ndarray, name: str, *, objects: int = 6) -> Scene:
+def make_scene(rgb: np.ndarray, name: str, *, objects: int = 6, radius: tuple[float, float] = (0.03, 0.2)) -> Scene:
     """``objects`` ellipses (some with a part inside) drawn over ``rgb``, whose background is cut into regions by
-    Felzenszwalb's segmentation; placement and colours are seeded by ``name`` (the same scene every run)."""
+    Felzenszwalb's segmentation; placement and colours are seeded by ``name`` (the same scene every run).
+
+    ``radius``: the range of the ellipses' long semi-axes, as shares of the short side (drawn log-uniformly)."""
     from skimage.segmentation import felzenszwalb
 
     h, w = rgb.shape[:2]
@@ -93,7 +95,7 @@ def make_scene(rgb: np.ndarray, name: str, *, objects: int = 6) -> Scene:
     parent = list(range(background))
     drawn = []
     for _ in range(objects):
-        r = short * float(np.exp(rng.uniform(np.log(0.03), np.log(0.2))))
+        r = short * float(np.exp(rng.uniform(np.log(radius[0]), np.log(radius[1]))))
         axes = (max(int(r), 3), max(int(r * rng.uniform(0.5, 1.0)), 3))
         centre = (int(rng.uniform(axes[0], w - axes[0])), int(rng.uniform(axes[0], h - axes[0])))
         angle = float(rng.uniform(0, 180))

@@ -215,7 +215,8 @@ def covered_bench(names: list[str], options, seconds_per_prompt: float, args) ->
     side = args.covered_points or options.points_per_side
     options = GeneratorOptions(points_per_side=side, box_nms_thresh=options.box_nms_thresh)  # SAM's thresholds
     print(
-        f"\ncovered-point skipping: oracle SAM on scenes of {args.covered_objects} known objects drawn over each photo "
+        f"\ncovered-point skipping: oracle SAM on scenes of {args.covered_objects} known objects (radius "
+        f"{args.object_radius[0]:.0%}-{args.object_radius[1]:.0%} of the short side) drawn over each photo "
         f"(bench/_oracle.py), {options.points_per_side}x{options.points_per_side} points, pred_iou > "
         f"{options.pred_iou_thresh}, stability >= {options.stability_thresh}; the detector's masks are its objects "
         f"dilated by {args.bleed} px, one object left out per run; seconds modelled as prompts x "
@@ -228,7 +229,7 @@ def covered_bench(names: list[str], options, seconds_per_prompt: float, args) ->
     keys = ("full_s", "skip_s", "skip_prompts", "props", "found", "left_full", "left_skip")
     totals = dict.fromkeys(("runs", "full_prompts", *keys), 0.0)
     for name in names:
-        scene = make_scene(load_image(name), name, objects=args.covered_objects)
+        scene = make_scene(load_image(name), name, objects=args.covered_objects, radius=args.object_radius)
         hw = scene.rgb.shape[:2]
         sam = OracleSam(scene)
         MaskGenerator(sam, options.replace(points_per_side=4))(scene.rgb)  # warm-up: first calls, oracle's maps
@@ -341,11 +342,12 @@ def propose_cost(segmenter, tmp: Path, args) -> None:
     print(
         "run                        | total s/img  detect  segment  propose | prompts/img (of the grid)  proposals/img"
     )
+    full_grid = generator_options(cfg).replace(skip_covered=False)
     variants = (
         ("label", None),
         ("label --propose", _Counted(GeneratorRecipe(cfg).build(segmenter))),
-        ("  full grid (no skipping)", _Counted(MaskGenerator(segmenter, generator_options(cfg).replace(skip_covered=False)))),
-    )  # fmt: skip
+        ("  full grid (no skipping)", _Counted(MaskGenerator(segmenter, full_grid))),
+    )
     for i, (title, generator) in enumerate(variants):
         segmenter._last_embedding = None
         out = tmp / f"propose_{i}"
@@ -415,6 +417,12 @@ def main() -> None:
     ap.add_argument("--covered", action="store_true", help="also measure covered-point skipping (oracle scenes)")
     ap.add_argument("--covered-points", type=int, default=0, help="--covered: points per side (0: --points)")
     ap.add_argument("--covered-objects", type=int, default=6, help="objects drawn per scene for --covered")
+    ap.add_argument(
+        "--object-radius",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        default=(0.03, 0.2),
+        help="--covered: min,max radius of the drawn objects, as shares of the image's short side",
+    )
     ap.add_argument("--bleed", type=int, default=3, help="--covered: pixels the detector's masks overrun its objects")
     ap.add_argument("--propose-iou", type=float, default=0.5, help="--covered: samlabel's --propose-iou")
     ap.add_argument("--propose-cost", action="store_true", help="also time label runs with and without --propose")
