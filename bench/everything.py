@@ -1,22 +1,48 @@
-"""Everything mode: samlabel's automatic mask generator against Ultralytics' ``generate()``, side by side.
+"""Everything mode: samlabel's automatic mask generator against Ultralytics' generate(); --propose's cost.
+
+Then what covered-point skipping saves for ``--propose``, and what ``--propose`` adds to a label run.
 
 Both run the same random-weight MobileSAM checkpoint (built here; no downloads), the same point grid and the
 same thresholds, on the same images (Ultralytics' bus.jpg / zidane.jpg and scikit-image samples). Per image:
 seconds, decoder seconds per prompt, masks, and the reference's masks matched one-to-one by ours at mask
-IoU >= 0.9. Then the covered-point skipping: the full grid's masks play the detector's instances
-(``covered``) with one left out at a time (the object the detector missed); the grid points inside the others
-are skipped; we report the speed-up over the full grid and the share of left-out masks found again.
+IoU >= 0.9.
 
 Random weights give low predicted IoUs and unstable logits (|logit| < 3), so segment-anything's 0.88 / 0.95
 thresholds (stability offset 1) pass nothing: ``--pred-iou-thresh``, ``--stability-thresh`` and
 ``--stability-offset`` set thresholds that pass masks; both sides get the same values.
 
+``--covered``: covered-point skipping (``MaskGenerator(rgb, covered=...)``, what ``--propose`` runs) measured on
+scenes of known objects, since random-weight MobileSAM answers every point with one near-whole-image mask. Each
+bench photo gets ``--covered-objects`` ellipses drawn over it (some with a part inside), its background cut into
+regions (Felzenszwalb), and an oracle SAM (``bench/_oracle.py``) answers a point with the part / object / region
+under it, with segment-anything's own thresholds (0.88, 0.95, offset 1). The detector's instances are the drawn
+objects, their masks dilated by ``--bleed`` pixels (a box-prompted SAM mask is seldom exact); each object is left
+out once (the object the detector missed). Per image: prompts of the full grid and of the skipped grid, the full
+grid's proposals (``select_proposals`` against the detector's other objects) and the share of them the skipped
+grid still finds (IoU >= 0.9), and whether the left-out object is among the proposals (IoU >= 0.8 with its true
+mask), full grid / skipped.
+
+- measured: prompt counts; the generator's own seconds (thresholds, stability, NMS, upsampling: the real code, on
+  the oracle's masks) and ``select_proposals``'; MobileSAM's decoder seconds per prompt (the median of the table
+  above, real ONNX path, this run);
+- modelled: the masks (the oracle's, not a trained SAM's), hence the seconds: prompts x decoder seconds per
+  prompt + the generator's own measured seconds. ``--propose`` shares the box prompts' encoder pass, so no
+  encoder time enters either side.
+
+``--propose-cost``: ``pipeline.label`` (what ``samlabel label`` runs) on ``--propose-images`` with a random-weight
+YOLOv8n (``--max-det`` boxes) and this MobileSAM at ``--propose-points`` per side: without ``--propose``, with it
+(covered points skipped, as a user runs it) and with the full grid; report.json's stage seconds per image (all
+real; which grid points the random-weight masks cover is arbitrary, hence the full-grid row). The decoder's
+seconds per prompt do not depend on the image, so the propose stage grows with the prompts decoded: 32 x 32
+points cost about 4x the 16 x 16 row.
+
     python bench/everything.py                                  # everything below, ~10+ min per image (reference)
     python bench/everything.py --images coffee --points 16 --skip-reference   # a quick look at samlabel alone
     python bench/everything.py --crops 0,1 --covered            # crops off and on; covered-point skipping
+    python bench/everything.py --skip-reference --points 16 --covered --propose-cost   # the --propose numbers
 
 The reference runs at one PyTorch thread here (as Ultralytics runs on this CPU), samlabel with its defaults
-(ONNX Runtime on CPU). Seconds are the minimum over ``--repeats``.
+(ONNX Runtime on CPU). Each is measured once.
 """
 
 from __future__ import annotations
@@ -172,19 +198,179 @@ def match(ref_rles: list, our_rles: list, iou: float = 0.9) -> int:
     return len(used_ref)
 
 
-def covered_bench(segmenter, rgb, options, full, full_seconds, *, samples: int = 5) -> tuple[float, float, int]:
-    """The full grid's masks as the detector's instances, one left out at a time (the object the detector missed):
-    (mean speed-up over the full grid, share of the left-out masks found again at IoU >= 0.9, runs)."""
-    hw = rgb.shape[:2]
-    order = np.argsort([-m.area for m in full.masks], kind="stable")
-    picks = order[np.linspace(0, len(order) - 1, min(samples, len(order))).astype(int)]  # large to small
-    speedups, found = [], 0
-    for i in picks:
-        others = full[[j for j in range(len(full)) if j != i]]
-        got, seconds, _, _ = ours(segmenter, rgb, options, covered=others)
-        speedups.append(full_seconds / seconds)
-        found += match([full_rle(full.masks[int(i)], hw)], [full_rle(m, hw) for m in got.masks])
-    return float(np.mean(speedups)), found / len(picks), len(picks)
+def covered_bench(names: list[str], options, seconds_per_prompt: float, args) -> None:
+    """Covered-point skipping on scenes of known objects (``bench/_oracle.py``), the detector's objects left out
+    one at a time: prints per image the prompts saved, the share of the full grid's proposals still found, whether
+    the left-out object is found, and the ``--propose`` stage's modelled seconds (full grid vs skipped).
+
+    Measured: prompt counts, the generator's and ``select_proposals``' own seconds (post-processing, NMS, run on
+    the oracle's masks), the decoder's seconds per prompt (``seconds_per_prompt``: real MobileSAM, this run).
+    Modelled: the masks (the oracle's), hence seconds = prompts x ``seconds_per_prompt`` + measured own seconds.
+    """
+    from bench._oracle import OracleSam, make_scene
+    from pipeline.config import GeneratorOptions
+    from pipeline.proposals import select_proposals
+    from pipeline.sam.automatic import MaskGenerator
+
+    side = args.covered_points or options.points_per_side
+    options = GeneratorOptions(points_per_side=side, box_nms_thresh=options.box_nms_thresh)  # SAM's thresholds
+    print(
+        f"\ncovered-point skipping: oracle SAM on scenes of {args.covered_objects} known objects (radius "
+        f"{args.object_radius[0]:.0%}-{args.object_radius[1]:.0%} of the short side) drawn over each photo "
+        f"(bench/_oracle.py), {options.points_per_side}x{options.points_per_side} points, pred_iou > "
+        f"{options.pred_iou_thresh}, stability >= {options.stability_thresh}; the detector's masks are its objects "
+        f"dilated by {args.bleed} px, one object left out per run; seconds modelled as prompts x "
+        f"{seconds_per_prompt * 1000:.1f} ms (MobileSAM's decoder, measured above) + the generator's own measured time"
+    )
+    print(
+        "image      objects regions | full: prompts proposals   s/img | skipped: prompts (saved)   s/img | "
+        "speed-up prompts  seconds | full proposals found  left-out object found (full / skipped)"
+    )
+    keys = ("full_s", "skip_s", "skip_prompts", "props", "found", "left_full", "left_skip")
+    totals = dict.fromkeys(("runs", "full_prompts", *keys), 0.0)
+    for name in names:
+        scene = make_scene(load_image(name), name, objects=args.covered_objects, radius=args.object_radius)
+        hw = scene.rgb.shape[:2]
+        sam = OracleSam(scene)
+        MaskGenerator(sam, options.replace(points_per_side=4))(scene.rgb)  # warm-up: first calls, oracle's maps
+        generate = MaskGenerator(sam, options)
+        full, full_own, full_prompts = _oracle_run(generate, sam, scene.rgb, None)
+        row = dict.fromkeys(keys, 0.0)
+        for label in scene.objects:
+            covered = scene.detections(leave_out=label, bleed=args.bleed)
+            t = time.perf_counter()
+            full_props = select_proposals(full, covered, iou=args.propose_iou)
+            full_own_k = full_own + time.perf_counter() - t
+            got, own, prompts = _oracle_run(generate, sam, scene.rgb, covered)
+            t = time.perf_counter()
+            props = select_proposals(got, covered, iou=args.propose_iou)
+            own += time.perf_counter() - t
+            full_rles, rles = [full_rle(m, hw) for m in full_props.masks], [full_rle(m, hw) for m in props.masks]
+            truth = [_rle(scene.whole(label))]
+            row["full_s"] += full_prompts * seconds_per_prompt + full_own_k
+            row["skip_s"] += prompts * seconds_per_prompt + own
+            row["skip_prompts"] += prompts
+            row["props"] += len(full_props)
+            row["found"] += match(full_rles, rles)
+            row["left_full"] += match(truth, full_rles, iou=0.8)
+            row["left_skip"] += match(truth, rles, iou=0.8)
+        runs = len(scene.objects)
+        for key, value in row.items():
+            totals[key] += value
+        totals["runs"] += runs
+        totals["full_prompts"] += full_prompts * runs
+        _covered_row(name, scene, runs, full_prompts, row)
+    if len(names) > 1:
+        runs = int(totals["runs"])
+        _covered_row("all", None, runs, totals["full_prompts"] / max(runs, 1), {k: totals[k] for k in keys})
+
+
+def _oracle_run(generate, sam, rgb, covered):
+    """(instances, the generator's own seconds (all but the oracle's answers), prompts decoded)."""
+    before_s, before_n = sam.seconds, sam.prompts
+    t = time.perf_counter()
+    found = generate(rgb, covered=covered)
+    return found, time.perf_counter() - t - (sam.seconds - before_s), sam.prompts - before_n
+
+
+def _covered_row(name: str, scene, runs: int, full_prompts: float, row: dict) -> None:
+    n = max(runs, 1)
+    skip = row["skip_prompts"] / n
+    objects = f"{runs:7d}" if scene is None else f"{len(scene.objects):7d}"
+    regions = f"{'':>7s}" if scene is None else f"{scene.background:7d}"
+    found = row["found"] / row["props"] if row["props"] else float("nan")
+    print(
+        f"{name:10s} {objects} {regions} | {full_prompts:13.0f} {row['props'] / n:9.1f} {row['full_s'] / n:7.1f} | "
+        f"{skip:16.0f} ({1 - skip / full_prompts:4.0%}) {row['skip_s'] / n:7.1f} | "
+        f"{full_prompts / skip:15.2f}x {row['full_s'] / row['skip_s']:7.2f}x | "
+        f"{found:20.1%}  {int(row['left_full'])}/{runs} / {int(row['left_skip'])}/{runs}",
+        flush=True,
+    )
+
+
+class _Counted:
+    """A generator stage that adds up its generator's ``stats`` (prompts decoded, points skipped) over a run."""
+
+    def __init__(self, generate) -> None:
+        self.generate = generate
+        self.prompts = self.skipped = 0
+
+    def __call__(self, rgb, covered=None):
+        out = self.generate(rgb, covered=covered)
+        self.prompts += self.generate.stats["prompts"]
+        self.skipped += self.generate.stats["skipped"]
+        return out
+
+
+def propose_cost(segmenter, tmp: Path, args) -> None:
+    """What ``--propose`` adds to a label run: ``samlabel label`` (the API) on ``--propose-images`` with a
+    random-weight YOLOv8n (``--max-det`` boxes) and the bench's MobileSAM, without ``--propose``, with it (as a user
+    runs it: covered points skipped) and with the full grid; report.json's stage seconds per image."""
+    import json
+
+    from PIL import Image
+
+    from bench._models import make_yolo_checkpoint
+    from pipeline import label
+    from pipeline.config import generator_options, load_settings
+    from pipeline.run.stages import GeneratorRecipe
+    from pipeline.sam.automatic import MaskGenerator
+
+    logging.getLogger("pipeline.run.report").setLevel(logging.ERROR)  # "no val images": one split is enough here
+    names = args.propose_images.split(",")
+    src = tmp / "propose_src"
+    src.mkdir()
+    for name in names:
+        Image.fromarray(load_image(name)).save(src / f"{name}.png")
+    detector = make_yolo_checkpoint(tmp / "yolov8n.pt", ["a", "b", "c"])
+    n = args.propose_points
+    settings = dict(
+        detector=str(detector),
+        split="train=1",
+        max_det=args.max_det,
+        runtime=args.runtime,
+        device="cpu",
+        points_per_side=n,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_thresh=args.stability_thresh,
+    )
+    cfg = load_settings(propose=True, **settings)
+    print(
+        f"\n--propose's cost: samlabel label on {','.join(names)} (random-weight YOLOv8n, max_det {args.max_det}; "
+        f"the MobileSAM above), {n}x{n} points, seconds per image from report.json (this_run stage_seconds)"
+    )
+    print(
+        "run                        | total s/img  detect  segment  propose | prompts/img (of the grid)  proposals/img"
+    )
+    full_grid = generator_options(cfg).replace(skip_covered=False)
+    variants = (
+        ("label", None),
+        ("label --propose", _Counted(GeneratorRecipe(cfg).build(segmenter))),
+        ("  full grid (no skipping)", _Counted(MaskGenerator(segmenter, full_grid))),
+    )
+    for i, (title, generator) in enumerate(variants):
+        segmenter._last_embedding = None
+        out = tmp / f"propose_{i}"
+        label(
+            src,
+            out,
+            segmenter=segmenter,
+            generator=generator,
+            propose=generator is not None,
+            progress=False,
+            **settings,
+        )
+        report = json.loads((out / "report.json").read_text())
+        run = report["timings"]["this_run"]
+        images, stages = max(run["images"], 1), run["stage_seconds"]
+        row = f"{title:26s} | {run['seconds'] / images:11.1f}"
+        row += "".join(
+            f"  {stages.get(k, 0.0) / images:{w}.1f}" for k, w in (("detect", 6), ("segment", 7), ("propose", 7))
+        )
+        if generator is not None:
+            row += f" | {generator.prompts / images:11.0f} of {n * n} ({generator.skipped / images:.0f} skipped)"
+            row += f"  {report['proposals']['total'] / images:13.1f}"
+        print(row, flush=True)
 
 
 def peak_memory(args) -> list[str]:
@@ -228,7 +414,21 @@ def main() -> None:
     ap.add_argument("--runtime", default="auto", help="samlabel's SAM runtime")
     ap.add_argument("--reference-threads", type=int, default=1, help="PyTorch threads of the reference")
     ap.add_argument("--skip-reference", action="store_true", help="samlabel alone")
-    ap.add_argument("--covered", action="store_true", help="also measure covered-point skipping")
+    ap.add_argument("--covered", action="store_true", help="also measure covered-point skipping (oracle scenes)")
+    ap.add_argument("--covered-points", type=int, default=0, help="--covered: points per side (0: --points)")
+    ap.add_argument("--covered-objects", type=int, default=6, help="objects drawn per scene for --covered")
+    ap.add_argument(
+        "--object-radius",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        default=(0.03, 0.2),
+        help="--covered: min,max radius of the drawn objects, as shares of the image's short side",
+    )
+    ap.add_argument("--bleed", type=int, default=3, help="--covered: pixels the detector's masks overrun its objects")
+    ap.add_argument("--propose-iou", type=float, default=0.5, help="--covered: samlabel's --propose-iou")
+    ap.add_argument("--propose-cost", action="store_true", help="also time label runs with and without --propose")
+    ap.add_argument("--propose-images", default="bus,zidane", help="--propose-cost: comma-separated images")
+    ap.add_argument("--propose-points", type=int, default=16, help="--propose-cost: points per side")
+    ap.add_argument("--max-det", type=int, default=10, help="--propose-cost: the random detector's boxes per image")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at 32 and 64 points (1080p)")
     ap.add_argument("--memory-run", type=int, default=0, help=argparse.SUPPRESS)  # one measurement (a subprocess)
     args = ap.parse_args()
@@ -263,6 +463,7 @@ def main() -> None:
             "ours/bound  masks | matched (IoU >= 0.9)  speed-up"
         )
         print(header)
+        per_prompts = []
         for name in args.images.split(","):
             rgb = load_image(name)
             hw = rgb.shape[:2]
@@ -270,6 +471,7 @@ def main() -> None:
                 options = base.replace(crop_layers=crops)
                 found, seconds, dec, prompts = ours(segmenter, rgb, options)
                 per_prompt = dec / max(prompts, 1)
+                per_prompts.append(per_prompt)
                 bound = prompts * per_prompt
                 row = f"{name:12s} {crops:5d} | "
                 if args.skip_reference:
@@ -285,10 +487,10 @@ def main() -> None:
                     share = matched / len(ref) if len(ref) else float("nan")
                     row += f"{matched}/{len(ref)} ({share:.0%}; at 0.5: {matched_half})  {ref_s / seconds:6.1f}x"
                 print(row, flush=True)
-                if args.covered and crops == 0 and len(found):
-                    speedup, share, runs = covered_bench(segmenter, rgb, options, found, seconds)
-                    print(f"  covered-point skipping (all masks but one as the detector's, {runs} runs): "
-                          f"{speedup:.2f}x faster than the full grid, {share:.0%} of the left-out masks found")  # fmt: skip
+        if args.covered:
+            covered_bench(args.images.split(","), base, float(np.median(per_prompts)), args)
+        if args.propose_cost:
+            propose_cost(segmenter, Path(tmp), args)
         if args.memory:
             for line in peak_memory(args):
                 print(line)
