@@ -392,7 +392,7 @@ def _memory_run(args, segmenter, base) -> None:
     import resource
 
     rgb = np.ascontiguousarray(np.resize(load_image("bus"), (1080, 1920, 3)))
-    ours(segmenter, rgb[:64, :64].copy(), base.replace(points_per_side=2))  # warm up: sessions, prompt decoder
+    ours(segmenter, rgb[:64, :64].copy(), base.replace(points_per_side=2))  # warm up: sessions, point decoder
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     found, seconds, _, prompts = ours(segmenter, rgb, base.replace(points_per_side=args.memory_run))
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
