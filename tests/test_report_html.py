@@ -98,7 +98,7 @@ def _cards(text: str) -> list[tuple[str, int, str]]:
 def _check_self_contained(text: str) -> None:
     assert "http://" not in text and "https://" not in text
     for ref in re.findall(r'(?:src|href)="([^"]*)"', text):
-        assert ref.startswith(("data:image/jpeg;base64,", "data:image/png;base64,", "#")), ref
+        assert ref.startswith(("data:image/jpeg;base64,", "data:image/svg+xml;base64,", "#")), ref
     assert "<script" not in text.lower() and "<link" not in text.lower()
 
 
@@ -112,7 +112,7 @@ def test_plain_dataset(plain, tmp_path):
     assert [kind for kind, _, _ in cards] == ["sample"] * 8
     assert len(THUMB.findall(text)) == 8
     assert all(max(int(w), int(h)) <= 256 for w, h in THUMB.findall(text))
-    assert text.count("data:image/png;base64,") == 2  # mask_score and box_fit (no stability_score)
+    assert text.count("data:image/svg+xml;base64,") == 2  # mask_score and box_fit (no stability_score)
     assert "computed here: IoU of the mask" in text
     assert "Sample: 8 of 8 unflagged shown (at most 24)" in text
     assert 'id="flagged"' not in text
@@ -144,7 +144,7 @@ def test_flagged_first_then_sample(plain, tmp_path):
     assert "duplicate" in cards[0][2]  # the one with three flags leads
     assert "Flagged: 3 of 5 shown (at most 3)" in text
     assert "Sample: 2 of 3 unflagged shown (at most 2)" in text
-    assert text.count("data:image/png;base64,") == 3  # stability_score drawn too
+    assert text.count("data:image/svg+xml;base64,") == 3  # stability_score drawn too
     assert "computed here" not in text  # box_fit came with the annotations
     counts = Counter(f for ann in flagged for f in ann["flags"])
     for flag, n in counts.items():
@@ -200,7 +200,7 @@ def test_yolo_only_dataset(tmp_path):
     text = write_report_html(root).read_text(encoding="utf-8")
     assert [kind for kind, _, _ in _cards(text)] == ["sample"] * 8
     assert len(THUMB.findall(text)) == 8
-    assert "YOLO labels (no scores)" in text and "data:image/png" not in text
+    assert "YOLO labels (no scores)" in text and "data:image/svg" not in text
     assert "label line 0" in text
 
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pipeline.report.charts import CHART_PX
 from pipeline.report.proposals import ProposalCard, ProposalSection
 from pipeline.report.scan import FLAGS, NUMBERS, Item, Scan
 
@@ -38,10 +39,10 @@ class Card:
 
 @dataclass(frozen=True)
 class Chart:
-    """One histogram: what it counts, its PNG and a caption."""
+    """One histogram: what it counts, its SVG document (``charts.histogram_svg``) and a caption."""
 
     key: str
-    png: bytes
+    svg: str
     caption: str
 
 
@@ -259,7 +260,8 @@ def _quality(page: Page) -> str:
         parts.append('<p class="muted">No quality flags in this dataset\'s annotations.</p>')
     if page.charts:
         figures = "".join(
-            f'<figure class="chart"><img src="data:image/png;base64,{_b64(c.png)}" alt="histogram of {_e(c.key)}">'
+            f'<figure class="chart"><img src="data:image/svg+xml;base64,{_b64(c.svg.encode("utf-8"))}" '
+            f'width="{CHART_PX[0]}" height="{CHART_PX[1]}" alt="histogram of {_e(c.key)}">'
             f"<figcaption><b>{_e(c.key)}</b> {c.caption}</figcaption></figure>"
             for c in page.charts
         )
