@@ -446,3 +446,30 @@ def test_histogram_svg():
     assert histogram_svg(np.zeros(50, dtype=int), xlabel="x") == histogram_svg(np.zeros(50, dtype=int), xlabel="x")
     with pytest.raises(ValueError, match="one or more counts of 0 or more"):
         histogram_svg(np.array([-1]), xlabel="x")
+
+
+def test_flagged_tile_counts_the_annotations_flags_even_when_none_is_raised(tmp_path):
+    # A run whose instances all passed the quality checks: every annotation carries "flags": []. The tile says
+    # 0 flagged (not "no quality flags in the annotations"), and a report.json that disagrees does not count.
+    root = _label(tmp_path, "clean")
+    annotations = [a for p in root.glob("*/_annotations.coco.json") for a in load_coco(p)["annotations"]]
+    assert len(annotations) == 8 and all(a["flags"] == [] for a in annotations)
+    report = json.loads((root / "report.json").read_text())
+    report["quality"]["flagged"] = [{"image": "train/images/sub_b.JPG", "class": "ball", "flags": ["tiny"]}]
+    report["quality"]["flag_counts"] = {"tiny": 1}
+    (root / "report.json").write_text(json.dumps(report))
+    text = write_report_html(root).read_text(encoding="utf-8")
+    assert '<div class="label">Flagged</div><div class="value">0</div><div class="hint">0.0% of 8</div>' in text
+    assert "no quality flags in the annotations" not in text and "Flagged in report.json" not in text
+    assert "No instance is flagged: the annotations carry quality flags, none raised." in text
+    assert '<th class="r">flagged</th>' in text  # the class table's column, all 0
+    # without the flags field (a dataset written before flags existed) the tile says so
+    for path in root.glob("*/_annotations.coco.json"):
+        coco = json.loads(path.read_text())
+        for ann in coco["annotations"]:
+            del ann["flags"]
+        path.write_text(json.dumps(coco))
+    report["quality"] = {}
+    (root / "report.json").write_text(json.dumps(report))
+    text = write_report_html(root).read_text(encoding="utf-8")
+    assert '<div class="value">&ndash;</div><div class="hint">no quality flags in the annotations</div>' in text
