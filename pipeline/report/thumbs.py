@@ -161,18 +161,28 @@ def render(rgb: np.ndarray, focus: Shape, others: Neighbours, *, thumb_size: int
     x0, y0, x1, y1 = window
     scale = thumb_size / max(x1 - x0, y1 - y0)
     out_wh = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    scene: np.ndarray = cv2.cvtColor(
-        cv2.resize(rgb[y0:y1, x0:x1], out_wh, interpolation=interpolation), cv2.COLOR_RGB2BGR
-    )
+    memo = others.memo((id(rgb), rgb.shape, window, out_wh), keep=rgb)
+    if "scene" not in memo:
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        small = cv2.resize(rgb[y0:y1, x0:x1], out_wh, interpolation=interpolation)
+        memo["scene"] = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    scene: np.ndarray = memo["scene"].copy()
+
+    def mask_of(shape: Shape) -> np.ndarray:
+        hit = memo.get(id(shape))
+        if hit is None or hit[0] is not shape:
+            hit = memo[id(shape)] = (shape, _window_mask(shape.segmentation, hw, window, out_wh))
+        return hit[1]
+
+    solids = memo.setdefault("solids", {})
     near = others.near(window, exclude=focus)
     if near:
-        masks = [_window_mask(s.segmentation, hw, window, out_wh) for s in near]
-        _fill(scene, masks, [class_color(s.class_id) for s in near], opacity=OTHERS_OPACITY)
-    mask = _window_mask(focus.segmentation, hw, window, out_wh)
+        masks = [mask_of(s) for s in near]
+        _fill(scene, masks, [class_color(s.class_id) for s in near], opacity=OTHERS_OPACITY, solids=solids)
+    mask = mask_of(focus)
     color = class_color(focus.class_id)
-    _fill(scene, [mask], [color], opacity=FOCUS_OPACITY)
-    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    _fill(scene, [mask], [color], opacity=FOCUS_OPACITY, solids=solids)
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
     cv2.polylines(scene, [c for c in contours if len(c) >= 3], True, bgr(color), OUTLINE_PX)
     if focus.prompt_xyxy is not None:
         bx0, by0, bx1, by1 = (int(v) for v in _to_window([focus.prompt_xyxy], window, out_wh)[0])
@@ -181,14 +191,18 @@ def render(rgb: np.ndarray, focus: Shape, others: Neighbours, *, thumb_size: int
     return scene
 
 
-def _fill(scene: np.ndarray, masks: Sequence[np.ndarray], colors: Sequence[str], *, opacity: float) -> None:
+def _fill(
+    scene: np.ndarray, masks: Sequence[np.ndarray], colors: Sequence[str], *, opacity: float, solids: dict
+) -> None:
     """Blend ``masks`` (bool (h, w) each) into ``scene`` (BGR, in place) in their colours at ``opacity``;
-    larger masks are painted first, so a smaller one on top of a larger one stays visible."""
+    larger masks are painted first, so a smaller one on top of a larger one stays visible.
+
+    ``solids``: colour -> an image of that colour the size of ``scene`` (made here when missing, kept for reuse).
+    """
     painted = scene.copy()
     union = np.zeros(scene.shape[:2], dtype=np.uint8)
-    solids: dict[str, np.ndarray] = {}  # one image of each colour (most thumbnails show one or two classes)
     for i in sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i]))):
-        mask = np.ascontiguousarray(masks[i], dtype=np.uint8)
+        mask = masks[i].view(np.uint8)
         if colors[i] not in solids:
             solids[colors[i]] = np.tile(np.array(bgr(colors[i]), dtype=np.uint8), (*scene.shape[:2], 1))
         cv2.copyTo(solids[colors[i]], mask, painted)  # OpenCV's masked copy: ~40x numpy's boolean indexing here
@@ -206,6 +220,15 @@ class Neighbours:
     def __init__(self, shapes: Sequence[Shape]) -> None:
         self.shapes = list(shapes)
         self.xyxy = np.array([s.extent_xyxy for s in self.shapes], dtype=np.float64).reshape(-1, 4)
+        self._memo_key: tuple | None = None
+        self._memo: dict = {}
+
+    def memo(self, key: tuple, *, keep: object) -> dict:
+        """Scratch space of the crop ``key`` (the last one drawn: cards of one image in the same crop share its
+        resized image and masks; memory: one crop's). ``keep`` is held with it (the image whose id is in the key)."""
+        if key != self._memo_key:
+            self._memo_key, self._memo = key, {"keep": keep}
+        return self._memo
 
     def near(self, window: tuple[int, int, int, int], *, exclude: Shape) -> list[Shape]:
         """The ``MAX_NEIGHBOURS`` shapes whose mask box overlaps ``window`` most (ties: in the given order)."""
@@ -233,7 +256,8 @@ def _to_window(boxes_xyxy, window, out_wh) -> np.ndarray:
 
 
 def _window_mask(segmentation, hw, window, out_wh) -> np.ndarray:
-    """bool (h, w) of the thumbnail: the mask inside ``window`` (x0, y0, x1, y1) resized to ``out_wh`` (w, h)."""
+    """bool (h, w), C-contiguous, of the thumbnail: the mask inside ``window`` (x0, y0, x1, y1) resized to
+    ``out_wh`` (w, h)."""
     x0, y0, x1, y1 = window
     w, h = out_wh
     if isinstance(segmentation, list):  # polygons: rasterized directly in thumbnail coordinates (pycocotools clips)
@@ -242,7 +266,7 @@ def _window_mask(segmentation, hw, window, out_wh) -> np.ndarray:
         for p in segmentation:
             xy = np.asarray(p, dtype=np.float64).reshape(-1, 2)
             flat.append((((xy - [x0, y0]) * [sx, sy]).reshape(-1)).tolist())
-        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, h, w))).astype(bool)
+        return np.ascontiguousarray(mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, h, w))), dtype=bool)
     size = [int(v) for v in segmentation["size"]]
     if size != list(hw):
         raise ValueError(f"an RLE of size {size[1]}x{size[0]} on an image of {hw[1]}x{hw[0]}")
@@ -252,7 +276,7 @@ def _window_mask(segmentation, hw, window, out_wh) -> np.ndarray:
     else:
         rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     full = mask_utils.decode(rle)
-    return cv2.resize(full[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return np.ascontiguousarray(cv2.resize(full[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_NEAREST), dtype=bool)
 
 
 def encode_jpeg(bgr: np.ndarray, *, max_bytes: int) -> tuple[bytes, tuple[int, int]]:
