@@ -19,7 +19,7 @@ from pipeline.review.server import create_app
 from pipeline.review.store import ReviewError, ReviewStore
 from pipeline.run.state import Journal, JournalDamaged
 from pipeline.types import CropMask, ImageRecord, Instances
-from tests.conftest import FakeSegmenter
+from tests.conftest import FakeDetector, FakeSegmenter
 from tests.helpers import assert_valid, check_yolo_matches_coco, coco_by_image
 from tests.proposal_helpers import FakeGenerator, MissingDetector, make_three_disc_images
 from tests.review_helpers import TOKEN, FakeSamSession, TestClient
@@ -215,6 +215,27 @@ def test_cli_flags(images, tmp_path, monkeypatch):
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["propose"] is True and report["settings"]["propose_iou"] == 0.6
     assert report["proposals"]["total"] == 3
+
+
+@pytest.mark.parametrize(("detector", "said"), [
+    (MissingDetector, "3 proposals (masks no instance accounts for) in 3 images: review them with `samlabel review "),
+    (FakeDetector, "0 proposals: an instance accounts for every mask the generator found"),
+])  # fmt: skip
+def test_summary_sends_to_review_only_with_proposals(images, tmp_path, monkeypatch, caplog, detector, said):
+    import pipeline.api as api
+
+    real = api.label
+    monkeypatch.setattr(
+        api,
+        "label",
+        lambda *a, **k: real(*a, **{**k, "detector": detector(), "segmenter": FakeSegmenter(),
+                                    "generator": FakeGenerator()}),
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert main(["label", str(images), "--out", str(tmp_path / "ds"), "--propose"]) == 0
+    lines = [r.getMessage() for r in caplog.records if "proposals" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(said)
+    assert ("samlabel review" in lines[0]) == (detector is MissingDetector)
 
 
 # ----------------------------------------------------------------------------------------- review

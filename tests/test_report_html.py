@@ -6,9 +6,12 @@ import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,7 +101,7 @@ def _cards(text: str) -> list[tuple[str, int, str]]:
 def _check_self_contained(text: str) -> None:
     assert "http://" not in text and "https://" not in text
     for ref in re.findall(r'(?:src|href)="([^"]*)"', text):
-        assert ref.startswith(("data:image/jpeg;base64,", "data:image/png;base64,", "#")), ref
+        assert ref.startswith(("data:image/jpeg;base64,", "data:image/svg+xml;base64,", "#")), ref
     assert "<script" not in text.lower() and "<link" not in text.lower()
 
 
@@ -112,7 +115,7 @@ def test_plain_dataset(plain, tmp_path):
     assert [kind for kind, _, _ in cards] == ["sample"] * 8
     assert len(THUMB.findall(text)) == 8
     assert all(max(int(w), int(h)) <= 256 for w, h in THUMB.findall(text))
-    assert text.count("data:image/png;base64,") == 2  # mask_score and box_fit (no stability_score)
+    assert text.count("data:image/svg+xml;base64,") == 2  # mask_score and box_fit (no stability_score)
     assert "computed here: IoU of the mask" in text
     assert "Sample: 8 of 8 unflagged shown (at most 24)" in text
     assert 'id="flagged"' not in text
@@ -144,7 +147,7 @@ def test_flagged_first_then_sample(plain, tmp_path):
     assert "duplicate" in cards[0][2]  # the one with three flags leads
     assert "Flagged: 3 of 5 shown (at most 3)" in text
     assert "Sample: 2 of 3 unflagged shown (at most 2)" in text
-    assert text.count("data:image/png;base64,") == 3  # stability_score drawn too
+    assert text.count("data:image/svg+xml;base64,") == 3  # stability_score drawn too
     assert "computed here" not in text  # box_fit came with the annotations
     counts = Counter(f for ann in flagged for f in ann["flags"])
     for flag, n in counts.items():
@@ -200,7 +203,7 @@ def test_yolo_only_dataset(tmp_path):
     text = write_report_html(root).read_text(encoding="utf-8")
     assert [kind for kind, _, _ in _cards(text)] == ["sample"] * 8
     assert len(THUMB.findall(text)) == 8
-    assert "YOLO labels (no scores)" in text and "data:image/png" not in text
+    assert "YOLO labels (no scores)" in text and "data:image/svg" not in text
     assert "label line 0" in text
 
 
@@ -339,3 +342,134 @@ def test_renders_in_chromium(plain, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "shot.png").stat().st_size > 0
+
+
+def _supervision_thumbnail(rgb, focus, others, thumb_size):
+    """The thumbnail as supervision's annotators drew it before OpenCV took over (the same crop and masks)."""
+    import supervision as sv
+
+    from pipeline.report import thumbs
+
+    hw = rgb.shape[:2]
+    window = thumbs.crop_window(focus, hw)
+    x0, y0, x1, y1 = window
+    scale = thumb_size / max(x1 - x0, y1 - y0)
+    out_wh = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    scene = cv2.cvtColor(cv2.resize(rgb[y0:y1, x0:x1], out_wh, interpolation=interpolation), cv2.COLOR_RGB2BGR)
+    palette = sv.ColorPalette.DEFAULT
+
+    def detections(shapes):
+        return sv.Detections(
+            xyxy=thumbs._to_window([s.extent_xyxy for s in shapes], window, out_wh),
+            mask=np.stack([thumbs._window_mask(s.segmentation, hw, window, out_wh) for s in shapes]),
+            class_id=np.array([s.class_id % len(palette.colors) for s in shapes]),
+        )
+
+    near = others.near(window, exclude=focus)
+    if near:
+        scene = sv.MaskAnnotator(color=palette, opacity=0.25).annotate(scene, detections(near))
+    det = detections([focus])
+    scene = sv.MaskAnnotator(color=palette, opacity=0.45).annotate(scene, det)
+    scene = sv.PolygonAnnotator(color=palette, thickness=2).annotate(scene, det)
+    if focus.prompt_xyxy is not None:
+        prompt = sv.Detections(xyxy=thumbs._to_window([focus.prompt_xyxy], window, out_wh), class_id=np.array([0]))
+        scene = sv.BoxAnnotator(color=sv.Color.BLACK, thickness=3).annotate(scene, prompt)
+        scene = sv.BoxAnnotator(color=sv.Color.WHITE, thickness=1).annotate(scene, prompt)
+    return scene
+
+
+def _ring(cx: float, cy: float, r: float, n: int = 24) -> list[float]:
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], axis=1).reshape(-1).tolist()
+
+
+@pytest.mark.parametrize("thumb_size", [64, 256, 512])
+def test_thumbnails_look_as_supervisions_annotators_drew_them(thumb_size):
+    # Overlapping instances of several classes, one with a hole, one RLE without a prompt box: every thumbnail
+    # is what supervision's MaskAnnotator / PolygonAnnotator / BoxAnnotator drew (at most 1 level apart).
+    sv = pytest.importorskip("supervision")
+    from pycocotools import mask as mask_utils
+
+    from pipeline.report import thumbs
+
+    rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    shapes = []
+    for k, (cx, cy, r) in enumerate([(200, 200, 80), (250, 220, 40), (300, 150, 60), (180, 260, 20), (500, 400, 30)]):
+        seg = [_ring(cx, cy, r)] + ([_ring(cx, cy, r / 3)[::-1]] if k == 0 else [])
+        box = (cx - r - 5.3, cy - r - 4.7, cx + r + 6.1, cy + r + 3.2)
+        shapes.append(Shape(k, seg, (cx - r, cy - r, cx + r, cy + r), box))
+    full = np.zeros((480, 640), dtype=np.uint8, order="F")
+    full[100:300, 350:450] = 1
+    full[150:200, 380:420] = 0
+    rle = mask_utils.encode(full)
+    shapes.append(Shape(3, {"size": rle["size"], "counts": rle["counts"].decode()}, (350, 100, 450, 300)))
+    others = Neighbours(shapes)
+    for shape in shapes:
+        ours = render(rgb, shape, others, thumb_size=thumb_size).astype(np.int16)
+        theirs = _supervision_thumbnail(rgb, shape, others, thumb_size)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1
+    assert [thumbs.class_color(i) for i in range(30)] == [sv.ColorPalette.DEFAULT.by_idx(i).as_hex() for i in range(30)]
+
+
+def test_report_step_imports_no_annotators_or_plotting():
+    # Every run writes report.html at its end: importing the writer must not pull in supervision's annotators,
+    # matplotlib or scipy (1.3 s together on a 2-core machine, for a page drawn in a fraction of that).
+    code = (
+        "import sys, pipeline.run.report, pipeline.report.write; "
+        "print(sorted(m for m in ('supervision', 'matplotlib', 'scipy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_histogram_svg():
+    import xml.etree.ElementTree as ET
+
+    from pipeline.report.charts import CHART_PX, histogram_svg
+
+    counts = np.zeros(50, dtype=int)
+    counts[[3, 25, 49]] = [7, 80, 1]
+    svg = histogram_svg(counts, xlabel='a<b & "c"', threshold=0.5)
+    root = ET.fromstring(svg)  # well-formed: the label is escaped
+    ns = "{http://www.w3.org/2000/svg}"
+    assert (root.get("width"), root.get("height")) == tuple(str(v) for v in CHART_PX)
+    bars = root.findall(f"{ns}g/{ns}rect")
+    assert len(bars) == 3  # one per non-empty bin
+    heights = sorted(float(b.get("height")) for b in bars)
+    assert heights[2] / heights[0] == pytest.approx(80, rel=0.01)
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert texts[:6] == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert texts[6:-2] == ["0", "20", "40", "60", "80"]  # whole-number ticks up to the largest count
+    assert texts[-2:] == ['a<b & "c"', "instances"]
+    assert len(root.findall(f"{ns}line")) == 1  # the dashed threshold
+    assert histogram_svg(np.zeros(50, dtype=int), xlabel="x") == histogram_svg(np.zeros(50, dtype=int), xlabel="x")
+    with pytest.raises(ValueError, match="one or more counts of 0 or more"):
+        histogram_svg(np.array([-1]), xlabel="x")
+
+
+def test_flagged_tile_counts_the_annotations_flags_even_when_none_is_raised(tmp_path):
+    # A run whose instances all passed the quality checks: every annotation carries "flags": []. The tile says
+    # 0 flagged (not "no quality flags in the annotations"), and a report.json that disagrees does not count.
+    root = _label(tmp_path, "clean")
+    annotations = [a for p in root.glob("*/_annotations.coco.json") for a in load_coco(p)["annotations"]]
+    assert len(annotations) == 8 and all(a["flags"] == [] for a in annotations)
+    report = json.loads((root / "report.json").read_text())
+    report["quality"]["flagged"] = [{"image": "train/images/sub_b.JPG", "class": "ball", "flags": ["tiny"]}]
+    report["quality"]["flag_counts"] = {"tiny": 1}
+    (root / "report.json").write_text(json.dumps(report))
+    text = write_report_html(root).read_text(encoding="utf-8")
+    assert '<div class="label">Flagged</div><div class="value">0</div><div class="hint">0.0% of 8</div>' in text
+    assert "no quality flags in the annotations" not in text and "Flagged in report.json" not in text
+    assert "No instance is flagged: the annotations carry quality flags, none raised." in text
+    assert '<th class="r">flagged</th>' in text  # the class table's column, all 0
+    # without the flags field (a dataset written before flags existed) the tile says so
+    for path in root.glob("*/_annotations.coco.json"):
+        coco = json.loads(path.read_text())
+        for ann in coco["annotations"]:
+            del ann["flags"]
+        path.write_text(json.dumps(coco))
+    report["quality"] = {}
+    (root / "report.json").write_text(json.dumps(report))
+    text = write_report_html(root).read_text(encoding="utf-8")
+    assert '<div class="value">&ndash;</div><div class="hint">no quality flags in the annotations</div>' in text

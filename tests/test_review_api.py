@@ -101,6 +101,7 @@ def test_page_token_sets_a_strict_httponly_cookie_then_the_cookie_is_enough(out,
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert c.get("/").status_code == 200  # the client kept the cookie
     assert c.get("/api/meta").json()["names"] == ["ball", "cube", "cone"]
+    assert c.get("/api/meta").json()["colors"] == ["#a351fb", "#ff4040", "#ffa1a0"]  # report.html's class colours
     page = c.get("/")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"

@@ -5,8 +5,8 @@ files, the images it shows), so it can be rebuilt for any existing dataset (``sa
 
 Modules:
     scan.py    one pass over the instances: counts, histograms, flag counts and the gallery's picks (bounded)
-    thumbs.py  one thumbnail: the crop around an instance drawn with supervision's annotators
-    charts.py  histogram PNGs drawn with matplotlib (Agg canvas, no pyplot state)
+    thumbs.py  one thumbnail: the crop around an instance, drawn with OpenCV at the thumbnail's resolution
+    charts.py  histogram charts as small SVG documents (no plotting library)
     page.py    the HTML text (pure: data in, escaped HTML out)
     write.py   ``write_report_html``: reads the dataset, draws the thumbnails, writes DIR/report.html atomically
 """

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pipeline.report.charts import CHART_PX
 from pipeline.report.proposals import ProposalCard, ProposalSection
 from pipeline.report.scan import FLAGS, NUMBERS, Item, Scan
 
@@ -38,10 +39,10 @@ class Card:
 
 @dataclass(frozen=True)
 class Chart:
-    """One histogram: what it counts, its PNG and a caption."""
+    """One histogram: what it counts, its SVG document (``charts.histogram_svg``) and a caption."""
 
     key: str
-    png: bytes
+    svg: str
     caption: str
 
 
@@ -141,6 +142,8 @@ def _summary(page: Page) -> str:
     listed = _report_flagged(page)
     if scan.flag_counts:
         tiles.append(("Flagged", f"{scan.n_flagged:,}", _share(scan.n_flagged, scan.n_instances), True))
+    elif scan.n_flags_known:  # the annotations carry flags, and none is raised
+        tiles.append(("Flagged", "0", _share(0, scan.n_instances), False))
     elif listed:
         tiles.append(("Flagged", f"{len(listed):,}", "listed in report.json", True))
     else:
@@ -204,7 +207,7 @@ def _notes(page: Page) -> str:
 def _classes(page: Page) -> str:
     scan = page.scan
     splits = list(scan.splits)
-    scores, flags = bool(scan.score_sum), bool(scan.flag_counts)  # columns only where the data has them
+    scores, flags = bool(scan.score_sum), bool(scan.n_flags_known)  # columns only where the data has them
     headers = ["class", *(_e(s) for s in splits), "total"] + ["mean mask_score"] * scores + ["flagged"] * flags
     ids = sorted({c for s in scan.splits.values() for c in s.per_class} | set(range(len(scan.names))))
     rows = []
@@ -255,11 +258,14 @@ def _quality(page: Page) -> str:
         parts.append(
             f"<h3>Flags ({where})</h3>" + _table(["flag", "instances", "share", "meaning"], rows, right=(1, 2))
         )
+    elif page.scan.n_flags_known:
+        parts.append('<p class="muted">No instance is flagged: the annotations carry quality flags, none raised.</p>')
     else:
         parts.append('<p class="muted">No quality flags in this dataset\'s annotations.</p>')
     if page.charts:
         figures = "".join(
-            f'<figure class="chart"><img src="data:image/png;base64,{_b64(c.png)}" alt="histogram of {_e(c.key)}">'
+            f'<figure class="chart"><img src="data:image/svg+xml;base64,{_b64(c.svg.encode("utf-8"))}" '
+            f'width="{CHART_PX[0]}" height="{CHART_PX[1]}" alt="histogram of {_e(c.key)}">'
             f"<figcaption><b>{_e(c.key)}</b> {c.caption}</figcaption></figure>"
             for c in page.charts
         )
@@ -271,8 +277,9 @@ def _quality(page: Page) -> str:
 
 
 def _flag_counts(page: Page) -> tuple[dict, str]:
-    """Instances per flag: from the annotations, else from report.json's ``quality.flag_counts``."""
-    if page.scan.flag_counts:
+    """Instances per flag: from the annotations, else (when they carry no flags at all) from report.json's
+    ``quality.flag_counts``."""
+    if page.scan.flag_counts or page.scan.n_flags_known:
         return dict(page.scan.flag_counts), "from the annotations"
     quality = (page.report or {}).get("quality")
     counts = quality.get("flag_counts") if isinstance(quality, dict) else None
@@ -284,10 +291,11 @@ def _flag_counts(page: Page) -> tuple[dict, str]:
 
 
 def _report_flagged(page: Page) -> list[dict]:
-    """report.json's ``quality.flagged`` entries (dicts), when the annotations carry no flags of their own."""
+    """report.json's ``quality.flagged`` entries (dicts), when the annotations carry no flags of their own (the
+    annotations, when they carry flags, are what the page counts, even where report.json says otherwise)."""
     quality = (page.report or {}).get("quality")
     flagged = quality.get("flagged") if isinstance(quality, dict) else None
-    if page.scan.flag_counts or not isinstance(flagged, list):
+    if page.scan.n_flags_known or not isinstance(flagged, list):
         return []
     return [f for f in flagged if isinstance(f, dict)]
 

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.errors import SamlabelError
 from pipeline.formats import layout as layouts
 from pipeline.masks import CropMask
+from pipeline.report.thumbs import bgr as hex_to_bgr
 from pipeline.types import ImageRecord
 
 #: Images whose proposals are drawn at most (those with the most proposals).
@@ -142,7 +143,7 @@ def draw(rgb: np.ndarray, record: ImageRecord, colors: dict[int, str], *, thumb_
     bgr = np.ascontiguousarray(cv2.resize(rgb, size, interpolation=inter)[..., ::-1])
     for mask, class_id in zip(record.instances.masks, record.instances.class_id, strict=True):
         for contour in _contours(mask, scale, size):
-            cv2.polylines(bgr, [contour], True, _bgr(colors.get(int(class_id), "#999999")), 2, cv2.LINE_AA)
+            cv2.polylines(bgr, [contour], True, hex_to_bgr(colors.get(int(class_id), "#999999")), 2, cv2.LINE_AA)
     for mask in record.proposals.masks:
         for contour in _contours(mask, scale, size):
             cv2.polylines(bgr, [contour], True, (0, 0, 0), 3, cv2.LINE_AA)
@@ -182,8 +183,3 @@ def _dashed(img: np.ndarray, contour: np.ndarray, color: tuple[int, int, int], t
 
 def _pt(p: np.ndarray) -> tuple[int, int]:
     return int(round(p[0])), int(round(p[1]))
-
-
-def _bgr(hex_colour: str) -> tuple[int, int, int]:
-    v = int(hex_colour.lstrip("#")[:6], 16)
-    return v & 255, (v >> 8) & 255, (v >> 16) & 255

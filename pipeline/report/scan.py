@@ -78,6 +78,7 @@ class Item:
         class_id: index into data.yaml's names.
         flags: quality flag names (empty when the dataset has none).
         numbers: the ``NUMBERS`` the annotation has (``box_fit`` computed from bbox and det_bbox when missing).
+        flags_known: the annotation carries a ``flags`` list (the run checked it; an empty list: none raised).
     """
 
     split: str
@@ -88,6 +89,7 @@ class Item:
     class_id: int
     flags: tuple[str, ...] = ()
     numbers: dict = field(default_factory=dict)
+    flags_known: bool = False
 
     @property
     def image(self) -> str:
@@ -157,6 +159,8 @@ class Scan:
         flagged_per_class: flagged instances per class id.
         score_sum: per class id, (sum of mask_score, count) for the per-class mean.
         n_flagged / n_unflagged: instances with / without flags.
+        n_flags_known: instances whose annotation carries a ``flags`` list (flagged or not): when 0, the
+            annotations say nothing about flags (a YOLO-only dataset, or one written before flags existed).
         flagged: the first ``max_flagged`` flagged instances in ``flagged_key`` order.
         sample: up to ``max_sample`` unflagged instances, classes taken in turn, each in ``sample_key`` order.
         notes: problems met while reading (unreadable files), for the page.
@@ -171,6 +175,7 @@ class Scan:
     score_sum: dict = field(default_factory=lambda: defaultdict(lambda: [0.0, 0]))
     n_flagged: int = 0
     n_unflagged: int = 0
+    n_flags_known: int = 0
     flagged: list[Item] = field(default_factory=list)
     sample: list[Item] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -252,6 +257,7 @@ def _add(scan: Scan, item: Item) -> None:
         acc = scan.score_sum[item.class_id]
         acc[0] += float(item.numbers["mask_score"])
         acc[1] += 1
+    scan.n_flags_known += item.flags_known
     if item.flags:
         scan.n_flagged += 1
         scan.flag_counts.update(item.flags)
@@ -311,6 +317,7 @@ def _coco_items(coco: dict, split: str, scan: Scan) -> Iterator[Item]:
         ordinals[img["id"]] += 1
         numbers, computed = instance_numbers(ann)
         scan.box_fit_computed |= computed
+        known = isinstance(ann.get("flags"), list)
         yield Item(
             split=split,
             file_name=img["file_name"],
@@ -318,8 +325,9 @@ def _coco_items(coco: dict, split: str, scan: Scan) -> Iterator[Item]:
             ann_id=annotation_id(ann, ordinal),
             ordinal=ordinal,
             class_id=ann["category_id"] - 1,
-            flags=tuple(f for f in ann["flags"] if isinstance(f, str)) if isinstance(ann.get("flags"), list) else (),
+            flags=tuple(f for f in ann["flags"] if isinstance(f, str)) if known else (),
             numbers=numbers,
+            flags_known=known,
         )
     summary.images_without_instances = sum(1 for i in images if not ordinals[i])
     if bad:

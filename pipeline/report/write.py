@@ -55,7 +55,7 @@ def size_bound(*, max_flagged: int = MAX_FLAGGED, max_sample: int = MAX_SAMPLE, 
     """Bytes ``report.html`` takes at most with these bounds (about 8.5 MB with the defaults).
 
     Each thumbnail is at most ``thumb_bytes(thumb_size)`` of JPEG, base64 in the page (4/3 larger), with
-    ``CARD_TEXT_BYTES`` of text; each histogram at most ``charts.CHART_BYTES`` of PNG; the rest at most
+    ``CARD_TEXT_BYTES`` of text; each histogram at most ``charts.CHART_BYTES`` of SVG; the rest at most
     ``PAGE_TEXT_BYTES``. A real dataset's page is far smaller (thumbnails are 10-25 KB each).
     """
 
@@ -116,7 +116,7 @@ def write_report_html(
     scan = scan_dataset(
         root, _read_names(root, report, notes), max_flagged=max_flagged, max_sample=max_sample, cache=cache
     )
-    colors = {c: thumbs.class_color(c).as_hex() for c in _class_ids(scan)}
+    colors = {c: thumbs.class_color(c) for c in _class_ids(scan)}
     cards = _draw_cards(root, scan, cache, colors, thumb_size=thumb_size)
     threshold = _review_threshold(report)
     proposal_section = proposals.collect(
@@ -219,8 +219,8 @@ def _charts(scan: Scan, threshold: float) -> list[page.Chart]:
             caption += "; computed here: IoU of the mask's tight box (bbox) and the prompt box (det_bbox)"
         if hist.outside:
             caption += f"; {hist.outside:,} values outside [0, 1] counted in the edge bins"
-        png = charts.histogram_png(hist.counts, xlabel=key, threshold=threshold if key == "mask_score" else None)
-        out.append(page.Chart(key=key, png=png, caption=caption))
+        svg = charts.histogram_svg(hist.counts, xlabel=key, threshold=threshold if key == "mask_score" else None)
+        out.append(page.Chart(key=key, svg=svg, caption=caption))
     return out
 
 

@@ -381,7 +381,7 @@ def create_app(
         return {
             "dataset": store.out.name,
             "names": store.names,
-            "colors": [class_color(i).as_hex() for i in range(len(store.names))],
+            "colors": [class_color(i) for i in range(len(store.names))],
             "flags": list(FLAG_MEANINGS),
             "flag_meanings": FLAG_MEANINGS,
             "counts": store.counts(),

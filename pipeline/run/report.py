@@ -312,14 +312,16 @@ def log_summary(out: Path, report: dict) -> None:
         len(report["dropped_instances"]),
         f"; {t['this_run']['images_per_second']} images/s" if t["this_run"]["images_per_second"] else "",
     )
-    if "proposals" in report:
-        p = report["proposals"]
+    p = report.get("proposals")
+    if p and p["total"]:
         LOGGER.info(
             "%d proposals (masks no instance accounts for) in %d images: review them with `samlabel review %s`",
             p["total"],
             len(p["images"]),
             out,
         )
+    elif p:
+        LOGGER.info("0 proposals: an instance accounts for every mask the generator found")
 
 
 def _log_skipped(out: Path, skipped: list[dict]) -> None:
