@@ -95,7 +95,7 @@ ROUTES = [
     ("points", True, "point"),
     ("box+points", False, "point"),
     ("box+points", True, "point"),
-    ("box", True, "point"),  # multimask boxes: the box decoder answers the single mask only
+    ("box", True, "prompt"),  # multimask boxes: the prompt decoder, whose masks they have always had
     ("box", False, "box"),  # box-only single-mask: the box decoder, as before
     ("points+mask", False, "prompt"),
     ("points+mask", True, "prompt"),

@@ -255,7 +255,11 @@ class OnnxBackend:
             return self.reference.decode(features, prompts, multimask=multimask)
         if prompts.box_only and not multimask:
             return self.box_decoder(features, prompts.boxes)
-        decoder = self.point_decoder() if prompts.masks is None else self.prompt_decoder()
+        # Points without a mask input: the point decoder. Box-only multimask prompts (``--multimask``) stay on the
+        # prompt decoder, whose masks they have always had (the two agree to float rounding, not to the bit).
+        decoder = (
+            self.point_decoder() if prompts.masks is None and prompts.points is not None else self.prompt_decoder()
+        )
         if decoder is None:
             return self.reference.decode(features, prompts, multimask=multimask)
         coords, labels = prompts.as_points(box_first=False, pad=True)
@@ -276,8 +280,8 @@ class OnnxBackend:
         return self._lazy_decoder(PROMPT_DECODER, export_prompt_decoder, OnnxPromptDecoder, prompt_decoder_self_check)
 
     def point_decoder(self) -> OnnxPointDecoder | None:
-        """The checked point decoder (prompts without a mask input that are not box-only single-mask), exported
-        on first use; ``None`` when it failed and ``strict`` is off.
+        """The checked point decoder (prompts with points and without a mask input), exported on first use;
+        ``None`` when it failed and ``strict`` is off.
 
         Raises:
             SamlabelError: it cannot be had and ``strict`` is on (see :func:`failure_message`).
