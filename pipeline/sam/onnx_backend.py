@@ -263,7 +263,7 @@ class OnnxBackend:
         if decoder is None:
             return self.reference.decode(features, prompts, multimask=multimask)
         coords, labels = prompts.as_points(box_first=False, pad=True)
-        if prompts.masks is None:
+        if isinstance(decoder, OnnxPointDecoder):
             logits, scores = decoder(features, coords, labels)
         else:
             logits, scores = decoder(features, coords, labels, prompts.masks)
