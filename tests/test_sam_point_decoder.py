@@ -11,27 +11,12 @@ import torch
 from pipeline.sam import load_sam
 from pipeline.sam.point_decoder import PointDecoder
 from pipeline.sam.prompt_decoder import reference_prompt_decoder
-from pipeline.sam.prompts import Prompts
-
-#: Largest difference allowed between two computations of the same decoder (float rounding, any CPU; the
-#: box decoder, built the same way, differs from the reference by ~3e-6).
-LOGITS_ATOL = 5e-5
-SCORES_ATOL = 5e-6
+from tests.decoder_helpers import LOGITS_ATOL, SCORES_ATOL, random_prompts
 
 
 @pytest.fixture(scope="module")
 def sam(plain_mobile_sam):
     return load_sam(plain_mobile_sam)
-
-
-def _prompts(n: int, p: int, *, boxes: bool, seed: int) -> Prompts:
-    g = torch.Generator().manual_seed(seed)
-    xy0 = torch.rand(n, 2, generator=g) * 600
-    return Prompts(
-        boxes=torch.cat([xy0, xy0 + 20 + torch.rand(n, 2, generator=g) * 400], dim=1) if boxes else None,
-        points=torch.rand(n, p, 2, generator=g) * 1000,
-        labels=torch.randint(0, 2, (n, p), generator=g, dtype=torch.int32),
-    )
 
 
 @pytest.mark.parametrize("n, p", [(1, 1), (3, 2), (5, 3)])
@@ -40,7 +25,7 @@ def test_same_answers_as_ultralytics(sam, n, p, boxes):
     """Every mask token (0: the single mask, 1-3: the multimask candidates) and score, up to float rounding
     (not bit for bit: the sums run in another order)."""
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(3))
-    prompts = _prompts(n, p, boxes=boxes, seed=4)
+    prompts = random_prompts(n, p, boxes=boxes, seed=4)
     coords, labels = prompts.as_points(box_first=False, pad=True)
     decoder = PointDecoder(sam.prompt_encoder, sam.mask_decoder).eval()
     with torch.inference_mode():
@@ -72,7 +57,7 @@ def test_onnx_export_takes_any_prompt_and_point_count(sam, tmp_path):
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(7))
     reference = reference_prompt_decoder(sam.prompt_encoder, sam.mask_decoder)
     for n, p, boxes in [(1, 1, False), (4, 3, True), (9, 1, False)]:
-        prompts = _prompts(n, p, boxes=boxes, seed=n)
+        prompts = random_prompts(n, p, boxes=boxes, seed=n)
         with torch.inference_mode():
             ref_logits, ref_scores = reference(embedding, prompts.points, prompts.labels, prompts.boxes)
         logits, scores = decoder(embedding, *prompts.as_points(box_first=False, pad=True))

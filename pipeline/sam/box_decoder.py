@@ -52,9 +52,19 @@ class BoxDecoder(nn.Module):
     def forward(self, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pe, md = self.prompt_encoder, self.mask_decoder
         sparse, _ = pe(points=None, boxes=boxes, masks=None)  # (N, 2, C) box-corner tokens
-        n, c = sparse.shape[0], sparse.shape[2]
+        queries, keys = self._transformer(embedding, sparse)
         h, w = embedding.shape[-2:]
-        # The dense prompt of a box without a mask is one learned vector added at every position.
+        hyper = md.output_hypernetworks_mlps[0](queries[:, 1])  # (N, C/8): mask token 0, the single mask
+        logits = self._upscaled_logits(keys, hyper, h, w)
+        scores = md.iou_prediction_head(queries[:, 0])[:, :1]
+        return logits.unsqueeze(1), scores
+
+    def _transformer(self, embedding: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer on the prompt tokens ``sparse`` (N, T', C) without a mask input: (queries (N, T, C),
+        keys (N, HW, C)), the image side shared by the N prompts until the first image-to-token attention."""
+        pe, md = self.prompt_encoder, self.mask_decoder
+        n, c = sparse.shape[0], sparse.shape[2]
+        # The dense prompt without a mask is one learned vector added at every position.
         src = (embedding[0] + pe.no_mask_embed.weight.reshape(c, 1, 1)).flatten(1).T  # (HW, C), shared
         pos = pe.get_dense_pe()[0].flatten(1).T  # (HW, C), a constant
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
@@ -66,11 +76,7 @@ class BoxDecoder(nn.Module):
         t2i = self.final_attn
         kp, vp = _linear(keys, t2i.k_proj, pos), _linear(keys, t2i.v_proj)
         queries = self.norm_final(queries + _token_to_image(t2i, queries + tokens, kp, vp))
-
-        hyper = md.output_hypernetworks_mlps[0](queries[:, 1])  # (N, C/8): mask token 0, the single mask
-        logits = self._upscaled_logits(keys, hyper, h, w)
-        scores = md.iou_prediction_head(queries[:, 0])[:, :1]
-        return logits.unsqueeze(1), scores
+        return queries, keys
 
     @staticmethod
     def _layer(layer, queries, keys, query_pe, key_pe):

@@ -408,6 +408,12 @@ def box_decoder_self_check(
     return _check_decoder(decoder.path, ref, got, atol=atol)
 
 
+def _check_points() -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed point prompts of the decoder self-checks: 3 prompts of 2 points, positive and negative."""
+    points = torch.tensor([[[200.0, 300.0], [250.0, 320.0]], [[700.0, 500.0], [20.0, 40.0]], [[5.0, 5.0], [900, 700]]])
+    return points, torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.int32)
+
+
 def prompt_decoder_self_check(
     prompt_encoder, mask_decoder, decoder: OnnxPromptDecoder, *, atol: float = _CHECK_ATOL
 ) -> float:
@@ -422,8 +428,7 @@ def prompt_decoder_self_check(
 
     g = torch.Generator().manual_seed(_SELF_CHECK_SEED)
     embedding = torch.randn(1, 256, 64, 64, generator=g)
-    points = torch.tensor([[[200.0, 300.0], [250.0, 320.0]], [[700.0, 500.0], [20.0, 40.0]], [[5.0, 5.0], [900, 700]]])
-    labels = torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.int32)
+    points, labels = _check_points()
     masks = 4 * torch.randn(3, 1, 256, 256, generator=g)
     boxes = torch.tensor(_CHECK_BOXES)
     reference = reference_prompt_decoder(prompt_encoder, mask_decoder)
@@ -450,8 +455,7 @@ def point_decoder_self_check(
 
     g = torch.Generator().manual_seed(_SELF_CHECK_SEED)
     embedding = torch.randn(1, 256, 64, 64, generator=g)
-    points = torch.tensor([[[200.0, 300.0], [250.0, 320.0]], [[700.0, 500.0], [20.0, 40.0]], [[5.0, 5.0], [900, 700]]])
-    labels = torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.int32)
+    points, labels = _check_points()
     reference = reference_prompt_decoder(prompt_encoder, mask_decoder)
     diff = 0.0
     for p in [Prompts(points=points, labels=labels), Prompts(torch.tensor(_CHECK_BOXES), points, labels)]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.sam.box_decoder import BoxDecoder, _linear, _token_to_image
+from pipeline.sam.box_decoder import BoxDecoder
 from pipeline.sam.prompt_decoder import embed_points
 
 
@@ -38,19 +38,8 @@ class PointDecoder(BoxDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pe, md = self.prompt_encoder, self.mask_decoder
         sparse = embed_points(pe, point_coords, point_labels)  # (N, P, C)
-        n, c = sparse.shape[0], sparse.shape[2]
-        h, w = embedding.shape[-2:]
-        src = (embedding[0] + pe.no_mask_embed.weight.reshape(c, 1, 1)).flatten(1).T  # (HW, C), shared
-        pos = pe.get_dense_pe()[0].flatten(1).T  # (HW, C), a constant
-        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)  # (N, T, C)
-
-        queries, keys = tokens, src  # keys stay shared (HW, C) until the first image-to-token attention
-        for layer in self.layers:
-            queries, keys = self._layer(layer, queries, keys, tokens, pos)
-        t2i = self.final_attn
-        kp, vp = _linear(keys, t2i.k_proj, pos), _linear(keys, t2i.v_proj)
-        queries = self.norm_final(queries + _token_to_image(t2i, queries + tokens, kp, vp))
+        queries, keys = self._transformer(embedding, sparse)
+        n, (h, w) = sparse.shape[0], embedding.shape[-2:]
 
         mlps = md.output_hypernetworks_mlps
         hyper = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in enumerate(mlps)], dim=2)  # (N, C/8, K)
